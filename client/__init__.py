@@ -1,0 +1,1 @@
+"""Streaming clients (gRPC, HTTP), the transcribe command and scoring."""

@@ -1,0 +1,1 @@
+"""Export: NeMo checkpoints -> ONNX graphs, manifest, TensorRT build recipe, Triton repository."""

@@ -1,0 +1,378 @@
+"""The multitalker ASR model (cache-aware FastConformer RNNT with speaker kernels): build and export.
+
+Graphs written here:
+- `encoder.onnx`: one cache-aware streaming step for N (stream, speaker) instances. The speaker
+  target and background masks are graph inputs. NeMo applies them through forward hooks that read
+  `model.spk_targets`; its own `export()` traces those attributes as constants. The wrapper sets
+  them from its forward arguments, so the hooks see traced inputs and the masks stay inputs.
+- `decoder.onnx`: one prediction-network step (last token + LSTM state -> output + next state).
+- `joint.onnx`: the joint network for one encoder frame and one prediction output per instance.
+  Split from the prediction network so greedy decoding re-runs only the joint on blank frames.
+
+All caches and states are batch-first in the graphs (Triton batches on the first dimension), while
+NeMo's `get_initial_cache_state` is layer-first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from mtasr.export.onnx_io import GraphSpec, export_onnx
+
+# The right contexts (lookahead encoder frames) the released checkpoint is trained for.
+RELEASED_ATT_CONTEXTS = [[70, 13], [70, 6], [70, 1], [70, 0]]
+
+
+@dataclass(frozen=True)
+class AsrSize:
+    """Architecture knobs that differ between the tiny test model and the released geometry."""
+
+    n_layers: int
+    d_model: int
+    n_heads: int
+    subsampling_conv_channels: int
+    pred_hidden: int
+    joint_hidden: int
+    pred_rnn_layers: int
+    vocab_size: int
+
+
+ASR_SIZES = {
+    "tiny": AsrSize(2, 64, 4, 64, 64, 64, 2, 64),
+    # multitalker-parakeet-streaming-0.6b-v1
+    "full": AsrSize(24, 1024, 8, 256, 640, 640, 2, 1024),
+}
+
+
+def asr_config(size: str, tokenizer_dir: Path, n_mels: int = 128) -> DictConfig:
+    """A multitalker RNNT config at `size`, following NeMo's cache-aware FastConformer recipe."""
+    s = ASR_SIZES[size]
+    cfg = {
+        "sample_rate": 16000,
+        "spk_kernel_type": "ff",
+        "spk_kernel_layers": [0],
+        "add_bg_spk_kernel": True,
+        "model_defaults": {"enc_hidden": s.d_model, "pred_hidden": s.pred_hidden, "joint_hidden": s.joint_hidden},
+        "tokenizer": {"dir": str(tokenizer_dir), "type": "bpe"},
+        "train_ds": None,
+        "validation_ds": None,
+        "test_ds": None,
+        "preprocessor": {
+            "_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
+            "sample_rate": 16000,
+            "normalize": "NA",
+            "window_size": 0.025,
+            "window_stride": 0.01,
+            "window": "hann",
+            "features": n_mels,
+            "n_fft": 512,
+            "frame_splicing": 1,
+            "dither": 1e-5,
+            "pad_to": 0,
+        },
+        "spec_augment": None,
+        "encoder": {
+            "_target_": "nemo.collections.asr.modules.ConformerEncoder",
+            "feat_in": n_mels,
+            "feat_out": -1,
+            "n_layers": s.n_layers,
+            "d_model": s.d_model,
+            "use_bias": True,
+            "subsampling": "dw_striding",
+            "subsampling_factor": 8,
+            "subsampling_conv_channels": s.subsampling_conv_channels,
+            "causal_downsampling": True,
+            "ff_expansion_factor": 4,
+            "self_attention_model": "rel_pos",
+            "n_heads": s.n_heads,
+            "att_context_size": RELEASED_ATT_CONTEXTS,
+            "att_context_probs": None,
+            "att_context_style": "chunked_limited",
+            "xscaling": True,
+            "pos_emb_max_len": 5000,
+            "conv_kernel_size": 9,
+            "conv_norm_type": "layer_norm",
+            "conv_context_size": "causal",
+            "dropout": 0.1,
+            "dropout_pre_encoder": 0.1,
+            "dropout_emb": 0.0,
+            "dropout_att": 0.1,
+        },
+        "decoder": {
+            "_target_": "nemo.collections.asr.modules.RNNTDecoder",
+            "normalization_mode": None,
+            "random_state_sampling": False,
+            "blank_as_pad": True,
+            "prednet": {"pred_hidden": s.pred_hidden, "pred_rnn_layers": s.pred_rnn_layers, "dropout": 0.2},
+        },
+        "joint": {
+            "_target_": "nemo.collections.asr.modules.RNNTJoint",
+            "log_softmax": None,
+            "preserve_memory": False,
+            "fuse_loss_wer": False,
+            "jointnet": {"joint_hidden": s.joint_hidden, "activation": "relu", "dropout": 0.2},
+        },
+        "decoding": {"strategy": "greedy_batch", "greedy": {"max_symbols": 10}},
+        "loss": {"loss_name": "default"},
+        "optim": {"name": "adamw", "lr": 1e-3, "betas": [0.9, 0.98], "weight_decay": 1e-3},
+    }
+    return OmegaConf.create(cfg)
+
+
+def build_asr(size: str, tokenizer_dir: Path, seed: int = 0):
+    """A randomly initialised multitalker ASR model (EncDecMultiTalkerRNNTBPEModel) in eval mode."""
+    from nemo.collections.asr.models.multitalker_asr_models import EncDecMultiTalkerRNNTBPEModel
+
+    torch.manual_seed(seed)
+    model = EncDecMultiTalkerRNNTBPEModel(cfg=asr_config(size, tokenizer_dir))
+    return model.eval()
+
+
+def supported_right_contexts(model) -> list[int]:
+    """Right contexts (lookahead frames) that the checkpoint's encoder was trained for."""
+    return sorted({int(ctx[1]) for ctx in model.encoder.att_context_size_all})
+
+
+def set_right_context(model, right_context: int) -> None:
+    """Select the encoder's attention context for `right_context` and recompute its streaming geometry."""
+    contexts = [list(map(int, c)) for c in model.encoder.att_context_size_all]
+    matching = [c for c in contexts if c[1] == right_context]
+    if not matching:
+        raise ValueError(
+            f"right context {right_context} is not supported by this checkpoint "
+            f"(it supports {supported_right_contexts(model)})"
+        )
+    model.encoder.set_default_att_context_size(matching[0])
+    model.encoder.setup_streaming_params()
+
+
+class EncoderStep(torch.nn.Module):
+    """One cache-aware streaming step of the multitalker encoder, speaker masks as inputs.
+
+    Mirrors NeMo's parallel multitalker streaming path: pre-encode the chunk, drop the frames that
+    belong to the pre-encode cache, then run the conformer layers with the speaker kernels applied
+    to the layer inputs (`x * mask` through the kernel, added as a residual).
+    """
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        features: torch.Tensor,  # [N, n_mels, T_feat]
+        feature_lengths: torch.Tensor,  # [N] int64
+        cache_last_channel: torch.Tensor,  # [N, layers, cache, d_model]
+        cache_last_time: torch.Tensor,  # [N, layers, d_model, conv_cache]
+        cache_last_channel_len: torch.Tensor,  # [N] int64
+        speaker_mask: torch.Tensor,  # [N, T_enc] target speaker activity
+        background_mask: torch.Tensor,  # [N, T_enc] any other speaker active
+        drop_extra_pre_encoded: torch.Tensor,  # [1] int64: 0 on a stream's first chunk
+    ):
+        encoder = self.model.encoder
+        x, lengths = encoder.pre_encode(x=features.transpose(1, 2), lengths=feature_lengths)
+        drop = drop_extra_pre_encoded[0]
+        x = x[:, drop:, :]
+        lengths = (lengths.to(torch.int64) - drop).clamp(min=0)
+        self.model.set_speaker_targets(speaker_mask, background_mask)
+        try:
+            encoded, encoded_len, channel, time, channel_len = encoder.forward_internal(
+                x,
+                lengths,
+                cache_last_channel=cache_last_channel.transpose(0, 1),
+                cache_last_time=cache_last_time.transpose(0, 1),
+                cache_last_channel_len=cache_last_channel_len,
+                bypass_pre_encode=True,
+            )
+        finally:
+            self.model.clear_speaker_targets()
+        encoded, encoded_len, channel, time, channel_len = encoder.streaming_post_process(
+            (encoded, encoded_len, channel, time, channel_len), keep_all_outputs=False
+        )
+        return encoded, encoded_len, channel.transpose(0, 1), time.transpose(0, 1), channel_len
+
+
+class PredictionStep(torch.nn.Module):
+    """One step of the RNNT prediction network; LSTM states batch-first."""
+
+    def __init__(self, decoder) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, targets: torch.Tensor, state_h: torch.Tensor, state_c: torch.Tensor):
+        # targets [N, 1] int64; states [N, layers, hidden]
+        state = [state_h.transpose(0, 1).contiguous(), state_c.transpose(0, 1).contiguous()]
+        g, (h, c) = self.decoder.predict(targets, state=state, add_sos=False, batch_size=None)
+        return g[:, 0, :], h.transpose(0, 1), c.transpose(0, 1)
+
+
+class JointStep(torch.nn.Module):
+    """The joint network for one encoder frame and one prediction output per instance."""
+
+    def __init__(self, joint) -> None:
+        super().__init__()
+        self.joint = joint
+
+    def forward(self, encoder_frame: torch.Tensor, prediction: torch.Tensor):
+        # encoder_frame [N, d_model], prediction [N, pred_hidden] -> logits [N, vocab + 1]
+        logits = self.joint.joint(encoder_frame[:, None, :], prediction[:, None, :])
+        return logits[:, 0, 0, :]
+
+
+def streaming_geometry(model) -> dict[str, Any]:
+    """Everything a streaming runtime needs to chunk features and size caches, read off the model."""
+    encoder = model.encoder
+    cfg = encoder.streaming_cfg
+
+    def as_pair(value) -> list[int]:
+        return [int(v) for v in value] if isinstance(value, list | tuple) else [int(value), int(value)]
+
+    return {
+        "att_context_size": [int(v) for v in encoder.att_context_size],
+        "right_context": int(encoder.att_context_size[1]),
+        "supported_right_contexts": supported_right_contexts(model),
+        "chunk_feature_frames": as_pair(cfg.chunk_size),  # [first chunk, later chunks]
+        "shift_feature_frames": as_pair(cfg.shift_size),
+        "pre_encode_cache_frames": as_pair(cfg.pre_encode_cache_size),
+        "drop_extra_pre_encoded": int(cfg.drop_extra_pre_encoded),
+        "valid_out_len": int(cfg.valid_out_len),
+        "encoder_frames_per_chunk": int(cfg.valid_out_len),
+        "last_channel_cache_size": int(cfg.last_channel_cache_size),
+        "conv_cache_size": int(encoder.conv_context_size[0]),
+        "n_layers": len(encoder.layers),
+        "d_model": int(encoder.d_model),
+        "subsampling_factor": int(encoder.subsampling_factor),
+        "feature_stride_s": float(model.cfg.preprocessor.window_stride),
+        "encoder_frame_s": float(model.cfg.preprocessor.window_stride) * int(encoder.subsampling_factor),
+    }
+
+
+def decoder_geometry(model) -> dict[str, Any]:
+    decoder = model.decoder
+    return {
+        "blank_id": int(decoder.blank_idx),
+        "vocab_size": int(decoder.vocab_size),
+        "pred_hidden": int(decoder.pred_hidden),
+        "pred_rnn_layers": int(decoder.pred_rnn_layers),
+        "max_symbols_per_step": int(model.cfg.decoding.greedy.get("max_symbols", 10) or 10),
+        "speaker_kernel_layers": [int(i) for i in model.spk_kernel_layers],
+    }
+
+
+def example_encoder_inputs(model, batch: int, first_chunk: bool, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random but well-formed encoder inputs (caches partly filled) for tracing and parity checks."""
+    g = torch.Generator().manual_seed(seed)
+    geo = streaming_geometry(model)
+    idx = 0 if first_chunk else 1
+    n_feat = geo["chunk_feature_frames"][idx] + geo["pre_encode_cache_frames"][idx]
+    t_enc = geo["encoder_frames_per_chunk"]
+    n_mels = int(model.cfg.preprocessor.features)
+    channel, time, channel_len = model.encoder.get_initial_cache_state(batch_size=batch)
+    channel_len = torch.randint(0, geo["last_channel_cache_size"] + 1, (batch,), generator=g)
+    channel = torch.randn(channel.shape, generator=g).transpose(0, 1).contiguous()
+    time = torch.randn(time.shape, generator=g).transpose(0, 1).contiguous()
+    return {
+        "features": torch.randn(batch, n_mels, n_feat, generator=g) * 2 - 8,
+        "feature_lengths": torch.full((batch,), n_feat, dtype=torch.int64),
+        "cache_last_channel": channel,
+        "cache_last_time": time,
+        "cache_last_channel_len": channel_len,
+        "speaker_mask": torch.rand(batch, t_enc, generator=g),
+        "background_mask": (torch.rand(batch, t_enc, generator=g) > 0.5).float(),
+        "drop_extra_pre_encoded": torch.tensor([0 if first_chunk else geo["drop_extra_pre_encoded"]]),
+    }
+
+
+ENCODER_SPEC = GraphSpec(
+    file="encoder.onnx",
+    inputs=[
+        "features",
+        "feature_lengths",
+        "cache_last_channel",
+        "cache_last_time",
+        "cache_last_channel_len",
+        "speaker_mask",
+        "background_mask",
+        "drop_extra_pre_encoded",
+    ],
+    outputs=[
+        "encoded",
+        "encoded_lengths",
+        "next_cache_last_channel",
+        "next_cache_last_time",
+        "next_cache_last_channel_len",
+    ],
+    dynamic_axes={
+        "features": {0: "N", 2: "T_feat"},
+        "feature_lengths": {0: "N"},
+        "cache_last_channel": {0: "N"},
+        "cache_last_time": {0: "N"},
+        "cache_last_channel_len": {0: "N"},
+        "speaker_mask": {0: "N", 1: "T_enc"},
+        "background_mask": {0: "N", 1: "T_enc"},
+        "encoded": {0: "N", 2: "T_out"},
+        "encoded_lengths": {0: "N"},
+        "next_cache_last_channel": {0: "N"},
+        "next_cache_last_time": {0: "N"},
+        "next_cache_last_channel_len": {0: "N"},
+    },
+)
+
+DECODER_SPEC = GraphSpec(
+    file="decoder.onnx",
+    inputs=["targets", "state_h", "state_c"],
+    outputs=["prediction", "next_state_h", "next_state_c"],
+    dynamic_axes={name: {0: "N"} for name in ["targets", "state_h", "state_c", "prediction", "next_state_h",
+                                              "next_state_c"]},  # fmt: skip
+)
+
+JOINT_SPEC = GraphSpec(
+    file="joint.onnx",
+    inputs=["encoder_frame", "prediction"],
+    outputs=["logits"],
+    dynamic_axes={"encoder_frame": {0: "N"}, "prediction": {0: "N"}, "logits": {0: "N"}},
+)
+
+
+def example_decoder_inputs(model, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    geo = decoder_geometry(model)
+    shape = (batch, geo["pred_rnn_layers"], geo["pred_hidden"])
+    return {
+        # blank doubles as the start-of-sequence token (blank_as_pad): include it
+        "targets": torch.tensor([[geo["blank_id"]]] + [[i % geo["vocab_size"]] for i in range(batch - 1)]),
+        "state_h": torch.randn(shape, generator=g) * 0.5,
+        "state_c": torch.randn(shape, generator=g) * 0.5,
+    }
+
+
+def example_joint_inputs(model, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "encoder_frame": torch.randn(batch, int(model.encoder.d_model), generator=g),
+        "prediction": torch.randn(batch, int(model.decoder.pred_hidden), generator=g),
+    }
+
+
+def export_asr(model, out_dir: Path, right_context: int, opset: int = 17) -> dict[str, Any]:
+    """Export encoder, prediction network and joint for `right_context`; return their manifest entries."""
+    set_right_context(model, right_context)
+    model.eval()
+    encoder_step = EncoderStep(model).eval()
+    graphs = {
+        "encoder": export_onnx(encoder_step, example_encoder_inputs(model, 2, False), ENCODER_SPEC, out_dir, opset),
+        "decoder": export_onnx(
+            PredictionStep(model.decoder).eval(), example_decoder_inputs(model, 2), DECODER_SPEC, out_dir, opset
+        ),
+        "joint": export_onnx(JointStep(model.joint).eval(), example_joint_inputs(model, 2), JOINT_SPEC, out_dir, opset),
+    }
+    return {
+        "graphs": graphs,
+        "streaming": streaming_geometry(model),
+        "decoding": decoder_geometry(model),
+    }

@@ -1,0 +1,109 @@
+"""Writing ONNX graphs: one call that exports, consolidates weights and describes the result."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Protobuf cannot hold a model over 2 GiB; above this many weight bytes we write external data.
+EXTERNAL_DATA_THRESHOLD_BYTES = 1_500_000_000
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32",
+              "tensor(float16)": "float16", "tensor(bool)": "bool"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """The names that identify a graph's tensors everywhere (graph, manifest, Triton configs)."""
+
+    file: str
+    inputs: list[str]
+    outputs: list[str]
+    dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+
+
+def export_onnx(
+    module: torch.nn.Module,
+    example_inputs: dict[str, torch.Tensor],
+    spec: GraphSpec,
+    out_dir: Path,
+    opset: int = 17,
+) -> dict[str, Any]:
+    """Export `module` to `out_dir/spec.file` and return its manifest entry (names, dtypes, shapes).
+
+    Weights go into the graph file, or into exactly one `<file>.data` beside it when the graph is
+    too large for protobuf (the TorchScript exporter alone would write one file per tensor).
+    """
+    import onnx
+
+    args = tuple(example_inputs[name] for name in spec.inputs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / spec.file
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as tmp:
+        raw = Path(tmp) / spec.file
+        with torch.no_grad():
+            torch.onnx.export(
+                module,
+                args,
+                str(raw),
+                dynamo=False,
+                input_names=spec.inputs,
+                output_names=spec.outputs,
+                dynamic_axes=spec.dynamic_axes,
+                opset_version=opset,
+                do_constant_folding=True,
+            )
+        proto = onnx.load(str(raw), load_external_data=True)
+        weight_bytes = sum(len(t.raw_data) for t in proto.graph.initializer)
+        external = weight_bytes > EXTERNAL_DATA_THRESHOLD_BYTES
+        data_name = spec.file + ".data"
+        (out_dir / data_name).unlink(missing_ok=True)
+        onnx.save_model(
+            proto,
+            str(target),
+            save_as_external_data=external,
+            all_tensors_to_one_file=True,
+            location=data_name,
+            size_threshold=1024,
+        )
+        del proto
+    return describe_onnx(target, external_data=data_name if external else None)
+
+
+def describe_onnx(path: Path, external_data: str | None = None) -> dict[str, Any]:
+    """Load `path` in ONNX Runtime (proving it runs) and list its tensors as the manifest records them."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def tensors(items) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": t.name,
+                "dtype": _ORT_TYPES[t.type],
+                "shape": [d if isinstance(d, int) else -1 for d in t.shape],
+            }
+            for t in items
+        ]
+
+    size = path.stat().st_size + ((path.parent / external_data).stat().st_size if external_data else 0)
+    return {
+        "file": path.name,
+        "external_data": external_data,
+        "bytes": size,
+        "inputs": tensors(session.get_inputs()),
+        "outputs": tensors(session.get_outputs()),
+    }
+
+
+def copy_graph(entry: dict[str, Any], src_dir: Path, dst_dir: Path) -> None:
+    """Copy a graph (and its external data file) described by a manifest entry."""
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    for name in [entry["file"], entry.get("external_data")]:
+        if name:
+            shutil.copy2(src_dir / name, dst_dir / name)

@@ -1,0 +1,15 @@
+"""Shared fixtures: small artefacts built once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    """A 64-piece SentencePiece tokenizer in NeMo's bpe folder layout."""
+    from mtasr.export.tokenizer import pseudo_english_lines, train_tokenizer
+
+    return train_tokenizer(pseudo_english_lines(3000), 64, tmp_path_factory.mktemp("tokenizer"))

@@ -1,0 +1,1 @@
+"""NeMo training recipes and the small default models."""
