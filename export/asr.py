@@ -172,13 +172,16 @@ class EncoderStep(torch.nn.Module):
         cache_last_channel_len: torch.Tensor,  # [N] int64
         speaker_mask: torch.Tensor,  # [N, T_enc] target speaker activity
         background_mask: torch.Tensor,  # [N, T_enc] any other speaker active
-        drop_extra_pre_encoded: torch.Tensor,  # [1] int64: 0 on a stream's first chunk
+        drop_extra_pre_encoded: torch.Tensor,  # [N] int64: 0 on a stream's first chunk
     ):
         encoder = self.model.encoder
         x, lengths = encoder.pre_encode(x=features.transpose(1, 2), lengths=feature_lengths)
-        drop = drop_extra_pre_encoded[0]
-        x = x[:, drop:, :]
-        lengths = (lengths.to(torch.int64) - drop).clamp(min=0)
+        # Per-row drop, so a stream's first chunk (no pre-encode cache; right-padded to the later
+        # chunks' length, which causal subsampling never looks at) batches with everyone's later chunks.
+        n_out = x.shape[1] - drop_extra_pre_encoded.max()
+        index = torch.arange(n_out, device=x.device)[None, :] + drop_extra_pre_encoded[:, None]
+        x = torch.gather(x, 1, index[:, :, None].expand(-1, -1, x.shape[2]))
+        lengths = (lengths.to(torch.int64) - drop_extra_pre_encoded).clamp(min=0)
         self.model.set_speaker_targets(speaker_mask, background_mask)
         try:
             encoded, encoded_len, channel, time, channel_len = encoder.forward_internal(
@@ -284,7 +287,7 @@ def example_encoder_inputs(model, batch: int, first_chunk: bool, seed: int = 0) 
         "cache_last_channel_len": channel_len,
         "speaker_mask": torch.rand(batch, t_enc, generator=g),
         "background_mask": (torch.rand(batch, t_enc, generator=g) > 0.5).float(),
-        "drop_extra_pre_encoded": torch.tensor([0 if first_chunk else geo["drop_extra_pre_encoded"]]),
+        "drop_extra_pre_encoded": torch.full((batch,), 0 if first_chunk else geo["drop_extra_pre_encoded"]),
     }
 
 
@@ -315,6 +318,7 @@ ENCODER_SPEC = GraphSpec(
         "cache_last_channel_len": {0: "N"},
         "speaker_mask": {0: "N", 1: "T_enc"},
         "background_mask": {0: "N", 1: "T_enc"},
+        "drop_extra_pre_encoded": {0: "N"},
         "encoded": {0: "N", 2: "T_out"},
         "encoded_lengths": {0: "N"},
         "next_cache_last_channel": {0: "N"},

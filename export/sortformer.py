@@ -10,6 +10,9 @@ Facts learned:
   true; that is the only variant with per-stream lengths, so the configs here set it. In the async
   variant the "first compression" branch is dead code (spkcache_preds start at 0, not negative), so
   cached frames keep the predictions they had when they left the FIFO.
+- The TorchScript ONNX exporter turns float ``//`` into Div+Cast (truncation): NeMo's MaskedConvSequential
+  length rule ``(L + 2 - 3) // 2 + 1`` then gives 1 instead of 0 for an empty chunk (a stream that has
+  ended), so export patches that helper with an explicit floor (same values in PyTorch).
 - The spliced sequence here is always S+F+T long (NeMo's is max(total length)); frames past a
   stream's total length are masked inside the encoders and come out as zero predictions, so the
   valid frames are the same and the output shape does not depend on data.
@@ -17,7 +20,9 @@ Facts learned:
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -195,7 +200,11 @@ def sortformer_config(size: str, streaming: dict[str, Any] | None = None) -> Dic
             "pre_ln": False,
             "pre_ln_final_layer_norm": True,
         },
-        "loss": {"_target_": "nemo.collections.asr.losses.bce_loss.BCELoss", "weight": None, "reduction": "mean"},
+        "loss": {
+            "_target_": "nemo.collections.asr.losses.bce_loss.BCELoss",
+            "weight": None,
+            "reduction": "mean",
+        },
         "optim": {"name": "adamw", "lr": 1e-4, "betas": [0.9, 0.98], "weight_decay": 1e-3},
     }
     return OmegaConf.create(cfg)
@@ -296,6 +305,23 @@ def sortformer_geometry(model: torch.nn.Module) -> dict[str, Any]:
     return geo
 
 
+@contextlib.contextmanager
+def _exportable_conv_lengths() -> Iterator[None]:
+    """Swap NeMo's float floor-division length rule for torch.floor(a / b) while tracing (see module doc)."""
+    from nemo.collections.asr.parts.submodules import subsampling
+
+    original = subsampling.calculate_conv_output_size
+
+    def floor_lengths(input_size: torch.Tensor, kernel_size: int, stride: int, padding: tuple[int, int]):
+        return torch.floor((input_size + padding[0] + padding[1] - kernel_size) / stride) + 1
+
+    subsampling.calculate_conv_output_size = floor_lengths
+    try:
+        yield
+    finally:
+        subsampling.calculate_conv_output_size = original
+
+
 def export_sortformer(model: torch.nn.Module, out_dir: Path, opset: int = 17) -> dict[str, Any]:
     """Write ``out_dir/sortformer.onnx`` (dynamic batch and time axes), check it in onnxruntime, describe it."""
     import onnx
@@ -335,7 +361,7 @@ def export_sortformer(model: torch.nn.Module, out_dir: Path, opset: int = 17) ->
     data_path = out_dir / ONNX_DATA_FILE
     if data_path.exists():
         data_path.unlink()
-    with torch.no_grad():
+    with torch.no_grad(), _exportable_conv_lengths():
         torch.onnx.export(
             core,
             example,
@@ -347,11 +373,7 @@ def export_sortformer(model: torch.nn.Module, out_dir: Path, opset: int = 17) ->
             dynamo=False,
             do_constant_folding=True,
         )
-    # Models over protobuf's 2 GB limit: re-save with all weights in one external data file.
-    if path.stat().st_size > 1_900_000_000 or any(p.name != ONNX_FILE for p in out_dir.glob("*") if p.is_file()):
-        proto = onnx.load(str(path))
-        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=ONNX_DATA_FILE, size_threshold=1024)
+    _single_external_data_file(path)
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feeds = {name: t.numpy() for name, t in zip(INPUT_NAMES, example, strict=True)}
@@ -380,11 +402,39 @@ def export_sortformer(model: torch.nn.Module, out_dir: Path, opset: int = 17) ->
     return info
 
 
+def _single_external_data_file(path: Path) -> None:
+    """If the exporter spilled weights into per-tensor files (models over 2 GB), gather them into one file."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo
+
+    proto = onnx.load(str(path), load_external_data=False)
+    spilled = {
+        ExternalDataInfo(t).location
+        for t in proto.graph.initializer
+        if t.data_location == onnx.TensorProto.EXTERNAL
+    }
+    if not spilled or spilled == {ONNX_DATA_FILE}:
+        return
+    proto = onnx.load(str(path))
+    onnx.save_model(
+        proto,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=ONNX_DATA_FILE,
+        size_threshold=1024,
+    )
+    for name in spilled - {ONNX_DATA_FILE}:
+        (path.parent / name).unlink(missing_ok=True)
+
+
 def _check_io(sess: Any, info: dict[str, Any]) -> None:
     """The session's inputs/outputs are the ones described (names, order, ranks, static dims)."""
     types = {"tensor(float)": "float32", "tensor(int64)": "int64"}
-    for got, want in (*zip(sess.get_inputs(), info["inputs"], strict=True),
-                      *zip(sess.get_outputs(), info["outputs"], strict=True)):
+    for got, want in (
+        *zip(sess.get_inputs(), info["inputs"], strict=True),
+        *zip(sess.get_outputs(), info["outputs"], strict=True),
+    ):
         shape = [d if isinstance(d, int) else -1 for d in got.shape]
         if got.name != want["name"] or types.get(got.type) != want["dtype"] or shape != want["shape"]:
             raise RuntimeError(f"exported tensor {got.name} {got.type} {got.shape} differs from {want}")

@@ -25,6 +25,7 @@ def exported(tiny_tokenizer_dir, tmp_path_factory):
 def nemo_stream_step(model, inputs: dict[str, torch.Tensor]):
     """NeMo's own parallel multitalker step: pre-encode + drop, masks set on the model, cache-aware step."""
     drop = int(inputs["drop_extra_pre_encoded"][0])
+    assert bool((inputs["drop_extra_pre_encoded"] == drop).all()), "NeMo steps a whole batch alike"
     x, lengths = model.encoder.pre_encode(x=inputs["features"].transpose(1, 2), lengths=inputs["feature_lengths"])
     x, lengths = x[:, drop:], (lengths.to(torch.int64) - drop).clamp(min=0)
     model.set_speaker_targets(inputs["speaker_mask"], inputs["background_mask"])
@@ -126,3 +127,20 @@ def test_unsupported_right_context_is_refused(tiny_tokenizer_dir):
     model = asr.build_asr("tiny", tiny_tokenizer_dir, seed=0)
     with pytest.raises(ValueError, match="right context 5 is not supported"):
         asr.set_right_context(model, 5)
+
+
+def test_first_chunks_right_padded_batch_with_later_chunks(exported):
+    """A stream's first chunk, padded to the later chunks' length, gives NeMo's unpadded first step."""
+    model, _, sessions = exported
+    first = asr.example_encoder_inputs(model, 1, first_chunk=True, seed=5)
+    later = asr.example_encoder_inputs(model, 1, first_chunk=False, seed=6)
+    first_frames = first["features"].shape[2]
+    padded = torch.nn.functional.pad(first["features"], (0, later["features"].shape[2] - first_frames), value=7.0)
+    mixed = {k: torch.cat([first[k] if k != "features" else padded, later[k]]) for k in first}
+    got = sessions["encoder"].run(None, {k: v.numpy() for k, v in mixed.items()})
+    with torch.no_grad():
+        want_first = nemo_stream_step(model, first)
+        want_later = nemo_stream_step(model, later)
+    for i, want in enumerate([want_first, want_later]):
+        for name, got_tensor, want_tensor in zip(asr.ENCODER_SPEC.outputs, got, want, strict=True):
+            assert max_diff(got_tensor[i : i + 1], want_tensor.numpy()) <= TOLERANCE, (i, name)

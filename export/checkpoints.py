@@ -1,0 +1,84 @@
+"""Reading `.nemo` checkpoints: check what they are before spending minutes loading them."""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ASR_CLASS = "nemo.collections.asr.models.multitalker_asr_models.EncDecMultiTalkerRNNTBPEModel"
+DIARIZER_CLASS = "nemo.collections.asr.models.sortformer_diar_models.SortformerEncLabelModel"
+
+
+class ExportError(Exception):
+    """A problem the user can fix (bad path, wrong checkpoint, unsupported setting): one clear line."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: Path
+    target: str
+    sha256: str
+    config: dict[str, Any]
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _members(archive: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
+    return {Path(m.name).name: m for m in archive.getmembers() if m.isfile()}
+
+
+def inspect_checkpoint(path: Path, role: str, expected_class: str) -> CheckpointInfo:
+    """Read the config inside a `.nemo` and check its model class; raise ExportError otherwise."""
+    if not path.exists():
+        raise ExportError(f"{role} checkpoint not found: {path}")
+    if not path.is_file():
+        raise ExportError(f"{role} checkpoint is not a file: {path}")
+    try:
+        with tarfile.open(path) as archive:
+            member = _members(archive).get("model_config.yaml")
+            if member is None:
+                raise ExportError(f"{role} checkpoint {path} has no model_config.yaml: not a .nemo archive")
+            config = yaml.safe_load(archive.extractfile(member).read()) or {}
+    except tarfile.TarError as err:
+        raise ExportError(f"{role} checkpoint {path} is not a .nemo archive ({err})") from None
+    target = str(config.get("target", "unknown"))
+    if target != expected_class:
+        raise ExportError(
+            f"{role} checkpoint {path} holds a {target.rsplit('.', 1)[-1]}, expected {expected_class.rsplit('.', 1)[-1]}"
+        )
+    return CheckpointInfo(path=path, target=target, sha256=sha256_of(path), config=config)
+
+
+def extract_tokenizer(path: Path, out_dir: Path) -> dict[str, str]:
+    """Copy the SentencePiece model and vocabulary out of an ASR `.nemo` into `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wanted = {"tokenizer.model": None, "vocab.txt": None}
+    with tarfile.open(path) as archive:
+        for name, member in _members(archive).items():
+            for suffix in wanted:
+                if name == suffix or name.endswith("_" + suffix):
+                    (out_dir / suffix).write_bytes(archive.extractfile(member).read())
+                    wanted[suffix] = suffix
+    missing = [k for k, v in wanted.items() if v is None]
+    if missing:
+        raise ExportError(f"ASR checkpoint {path} lacks tokenizer files: {', '.join(missing)}")
+    return {"model": "tokenizer/tokenizer.model", "vocab": "tokenizer/vocab.txt"}
+
+
+def load_model(info: CheckpointInfo):
+    """Restore the NeMo model on CPU in eval mode."""
+    from nemo.core.classes.modelPT import ModelPT
+
+    model = ModelPT.restore_from(str(info.path), map_location="cpu")
+    return model.eval()

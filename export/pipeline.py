@@ -1,0 +1,208 @@
+"""`mtasr export`: two `.nemo` checkpoints -> graphs, tokenizer, manifest and Triton repositories.
+
+Everything is written into a staging folder beside the output and moved into place only when the
+whole export succeeded, so a failure never leaves a half-written export behind.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mtasr import __version__
+from mtasr.export.checkpoints import (
+    ASR_CLASS,
+    DIARIZER_CLASS,
+    ExportError,
+    extract_tokenizer,
+    inspect_checkpoint,
+    load_model,
+)
+
+MANIFEST_VERSION = 1
+SPEAKER_SLOTS = 4
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    right_context: int = 13
+    max_streams_per_batch: int = 8
+    graph_instances: int = 1
+    intra_op_threads: int = 0  # 0: ONNX Runtime picks (all cores)
+    max_queue_delay_us: int = 1000
+    opset: int = 17
+    tensorrt: bool = False
+
+
+def _progress(message: str) -> None:
+    print(f"[export] {message}", file=sys.stderr, flush=True)
+
+
+def check_output_dir(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise ExportError(f"output folder {out_dir} is not empty (pass --overwrite to replace it)")
+    parent = out_dir.parent if not out_dir.exists() else out_dir
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ExportError(f"output folder {out_dir} is not writable")
+
+
+def _serving_dims(manifest: dict[str, Any]) -> None:
+    """The concrete non-batch dims the server feeds each graph (TensorRT profiles use them)."""
+    streaming = manifest["asr"]["streaming"]
+    later_chunk_frames = streaming["chunk_feature_frames"][1] + streaming["pre_encode_cache_frames"][1]
+    named = {
+        "T_feat": later_chunk_frames,
+        "T_enc": streaming["encoder_frames_per_chunk"],
+        "chunk_feat_frames": later_chunk_frames,
+        "spkcache_frames": manifest["diarizer"]["geometry"]["spkcache_len"],
+        "fifo_frames": manifest["diarizer"]["geometry"]["fifo_len"],
+    }
+    for graph in manifest["graphs"].values():
+        dims = {}
+        for t in graph["inputs"]:
+            names = graph["dim_names"].get(t["name"], {})
+            dims[t["name"]] = [d if d != -1 else named[names[str(axis)]] for axis, d in
+                               enumerate(t["shape"]) if axis > 0]  # fmt: skip
+        graph["serving_dims"] = dims
+
+
+def run_export(
+    asr_path: Path,
+    diarizer_path: Path,
+    out_dir: Path,
+    settings: ExportSettings,
+    overwrite: bool = False,
+    progress: Callable[[str], None] = _progress,
+) -> dict[str, Any]:
+    """Export both checkpoints into `out_dir`; return the manifest. Raises ExportError on user errors."""
+    from mtasr.export.tensorrt import require_tensorrt
+
+    started = time.perf_counter()
+    asr_info = inspect_checkpoint(asr_path, "ASR", ASR_CLASS)
+    diar_info = inspect_checkpoint(diarizer_path, "diarizer", DIARIZER_CLASS)
+    check_output_dir(out_dir, overwrite)
+    if settings.tensorrt:
+        require_tensorrt()
+    if not 1 <= settings.max_streams_per_batch <= 256:
+        raise ExportError(f"--max-streams must be between 1 and 256, got {settings.max_streams_per_batch}")
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
+    try:
+        manifest = _export_into(staging, asr_info, diar_info, settings, progress)
+        manifest["export_seconds"] = round(time.perf_counter() - started, 2)
+        (staging / "model_repository" / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        from mtasr.export.repository import write_tensorrt_variant
+
+        write_tensorrt_variant(manifest, staging / "model_repository", staging / "tensorrt")
+        if settings.tensorrt:
+            from mtasr.export.tensorrt import build_engines
+
+            progress("building TensorRT engines")
+            build_engines(manifest, staging / "model_repository", staging / "tensorrt" / "model_repository")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    progress(f"done in {manifest['export_seconds']} s: {out_dir}")
+    return manifest
+
+
+def _export_into(staging: Path, asr_info, diar_info, settings: ExportSettings, progress) -> dict[str, Any]:
+    from mtasr.export import asr, sortformer
+    from mtasr.export.onnx_io import describe_onnx
+    from mtasr.export.repository import write_python_repository
+    from mtasr.features import FeatureConfig
+
+    graphs_dir = staging / "graphs"
+    repo_dir = staging / "model_repository"
+    repo_dir.mkdir(parents=True)
+
+    progress(f"loading ASR checkpoint {asr_info.path}")
+    asr_model = load_model(asr_info)
+    supported = asr.supported_right_contexts(asr_model)
+    if settings.right_context not in supported:
+        raise ExportError(f"right context {settings.right_context} is not supported by {asr_info.path} "
+                          f"(it supports {', '.join(map(str, supported))})")  # fmt: skip
+    progress(f"exporting ASR graphs (right context {settings.right_context})")
+    asr_entry = asr.export_asr(asr_model, graphs_dir, settings.right_context, settings.opset)
+    asr_features = FeatureConfig.from_nemo(asr_model.cfg.preprocessor).to_dict()
+    del asr_model
+
+    progress(f"loading diarizer checkpoint {diar_info.path}")
+    diar_model = load_model(diar_info)
+    progress("exporting Sortformer core graph")
+    diar_graph_dir = graphs_dir / "diarizer"
+    diar_entry = sortformer.export_sortformer(diar_model, diar_graph_dir, settings.opset)
+    diar_features = FeatureConfig.from_nemo(diar_model.cfg.preprocessor).to_dict()
+    del diar_model
+
+    tokenizer = extract_tokenizer(asr_info.path, staging / "tokenizer")
+    shutil.move(staging / "tokenizer" / "tokenizer.model", repo_dir / "tokenizer.model")
+    shutil.move(staging / "tokenizer" / "vocab.txt", repo_dir / "vocab.txt")
+    shutil.rmtree(staging / "tokenizer")
+
+    graph_specs = {"encoder": asr.ENCODER_SPEC, "decoder": asr.DECODER_SPEC, "joint": asr.JOINT_SPEC}
+    graphs: dict[str, Any] = {}
+    for name, entry in asr_entry["graphs"].items():
+        graphs[name] = dict(entry, source_file=entry["file"], file=f"{name}/1/model.onnx",
+                            dim_names=_dim_names(graph_specs[name].dynamic_axes))  # fmt: skip
+    diar_desc = describe_onnx(diar_graph_dir / diar_entry["onnx"],
+                              external_data=sortformer.ONNX_DATA_FILE if (diar_graph_dir / sortformer.ONNX_DATA_FILE)
+                              .exists() else None)  # fmt: skip
+    graphs["diarizer"] = dict(diar_desc, source_file=f"diarizer/{diar_entry['onnx']}", file="diarizer/1/model.onnx",
+                              dim_names=_dim_names(sortformer.DYNAMIC_AXES))  # fmt: skip
+    if diar_desc.get("external_data"):
+        graphs["diarizer"]["external_data"] = f"diarizer/{diar_desc['external_data']}"
+
+    geometry = {k: v for k, v in diar_entry.items() if k not in {"onnx", "opset", "inputs", "outputs"}}
+    manifest: dict[str, Any] = {
+        "manifest_version": MANIFEST_VERSION,
+        "mtasr_version": __version__,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "speaker_slots": SPEAKER_SLOTS,
+        "right_context": settings.right_context,
+        "latency_s": round((settings.right_context + 1) * asr_entry["streaming"]["encoder_frame_s"], 3),
+        "checkpoints": {
+            role: {"path": str(info.path.resolve()), "sha256": info.sha256, "class": info.target}
+            for role, info in (("asr", asr_info), ("diarizer", diar_info))
+        },
+        "tokenizer": {"model": "tokenizer.model", "vocab": "vocab.txt", **{"source": tokenizer}},
+        "asr": {
+            "streaming": asr_entry["streaming"],
+            "decoding": asr_entry["decoding"],
+            "features": asr_features,
+        },
+        "diarizer": {"geometry": geometry, "features": diar_features},
+        "graphs": graphs,
+        "deployment": {
+            "max_streams_per_batch": settings.max_streams_per_batch,
+            "instances": settings.graph_instances,
+            "intra_op_threads": settings.intra_op_threads,
+            "max_queue_delay_us": settings.max_queue_delay_us,
+        },
+    }
+    _serving_dims(manifest)
+    write_python_repository(manifest, graphs_dir, repo_dir)
+    shutil.rmtree(graphs_dir)
+    for graph in manifest["graphs"].values():
+        if graph.get("external_data"):
+            graph["external_data"] = Path(graph["external_data"]).name
+    return manifest
+
+
+def _dim_names(dynamic_axes: dict[str, dict[int, str]]) -> dict[str, dict[str, str]]:
+    return {tensor: {str(axis): name for axis, name in axes.items()} for tensor, axes in dynamic_axes.items()}

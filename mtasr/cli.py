@@ -1,0 +1,117 @@
+"""The `mtasr` command line: one entry point, one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _export(args: argparse.Namespace) -> int:
+    from mtasr.export.checkpoints import ExportError
+    from mtasr.export.pipeline import ExportSettings, run_export
+
+    settings = ExportSettings(
+        right_context=args.right_context,
+        max_streams_per_batch=args.max_streams,
+        graph_instances=args.instances,
+        intra_op_threads=args.threads,
+        tensorrt=args.tensorrt,
+    )
+    try:
+        if args.random:
+            from mtasr.random_models import build_random_pair
+
+            checkpoints = args.checkpoints or args.output.with_name(args.output.name + "-checkpoints")
+            asr_path, diar_path = build_random_pair(args.random, checkpoints)
+        else:
+            if not (args.asr and args.diarizer):
+                raise ExportError("give --asr and --diarizer checkpoints, or --random tiny|full")
+            asr_path, diar_path = args.asr, args.diarizer
+        run_export(asr_path, diar_path, args.output, settings, overwrite=args.overwrite)
+    except ExportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from mtasr.server import ServerConfig, serve_forever
+
+    if not (args.model_repository / "manifest.json").is_file() and not args.any_repository:
+        print(f"error: {args.model_repository} is not an exported model repository (no manifest.json)", file=sys.stderr)
+        return 2
+    config = ServerConfig(
+        model_repository=args.model_repository,
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        startup_timeout_s=args.startup_timeout,
+    )
+    return serve_forever(config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mtasr", description="Streaming multi-talker speech recognition served by NVIDIA Triton."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    export = sub.add_parser(
+        "export",
+        help="convert .nemo checkpoints to ONNX graphs and a Triton model repository",
+        description="Export a multitalker ASR .nemo and a Streaming Sortformer .nemo to ONNX graphs, a manifest, "
+        "a Triton model repository (ONNX Runtime in python-backend models) and the TensorRT variant with "
+        "its engine build script. Writes OUTPUT/model_repository and OUTPUT/tensorrt.",
+    )
+    export.add_argument("--asr", type=Path, help="multitalker ASR checkpoint (.nemo, EncDecMultiTalkerRNNTBPEModel)")
+    export.add_argument("--diarizer", type=Path, help="Streaming Sortformer checkpoint (.nemo)")
+    export.add_argument(
+        "--random",
+        choices=["tiny", "full"],
+        help="instead of checkpoints, build a random-initialised pair: tiny (tests) or full (released geometry: "
+        "0.6B ASR, Sortformer v2) and export it",
+    )
+    export.add_argument("--checkpoints", type=Path, help="where --random saves its .nemo files "
+                        "(default: OUTPUT-checkpoints)")  # fmt: skip
+    export.add_argument("--output", "-o", type=Path, required=True, help="output folder")
+    export.add_argument(
+        "--right-context",
+        type=int,
+        default=13,
+        help="encoder lookahead frames (0, 1, 6, 13 = 0.08, 0.16, 0.56, 1.12 s latency); must be one the "
+        "checkpoint supports (default: 13)",
+    )
+    export.add_argument("--max-streams", type=int, default=8, help="streams per batched graph call; ASR graphs "
+                        "take 4x as many speaker instances (default: 8)")  # fmt: skip
+    export.add_argument("--instances", type=int, default=1, help="Triton instances per graph model (default: 1)")
+    export.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads, 0 = all cores")
+    export.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines here (needs TensorRT)")
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    export.set_defaults(func=_export)
+
+    serve = sub.add_parser(
+        "serve",
+        help="run tritonserver on an exported model repository",
+        description="Start the real tritonserver (the nvidia-pytriton wheel's, or the one on PATH inside NVIDIA's "
+        "container) on a model repository, wait until it is ready, and stop it cleanly on Ctrl-C/SIGTERM.",
+    )
+    serve.add_argument("model_repository", type=Path, help="e.g. OUTPUT/model_repository from `mtasr export`")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    serve.add_argument("--http-port", type=int, default=8000)
+    serve.add_argument("--grpc-port", type=int, default=8001)
+    serve.add_argument("--metrics-port", type=int, default=8002)
+    serve.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for readiness")
+    serve.add_argument("--any-repository", action="store_true", help="serve a repository without manifest.json")
+    serve.set_defaults(func=_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,797 @@
+"""Launch the real ``tritonserver`` binary and manage its lifetime.
+
+Two installations are supported: NVIDIA's Triton container (``tritonserver`` on PATH and
+``/opt/tritonserver/backends``) and the binary that ships in the ``nvidia-pytriton`` wheel. The
+wheel keeps the python-backend stub apart from the backend (one stub per Python version), so
+:func:`find_tritonserver` assembles a backend directory with the stub that matches this
+interpreter, once, in a user cache directory.
+
+:class:`TritonServer` starts the binary bound to one host, waits until every model is ready and,
+when that fails, raises :class:`ServerStartError` carrying the part of the server log that says
+why (which model failed to load and the Python error). It runs the server in its own process
+group, so stopping it also ends the python-backend stub processes: nothing is left behind.
+
+Standard library only: this module is imported by the CLI and the tests, never by models.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import ctypes.util
+import fcntl
+import hashlib
+import importlib.metadata
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+__all__ = [
+    "ServerConfig",
+    "ServerStartError",
+    "TritonInstall",
+    "TritonNotFoundError",
+    "TritonServer",
+    "find_free_port",
+    "find_tritonserver",
+    "serve_forever",
+]
+
+Protocol = Literal["http", "grpc", "metrics"]
+
+#: Where NVIDIA's Triton container keeps its backends.
+SYSTEM_BACKEND_DIR = Path("/opt/tritonserver/backends")
+#: Environment variable naming a tritonserver binary to use instead of searching.
+ENV_BINARY = "MTASR_TRITONSERVER"
+#: Environment variable naming the backend directory that goes with ``MTASR_TRITONSERVER``.
+ENV_BACKEND_DIR = "MTASR_TRITON_BACKEND_DIR"
+#: Environment variable overriding the cache directory (default ``$XDG_CACHE_HOME/mtasr``).
+ENV_CACHE_DIR = "MTASR_CACHE_DIR"
+
+STUB_NAME = "triton_python_backend_stub"
+
+# Log lines that look like errors on every CPU-only start and say nothing about the models.
+_BENIGN_LOG_PATTERNS = (
+    "CudaDriverHelper has not been initialized",
+    "Unable to allocate pinned system memory",
+    "CUDA driver version is insufficient",
+    "Failed to init DCGM",
+)
+_ERROR_LINE = re.compile(r"^E\d{4} |error|failed|exception|traceback", re.IGNORECASE)
+_TABLE_LINE = re.compile(r"^\s*[+|]")
+
+
+class TritonNotFoundError(RuntimeError):
+    """No usable tritonserver installation was found."""
+
+
+class ServerStartError(RuntimeError):
+    """tritonserver could not be started or did not become ready; the message says why."""
+
+
+# --------------------------------------------------------------------------------------------
+# Finding the binary
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    """Everything needed to run one tritonserver installation.
+
+    ``lib_dirs`` go on the child's LD_LIBRARY_PATH: the wheel's binaries find their bundled
+    libraries through an ``$ORIGIN``-relative RPATH, which does not hold for copies made when
+    symlinks are not possible, and the stub needs ``libpython`` of this interpreter.
+    """
+
+    binary: Path
+    backend_dir: Path
+    lib_dirs: tuple[Path, ...] = ()
+    source: str = "system"  # "system", "pytriton" or "env"
+    version: str | None = None
+
+
+def _user_cache_dir() -> Path:
+    """The per-user cache root for mtasr (respects MTASR_CACHE_DIR and XDG_CACHE_HOME)."""
+    if os.environ.get(ENV_CACHE_DIR):
+        return Path(os.environ[ENV_CACHE_DIR]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mtasr"
+
+
+def _python_libdirs() -> list[Path]:
+    """Directories holding this interpreter's libpython, which the python-backend stub links."""
+    libdir = sysconfig.get_config_var("LIBDIR")
+    pattern = f"libpython{sys.version_info.major}.{sys.version_info.minor}*.so*"
+    if libdir and any(Path(libdir).glob(pattern)):
+        return [Path(libdir)]
+    return []
+
+
+def _pytriton_root() -> Path | None:
+    """The installed ``pytriton`` package folder, found without importing it (import is slow)."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Symlink ``dst`` to ``src``; copy where the filesystem refuses symlinks."""
+    try:
+        os.symlink(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _backends_complete(backend_dir: Path, src_backends: Path) -> bool:
+    """True when every file of the wheel's backends (and the stub) is present and resolvable."""
+    if not (backend_dir / "python" / STUB_NAME).exists():  # exists() follows symlinks
+        return False
+    for src in src_backends.rglob("*"):
+        if "__pycache__" in src.parts or src.is_dir():
+            continue
+        if not (backend_dir / src.relative_to(src_backends)).exists():
+            return False
+    return True
+
+
+def _build_backend_dir(src_backends: Path, stub: Path, target: Path) -> None:
+    """Create ``target``: the wheel's backends/ with the stub added to python/ (caller holds the lock).
+
+    Built beside the target and renamed into place, so a half-built directory is never used.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private
+        for src in sorted(src_backends.rglob("*")):
+            if "__pycache__" in src.parts:
+                continue
+            dst = tmp / src.relative_to(src_backends)
+            if src.is_dir():
+                dst.mkdir(parents=True, exist_ok=True)
+            else:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                _link_or_copy(src.resolve(), dst)
+        (tmp / "python").mkdir(exist_ok=True)
+        _link_or_copy(stub.resolve(), tmp / "python" / STUB_NAME)
+        if target.exists() or target.is_symlink():  # stale or broken: replace it
+            shutil.rmtree(target, ignore_errors=True)
+        os.rename(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _pytriton_install() -> TritonInstall | None:
+    """The tritonserver inside the nvidia-pytriton wheel, with a backend dir holding our stub."""
+    root = _pytriton_root()
+    if root is None:
+        return None
+    dist = root / "tritonserver"
+    binary = dist / "bin" / "tritonserver"
+    if not binary.is_file():
+        return None
+    py = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = dist / "python_backend_stubs" / py / STUB_NAME
+    if not stub.is_file():
+        have = sorted(p.name for p in (dist / "python_backend_stubs").glob("*"))
+        raise TritonNotFoundError(
+            f"the nvidia-pytriton wheel at {root} has no python-backend stub for Python {py} "
+            f"(it has: {', '.join(have) or 'none'}); run with one of those Python versions"
+        )
+    try:
+        version = importlib.metadata.version("nvidia-pytriton")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    # One cache entry per wheel location: two venvs with the same version must not share links.
+    tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:10]
+    backend_dir = _user_cache_dir() / "triton-backends" / f"pytriton-{version}-py{py}-{tag}" / "backends"
+    src_backends = dist / "backends"
+    if not _backends_complete(backend_dir, src_backends):
+        try:
+            backend_dir.parent.mkdir(parents=True, exist_ok=True)
+            # Serialise builders (parallel test workers, two servers starting at once).
+            with open(backend_dir.parent / ".lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if not _backends_complete(backend_dir, src_backends):
+                    _build_backend_dir(src_backends, stub, backend_dir)
+        except OSError as exc:
+            raise TritonNotFoundError(
+                f"could not assemble the Triton backend directory {backend_dir}: {exc}"
+            ) from exc
+    lib_dirs = [root.parent / "nvidia_pytriton.libs", dist / "external_libs", *_python_libdirs()]
+    return TritonInstall(
+        binary=binary,
+        backend_dir=backend_dir,
+        lib_dirs=tuple(d for d in lib_dirs if d.is_dir()),
+        source="pytriton",
+        version=version,
+    )
+
+
+def find_tritonserver() -> TritonInstall:
+    """Locate a runnable tritonserver and the backend directory to pass it.
+
+    Order: ``$MTASR_TRITONSERVER`` (with ``$MTASR_TRITON_BACKEND_DIR``), then ``tritonserver`` on
+    PATH with ``/opt/tritonserver/backends`` (NVIDIA's container, which has the GPU backends),
+    then the nvidia-pytriton wheel. Raises :class:`TritonNotFoundError` saying what was tried.
+    """
+    tried = []
+    env_bin = os.environ.get(ENV_BINARY)
+    if env_bin:
+        binary = Path(env_bin).expanduser()
+        backend_dir = Path(os.environ.get(ENV_BACKEND_DIR) or binary.resolve().parent.parent / "backends")
+        if not (binary.is_file() and os.access(binary, os.X_OK)):
+            raise TritonNotFoundError(f"${ENV_BINARY}={env_bin} is not an executable file")
+        if not backend_dir.is_dir():
+            raise TritonNotFoundError(
+                f"backend directory {backend_dir} does not exist (set ${ENV_BACKEND_DIR})"
+            )
+        return TritonInstall(binary=binary, backend_dir=backend_dir, source="env")
+
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        binary = Path(on_path)
+        for backend_dir in (SYSTEM_BACKEND_DIR, binary.resolve().parent.parent / "backends"):
+            if backend_dir.is_dir():
+                return TritonInstall(binary=binary, backend_dir=backend_dir, source="system")
+        tried.append(f"tritonserver on PATH ({binary}) but no {SYSTEM_BACKEND_DIR}")
+    else:
+        tried.append("no tritonserver on PATH")
+
+    install = _pytriton_install()
+    if install is not None:
+        return install
+    tried.append("no nvidia-pytriton wheel with pytriton/tritonserver/bin/tritonserver")
+    raise TritonNotFoundError(
+        "tritonserver not found: "
+        + "; ".join(tried)
+        + ". Install it with `pip install nvidia-pytriton==0.7.0` (CPU, python backend) or run inside "
+        "NVIDIA's Triton container, or point $MTASR_TRITONSERVER at a binary."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Ports
+# --------------------------------------------------------------------------------------------
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def find_free_port(host: str = "127.0.0.1") -> int:
+    """A port that is free on ``host`` right now (the OS picks it; another process may take it later)."""
+    with socket.socket(_family(host), socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _port_taken(host: str, port: int) -> str | None:
+    """Why ``port`` cannot be bound on ``host``, or None when it is free.
+
+    SO_REUSEADDR mirrors what the server's listeners do, so a port only lingering in TIME_WAIT
+    counts as free while one held by a listening process does not.
+    """
+    with socket.socket(_family(host), socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Server
+# --------------------------------------------------------------------------------------------
+
+
+def _default_python_env() -> Path:
+    """The environment (venv or installation prefix) of the running interpreter."""
+    return Path(sys.prefix)
+
+
+@dataclass
+class ServerConfig:
+    """How to run tritonserver. Ports set to 0 are replaced by free ones at start."""
+
+    model_repository: str | Path
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    log_verbose: int = 0
+    #: Appended last, so they override the flags set here (later flags win in tritonserver).
+    extra_args: Sequence[str] = ()
+    startup_timeout_s: float = 60.0
+    #: ``none`` loads every model at start; ``explicit`` (with ``--load-model=...``) lets a client
+    #: load and unload models.
+    model_control_mode: str = "none"
+    #: How long the server waits for in-flight requests after SIGINT (``--exit-timeout-secs``).
+    exit_timeout_s: int = 10
+    #: Where the server's stdout/stderr (and the models' prints) go; a temp file if None.
+    log_file: str | Path | None = None
+    #: The Python environment the python-backend stubs run in (its ``bin`` goes first on PATH).
+    python_env: str | Path = field(default_factory=_default_python_env)
+    #: Have the kernel SIGTERM the server when the thread that started it dies, so a crashed
+    #: parent cannot leave it running. Turn off when starting it from a short-lived thread.
+    kill_on_parent_exit: bool = True
+    #: Extra environment variables for the server (and so the models).
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _gpu_present() -> bool:
+    """Whether an NVIDIA driver is loaded; without one, CUDA-only features are switched off."""
+    return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidiactl").exists()
+
+
+def _connect_host(host: str) -> str:
+    """The address a local client uses to reach a server bound to ``host``."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
+def _url_host(host: str) -> str:
+    host = _connect_host(host)
+    return f"[{host}]" if ":" in host else host
+
+
+def _group_members(pgid: int) -> list[int]:
+    """PIDs of live (non-zombie) processes in process group ``pgid`` (Linux /proc scan)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        # Fields after the parenthesised command: state ppid pgrp ...
+        rest = stat.rsplit(")", 1)[-1].split()
+        if len(rest) >= 3 and int(rest[2]) == pgid and rest[0] != "Z":
+            members.append(int(entry))
+    return members
+
+
+class TritonServer:
+    """A tritonserver child process: ``with TritonServer(cfg) as srv: ... srv.url("http")``.
+
+    ``start()`` returns only once ``/v2/health/ready`` answers 200 (with ``--strict-readiness``:
+    every model loaded); otherwise it raises :class:`ServerStartError` and leaves nothing
+    running. ``stop()`` asks for a graceful shutdown, then escalates, and reaps the whole
+    process group (the python-backend stubs included).
+    """
+
+    def __init__(self, config: ServerConfig, install: TritonInstall | None = None) -> None:
+        self.config = config
+        self._install = install
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._log_fh = None
+        self._log_path: Path | None = None
+        self._ports: dict[str, int] = {}
+        self._command: list[str] = []
+        self._returncode: int | None = None
+
+    # -- properties ---------------------------------------------------------------------------
+
+    @property
+    def install(self) -> TritonInstall:
+        """The tritonserver installation used (found on first use)."""
+        if self._install is None:
+            self._install = find_tritonserver()
+        return self._install
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the server process (also its process-group id), None before start."""
+        return self._popen.pid if self._popen is not None else None
+
+    @property
+    def log_path(self) -> Path | None:
+        """File receiving the server's output; kept after stop for post-mortems."""
+        return self._log_path
+
+    @property
+    def command(self) -> list[str]:
+        """The command line of the last start."""
+        return list(self._command)
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit status once the server has exited (negative: killed by that signal)."""
+        if self._popen is not None:
+            return self._popen.poll()
+        return self._returncode
+
+    def port(self, protocol: Protocol) -> int:
+        """The port actually used for ``protocol`` (differs from the config when that was 0)."""
+        if protocol in self._ports:
+            return self._ports[protocol]
+        return int(getattr(self.config, f"{protocol}_port"))
+
+    def address(self, protocol: Protocol) -> str:
+        """``host:port`` for ``protocol``: what tritonclient's ``InferenceServerClient(url=...)`` takes."""
+        return f"{_url_host(self.config.host)}:{self.port(protocol)}"
+
+    def url(self, protocol: Protocol = "http") -> str:
+        """Full URL: ``http://host:port``, ``grpc://host:port`` or ``http://host:port/metrics``."""
+        if protocol == "http":
+            return f"http://{self.address('http')}"
+        if protocol == "grpc":
+            return f"grpc://{self.address('grpc')}"
+        if protocol == "metrics":
+            return f"http://{self.address('metrics')}/metrics"
+        raise ValueError(f"unknown protocol {protocol!r} (http, grpc or metrics)")
+
+    def is_running(self) -> bool:
+        """Whether the server process is alive."""
+        return self._popen is not None and self._popen.poll() is None
+
+    # -- start --------------------------------------------------------------------------------
+
+    def _resolve_ports(self) -> dict[str, int]:
+        cfg = self.config
+        ports: dict[str, int] = {}
+        for proto in ("http", "grpc", "metrics"):
+            port = int(getattr(cfg, f"{proto}_port"))
+            if port == 0:
+                for _ in range(20):
+                    port = find_free_port(cfg.host)
+                    if port not in ports.values():
+                        break
+            ports[proto] = port
+        dup = {p for p in ports.values() if list(ports.values()).count(p) > 1}
+        if dup:
+            raise ServerStartError(f"http, grpc and metrics ports must differ, got {ports}")
+        for proto, port in ports.items():
+            why = _port_taken(cfg.host, port)
+            if why is not None:
+                raise ServerStartError(
+                    f"cannot start tritonserver: {proto} port {port} on {cfg.host} is already in use "
+                    f"({why}); stop whatever holds it or choose another port"
+                )
+        return ports
+
+    def build_args(self, ports: dict[str, int] | None = None) -> list[str]:
+        """The full command line (binary first) for the configured server."""
+        cfg = self.config
+        ports = ports or {p: self.port(p) for p in ("http", "grpc", "metrics")}
+        inst = self.install
+        gpu = _gpu_present()
+        # Shared-memory regions of the python backend are named prefix + model instance: two
+        # servers with the same model names would collide without a per-server prefix.
+        shm_prefix = f"mtasr_{os.getpid()}_{ports['http']}_"
+        args = [
+            str(inst.binary),
+            f"--model-repository={Path(cfg.model_repository).resolve()}",
+            f"--backend-directory={inst.backend_dir}",
+            f"--model-control-mode={cfg.model_control_mode}",
+            "--strict-readiness=true",
+            "--exit-on-error=true",
+            f"--exit-timeout-secs={int(cfg.exit_timeout_s)}",
+            f"--log-verbose={int(cfg.log_verbose)}",
+            "--allow-http=true",
+            f"--http-address={cfg.host}",
+            f"--http-port={ports['http']}",
+            "--allow-grpc=true",
+            f"--grpc-address={cfg.host}",
+            f"--grpc-port={ports['grpc']}",
+            "--allow-metrics=true",
+            f"--metrics-address={cfg.host}",
+            f"--metrics-port={ports['metrics']}",
+            f"--allow-gpu-metrics={'true' if gpu else 'false'}",
+            f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
+        ]
+        if not gpu:
+            args.append("--pinned-memory-pool-byte-size=0")  # nothing to pin without CUDA
+        args.extend(str(a) for a in cfg.extra_args)
+        return args
+
+    def child_env(self) -> dict[str, str]:
+        """Environment for the server: this Python env first on PATH, the install's libraries."""
+        env = dict(os.environ)
+        env.update(self.config.env)
+        py_bin = Path(self.config.python_env) / "bin"
+        if not py_bin.is_dir():
+            py_bin = Path(sys.executable).parent
+        env["PATH"] = os.pathsep.join([str(py_bin), *[p for p in env.get("PATH", "").split(os.pathsep) if p]])
+        libs = [str(d) for d in self.install.lib_dirs]
+        if libs:
+            old = [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+            env["LD_LIBRARY_PATH"] = os.pathsep.join(old + [lib for lib in libs if lib not in old])
+        env.pop("PYTHONHOME", None)  # would point the stub's embedded Python elsewhere
+        return env
+
+    def start(self) -> TritonServer:
+        """Spawn the server and block until it is ready; :class:`ServerStartError` otherwise."""
+        if self.is_running():
+            raise ServerStartError(f"tritonserver already running (pid {self.pid})")
+        cfg = self.config
+        repo = Path(cfg.model_repository)
+        if not repo.is_dir():
+            raise ServerStartError(f"model repository {repo} is not a directory")
+        try:
+            install = self.install
+        except TritonNotFoundError as exc:
+            raise ServerStartError(str(exc)) from exc
+        self._ports = self._resolve_ports()
+        self._command = self.build_args(self._ports)
+
+        if cfg.log_file is None:
+            fd, name = tempfile.mkstemp(prefix=f"tritonserver-{self._ports['http']}-", suffix=".log")
+            os.close(fd)
+            self._log_path = Path(name)
+        else:
+            self._log_path = Path(cfg.log_file)
+            self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_fh = open(self._log_path, "wb")  # noqa: SIM115 - lives as long as the server
+
+        preexec = _set_parent_death_signal if cfg.kill_on_parent_exit else None
+        try:
+            self._popen = subprocess.Popen(
+                self._command,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log_fh,
+                stderr=subprocess.STDOUT,
+                env=self.child_env(),
+                start_new_session=True,  # own process group: stop() can reap the stubs too
+                preexec_fn=preexec,
+                close_fds=True,
+            )
+        except OSError as exc:
+            self._close_log()
+            raise ServerStartError(f"cannot execute {install.binary}: {exc}") from exc
+        atexit.register(self.stop)
+        self._wait_ready(time.monotonic() + cfg.startup_timeout_s)
+        return self
+
+    def _wait_ready(self, deadline: float) -> None:
+        ready_url = f"{self.url('http')}/v2/health/ready"
+        while True:
+            code = self._popen.poll()
+            if code is not None:
+                self._reap_group()
+                self._close_log()
+                raise ServerStartError(
+                    self._failure_message(f"tritonserver exited with code {code} before it was ready")
+                )
+            try:
+                with urllib.request.urlopen(ready_url, timeout=1.0) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass  # not listening yet, or 400 while models load
+            if time.monotonic() >= deadline:
+                not_ready = self._not_ready_models()
+                self.stop()
+                summary = f"tritonserver was not ready within {self.config.startup_timeout_s:g} s"
+                if not_ready:
+                    summary += f"; models not ready: {not_ready}"
+                raise ServerStartError(self._failure_message(summary))
+            time.sleep(0.1)
+
+    def _not_ready_models(self) -> str:
+        """Model states from the repository index, for a timeout message (best effort)."""
+        import json
+
+        try:
+            req = urllib.request.Request(f"{self.url('http')}/v2/repository/index", data=b"{}", method="POST")
+            with urllib.request.urlopen(req, timeout=2.0) as resp:
+                index = json.loads(resp.read())
+        except (OSError, ValueError):
+            return ""
+        return ", ".join(
+            f"{m.get('name')} ({m.get('state', '?')}{': ' + m['reason'] if m.get('reason') else ''})"
+            for m in index
+            if m.get("state") != "READY"
+        )
+
+    def log_text(self) -> str:
+        """Everything the server has written so far."""
+        if self._log_path is None or not self._log_path.exists():
+            return ""
+        return self._log_path.read_text(errors="replace")
+
+    def _failure_message(self, summary: str, tail_lines: int = 25) -> str:
+        lines = self.log_text().splitlines()
+        errors = [
+            ln.strip()
+            for ln in lines
+            if _ERROR_LINE.search(ln)
+            and not _TABLE_LINE.match(ln)
+            and not any(b in ln for b in _BENIGN_LOG_PATTERNS)
+        ]
+        loading = dict.fromkeys(re.findall(r"loading: ([^:\s]+):\d+", "\n".join(lines)))
+        done = set(re.findall(r"(?:successfully loaded|failed to load) '([^']+)'", "\n".join(lines)))
+        still_loading = [m for m in loading if m not in done]
+        # The tail without the banner tables, except model rows that say what went wrong.
+        tail = [
+            ln
+            for ln in lines
+            if ln.strip()
+            and (not _TABLE_LINE.match(ln) or "UNAVAILABLE" in ln)
+            and not re.search(r"\.cc:\d+\]\s*$", ln)  # table headings
+        ][-tail_lines:]
+        if still_loading and not errors:
+            summary += f" (still loading: {', '.join(still_loading)})"
+        parts = [summary + "."]
+        if errors:
+            parts.append("Errors in the server log:\n  " + "\n  ".join(errors[-20:]))
+        parts.append(f"Last lines of {self._log_path}:\n  " + "\n  ".join(tail or ["(empty)"]))
+        parts.append("Command: " + " ".join(self._command))
+        return "\n".join(parts)
+
+    # -- stop ---------------------------------------------------------------------------------
+
+    def stop(self, grace_s: float | None = None) -> int | None:
+        """Stop the server: SIGINT, then SIGTERM and SIGKILL to its group; returns its exit code.
+
+        ``grace_s`` is how long SIGINT gets (default: the exit timeout plus 5 s).
+        """
+        atexit.unregister(self.stop)
+        popen = self._popen
+        if popen is None:
+            return self._returncode
+        if grace_s is None:
+            grace_s = self.config.exit_timeout_s + 5.0
+        if popen.poll() is None:
+            for sig, wait_s in ((signal.SIGINT, grace_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, 10.0)):
+                try:
+                    if sig == signal.SIGINT:
+                        os.kill(popen.pid, sig)  # the server shuts its models (and stubs) down
+                    else:
+                        os.killpg(popen.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    popen.wait(timeout=wait_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        self._reap_group()
+        self._returncode = popen.wait()
+        self._close_log()
+        return self._returncode
+
+    def _reap_group(self) -> None:
+        """Kill whatever is left in the server's process group (stubs of a crashed server)."""
+        pgid = self._popen.pid
+        deadline = time.monotonic() + 5.0
+        while True:
+            members = [p for p in _group_members(pgid) if p != os.getpid()]
+            if not members:
+                return
+            for pid in members:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+
+    def _close_log(self) -> None:
+        if self._log_fh is not None:
+            self._log_fh.close()
+            self._log_fh = None
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait for the server to exit on its own; its exit code, or None on timeout."""
+        if self._popen is None:
+            return self._returncode
+        try:
+            return self._popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __del__(self) -> None:
+        try:
+            if self.is_running():
+                self.stop(grace_s=2.0)
+        except Exception:
+            pass
+
+
+def _set_parent_death_signal() -> None:
+    """Runs in the child before exec: SIGTERM it when the parent goes away."""
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI helper
+# --------------------------------------------------------------------------------------------
+
+
+def serve_forever(config: ServerConfig, echo_log: bool = True) -> int:
+    """Run the server until SIGINT/SIGTERM (then stop it cleanly) or until it exits by itself.
+
+    Returns the process exit code for the CLI: 0 after a requested stop, the server's status
+    (or 1) when it died, 2 when it could not start. ``echo_log`` copies the server log to stderr.
+    """
+    server = TritonServer(config)
+    stop_requested: list[int] = []
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        stop_requested.append(signum)
+
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            server.start()
+        except ServerStartError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            return 2
+        if stop_requested:
+            server.stop()
+            return 0
+        print(
+            f"tritonserver ready (pid {server.pid}, {server.install.source} install)\n"
+            f"  HTTP    {server.url('http')}\n"
+            f"  gRPC    {server.url('grpc')}\n"
+            f"  metrics {server.url('metrics')}\n"
+            f"  log     {server.log_path}",
+            flush=True,
+        )
+        offset = 0
+        while not stop_requested:
+            if echo_log and server.log_path is not None:
+                offset = _echo_new_log(server.log_path, offset)
+            code = server.wait(timeout=0.5)
+            if code is not None:
+                if echo_log and server.log_path is not None:
+                    _echo_new_log(server.log_path, offset)
+                server.stop()
+                print(f"tritonserver exited by itself with code {code}", file=sys.stderr, flush=True)
+                return code if code > 0 else 1
+        print(f"stopping tritonserver (signal {stop_requested[0]})", file=sys.stderr, flush=True)
+        code = server.stop()
+        if echo_log and server.log_path is not None:
+            _echo_new_log(server.log_path, offset)
+        return 0 if code in (0, -signal.SIGINT) else (code if code and code > 0 else 1)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if server.is_running():
+            server.stop()
+
+
+def _echo_new_log(path: Path, offset: int) -> int:
+    """Copy what was appended to ``path`` since ``offset`` to stderr; the new offset."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except OSError:
+        return offset
+    if data:
+        sys.stderr.write(data.decode(errors="replace"))
+        sys.stderr.flush()
+    return offset + len(data)

@@ -1,0 +1,112 @@
+"""Python-backend model that serves one exported ONNX graph with ONNX Runtime.
+
+The PyPI tritonserver has no onnxruntime backend, so graphs run inside python-backend models. Every
+request of an `execute()` batch whose non-batch shapes agree goes through ONE session call;
+a malformed request gets its own error and the others are still answered.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_NUMPY_DTYPES = {"TYPE_FP32": np.float32, "TYPE_INT64": np.int64, "TYPE_INT32": np.int32, "TYPE_FP16": np.float16}
+
+
+def session_options(parameters: dict[str, Any]):
+    """ONNX Runtime options from the model config's `parameters` (thread counts)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+    def param(key: str, default: int) -> int:
+        value = parameters.get(key, {}).get("string_value", "")
+        return int(value) if value else default
+
+    options.intra_op_num_threads = param("intra_op_threads", 0)
+    options.inter_op_num_threads = param("inter_op_threads", 1)
+    return options
+
+
+def check_input(name: str, array: np.ndarray, dtype: type, dims: list[int]) -> str | None:
+    """Why `array` cannot be the batched input `name` (dims exclude the batch dimension), or None."""
+    if array.dtype != dtype:
+        return f"input '{name}' must be {np.dtype(dtype).name}, got {array.dtype.name}"
+    if array.ndim != len(dims) + 1:
+        return f"input '{name}' must have {len(dims) + 1} dimensions, got shape {list(array.shape)}"
+    for axis, (got, want) in enumerate(zip(array.shape[1:], dims, strict=True), start=1):
+        if want != -1 and got != want:
+            return f"input '{name}' dimension {axis} must be {want}, got {got}"
+    if array.shape[0] == 0:
+        return f"input '{name}' is empty"
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        return f"input '{name}' holds NaN or infinite values"
+    return None
+
+
+class TritonPythonModel:
+    """Serves `<version>/model.onnx`; tensor names, dtypes and dims come from config.pbtxt."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        import onnxruntime as ort
+
+        config = json.loads(args["model_config"])
+        self.inputs = [(i["name"], _NUMPY_DTYPES[i["data_type"]], [int(d) for d in i["dims"]]) for i in config["input"]]
+        self.outputs = [o["name"] for o in config["output"]]
+        graph = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
+        self.session = ort.InferenceSession(
+            str(graph), sess_options=session_options(config.get("parameters", {})), providers=["CPUExecutionProvider"]
+        )
+
+    def execute(self, requests: list) -> list:
+        import triton_python_backend_utils as pb_utils
+
+        responses: list = [None] * len(requests)
+        groups: dict[tuple, list[tuple[int, list[np.ndarray]]]] = {}
+        for index, request in enumerate(requests):
+            arrays, error = [], None
+            for name, dtype, dims in self.inputs:
+                tensor = pb_utils.get_input_tensor_by_name(request, name)
+                if tensor is None:
+                    error = f"missing input '{name}'"
+                    break
+                array = tensor.as_numpy()
+                error = check_input(name, array, dtype, dims)
+                if error:
+                    break
+                arrays.append(array)
+            if error:
+                responses[index] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(error))
+                continue
+            # Requests stack into one call when all their non-batch dims agree.
+            key = tuple(a.shape[1:] for a in arrays)
+            groups.setdefault(key, []).append((index, arrays))
+
+        for members in groups.values():
+            sizes = [arrays[0].shape[0] for _, arrays in members]
+            feeds = {
+                name: np.concatenate([arrays[i] for _, arrays in members]) for i, (name, _, _) in enumerate(self.inputs)
+            }
+            try:
+                results = self.session.run(self.outputs, feeds)
+            except Exception as err:  # a graph failure answers these requests only
+                for index, _ in members:
+                    responses[index] = pb_utils.InferenceResponse(
+                        output_tensors=[], error=pb_utils.TritonError(f"graph failed: {err}")
+                    )
+                continue
+            offsets = np.cumsum([0, *sizes])
+            for (index, _), start, stop in zip(members, offsets[:-1], offsets[1:], strict=True):
+                tensors = [
+                    pb_utils.Tensor(name, np.ascontiguousarray(value[start:stop]))
+                    for name, value in zip(self.outputs, results, strict=True)
+                ]
+                responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
+        return responses
+
+    def finalize(self) -> None:
+        self.session = None
