@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
-
 from mtasr.export.onnx_io import GraphSpec, export_onnx
+from omegaconf import DictConfig, OmegaConf
 
 # The right contexts (lookahead encoder frames) the released checkpoint is trained for.
 RELEASED_ATT_CONTEXTS = [[70, 13], [70, 6], [70, 1], [70, 0]]
@@ -57,7 +56,11 @@ def asr_config(size: str, tokenizer_dir: Path, n_mels: int = 128) -> DictConfig:
         "spk_kernel_type": "ff",
         "spk_kernel_layers": [0],
         "add_bg_spk_kernel": True,
-        "model_defaults": {"enc_hidden": s.d_model, "pred_hidden": s.pred_hidden, "joint_hidden": s.joint_hidden},
+        "model_defaults": {
+            "enc_hidden": s.d_model,
+            "pred_hidden": s.pred_hidden,
+            "joint_hidden": s.joint_hidden,
+        },
         "tokenizer": {"dir": str(tokenizer_dir), "type": "bpe"},
         "train_ds": None,
         "validation_ds": None,
@@ -331,8 +334,9 @@ DECODER_SPEC = GraphSpec(
     file="decoder.onnx",
     inputs=["targets", "state_h", "state_c"],
     outputs=["prediction", "next_state_h", "next_state_c"],
-    dynamic_axes={name: {0: "N"} for name in ["targets", "state_h", "state_c", "prediction", "next_state_h",
-                                              "next_state_c"]},  # fmt: skip
+    dynamic_axes={
+        name: {0: "N"} for name in ["targets", "state_h", "state_c", "prediction", "next_state_h", "next_state_c"]
+    },
 )
 
 JOINT_SPEC = GraphSpec(
@@ -371,7 +375,11 @@ def export_asr(model, out_dir: Path, right_context: int, opset: int = 17) -> dic
     graphs = {
         "encoder": export_onnx(encoder_step, example_encoder_inputs(model, 2, False), ENCODER_SPEC, out_dir, opset),
         "decoder": export_onnx(
-            PredictionStep(model.decoder).eval(), example_decoder_inputs(model, 2), DECODER_SPEC, out_dir, opset
+            PredictionStep(model.decoder).eval(),
+            example_decoder_inputs(model, 2),
+            DECODER_SPEC,
+            out_dir,
+            opset,
         ),
         "joint": export_onnx(JointStep(model.joint).eval(), example_joint_inputs(model, 2), JOINT_SPEC, out_dir, opset),
     }

@@ -13,8 +13,13 @@ import torch
 # Protobuf cannot hold a model over 2 GiB; above this many weight bytes we write external data.
 EXTERNAL_DATA_THRESHOLD_BYTES = 1_500_000_000
 
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32",
-              "tensor(float16)": "float16", "tensor(bool)": "bool"}  # fmt: skip
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(float16)": "float16",
+    "tensor(bool)": "bool",
+}
 
 
 @dataclass(frozen=True)

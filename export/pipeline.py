@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -18,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mtasr import __version__
 from mtasr.export.checkpoints import (
     ASR_CLASS,
     DIARIZER_CLASS,
@@ -27,6 +25,8 @@ from mtasr.export.checkpoints import (
     inspect_checkpoint,
     load_model,
 )
+
+from mtasr import __version__
 
 MANIFEST_VERSION = 1
 SPEAKER_SLOTS = 4
@@ -50,11 +50,15 @@ def _progress(message: str) -> None:
 def check_output_dir(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ExportError(f"output folder {out_dir} is not empty (pass --overwrite to replace it)")
-    parent = out_dir.parent if not out_dir.exists() else out_dir
-    while not parent.exists():
-        parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ExportError(f"output folder {out_dir} is not writable")
+    ancestor = out_dir.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    try:  # a real probe: permission bits say nothing for root or read-only file systems
+        if not ancestor.is_dir():
+            raise NotADirectoryError(ancestor)
+        tempfile.TemporaryDirectory(dir=ancestor).cleanup()
+    except OSError:
+        raise ExportError(f"output folder {out_dir} is not writable") from None
 
 
 def _serving_dims(manifest: dict[str, Any]) -> None:
@@ -72,8 +76,9 @@ def _serving_dims(manifest: dict[str, Any]) -> None:
         dims = {}
         for t in graph["inputs"]:
             names = graph["dim_names"].get(t["name"], {})
-            dims[t["name"]] = [d if d != -1 else named[names[str(axis)]] for axis, d in
-                               enumerate(t["shape"]) if axis > 0]  # fmt: skip
+            dims[t["name"]] = [
+                d if d != -1 else named[names[str(axis)]] for axis, d in enumerate(t["shape"]) if axis > 0
+            ]
         graph["serving_dims"] = dims
 
 
@@ -125,6 +130,7 @@ def _export_into(staging: Path, asr_info, diar_info, settings: ExportSettings, p
     from mtasr.export import asr, sortformer
     from mtasr.export.onnx_io import describe_onnx
     from mtasr.export.repository import write_python_repository
+
     from mtasr.features import FeatureConfig
 
     graphs_dir = staging / "graphs"
@@ -135,8 +141,10 @@ def _export_into(staging: Path, asr_info, diar_info, settings: ExportSettings, p
     asr_model = load_model(asr_info)
     supported = asr.supported_right_contexts(asr_model)
     if settings.right_context not in supported:
-        raise ExportError(f"right context {settings.right_context} is not supported by {asr_info.path} "
-                          f"(it supports {', '.join(map(str, supported))})")  # fmt: skip
+        raise ExportError(
+            f"right context {settings.right_context} is not supported by {asr_info.path} "
+            f"(it supports {', '.join(map(str, supported))})"
+        )
     progress(f"exporting ASR graphs (right context {settings.right_context})")
     asr_entry = asr.export_asr(asr_model, graphs_dir, settings.right_context, settings.opset)
     asr_features = FeatureConfig.from_nemo(asr_model.cfg.preprocessor).to_dict()
@@ -158,13 +166,22 @@ def _export_into(staging: Path, asr_info, diar_info, settings: ExportSettings, p
     graph_specs = {"encoder": asr.ENCODER_SPEC, "decoder": asr.DECODER_SPEC, "joint": asr.JOINT_SPEC}
     graphs: dict[str, Any] = {}
     for name, entry in asr_entry["graphs"].items():
-        graphs[name] = dict(entry, source_file=entry["file"], file=f"{name}/1/model.onnx",
-                            dim_names=_dim_names(graph_specs[name].dynamic_axes))  # fmt: skip
-    diar_desc = describe_onnx(diar_graph_dir / diar_entry["onnx"],
-                              external_data=sortformer.ONNX_DATA_FILE if (diar_graph_dir / sortformer.ONNX_DATA_FILE)
-                              .exists() else None)  # fmt: skip
-    graphs["diarizer"] = dict(diar_desc, source_file=f"diarizer/{diar_entry['onnx']}", file="diarizer/1/model.onnx",
-                              dim_names=_dim_names(sortformer.DYNAMIC_AXES))  # fmt: skip
+        graphs[name] = dict(
+            entry,
+            source_file=entry["file"],
+            file=f"{name}/1/model.onnx",
+            dim_names=_dim_names(graph_specs[name].dynamic_axes),
+        )
+    diar_desc = describe_onnx(
+        diar_graph_dir / diar_entry["onnx"],
+        external_data=sortformer.ONNX_DATA_FILE if (diar_graph_dir / sortformer.ONNX_DATA_FILE).exists() else None,
+    )
+    graphs["diarizer"] = dict(
+        diar_desc,
+        source_file=f"diarizer/{diar_entry['onnx']}",
+        file="diarizer/1/model.onnx",
+        dim_names=_dim_names(sortformer.DYNAMIC_AXES),
+    )
     if diar_desc.get("external_data"):
         graphs["diarizer"]["external_data"] = f"diarizer/{diar_desc['external_data']}"
 

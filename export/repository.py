@@ -70,8 +70,9 @@ def write_python_repository(manifest: dict[str, Any], graphs_dir: Path, repo_dir
         if graph.get("external_data"):
             shutil.move(graphs_dir / graph["external_data"], version_dir / Path(graph["external_data"]).name)
         shutil.copy2(TEMPLATES / "onnx_graph.py", version_dir / "model.py")
-        (repo_dir / name / "config.pbtxt").write_text(graph_config(name, graph, max_batch(manifest, name), "python",
-                                                                   settings))  # fmt: skip
+        (repo_dir / name / "config.pbtxt").write_text(
+            graph_config(name, graph, max_batch(manifest, name), "python", settings)
+        )
 
 
 def write_tensorrt_variant(manifest: dict[str, Any], repo_dir: Path, trt_dir: Path) -> None:
@@ -82,8 +83,9 @@ def write_tensorrt_variant(manifest: dict[str, Any], repo_dir: Path, trt_dir: Pa
     trt_repo = trt_dir / "model_repository"
     for name, graph in manifest["graphs"].items():
         (trt_repo / name / "1").mkdir(parents=True, exist_ok=True)
-        (trt_repo / name / "config.pbtxt").write_text(graph_config(name, graph, max_batch(manifest, name), "tensorrt",
-                                                                   settings))  # fmt: skip
+        (trt_repo / name / "config.pbtxt").write_text(
+            graph_config(name, graph, max_batch(manifest, name), "tensorrt", settings)
+        )
     for file in ROOT_FILES:
         if (repo_dir / file).exists():
             shutil.copy2(repo_dir / file, trt_repo / file)

@@ -66,8 +66,8 @@ STREAMING_KEYS = (
     "causal_attn_rc",
 )
 
-# Released diar_streaming_sortformer_4spk-v2 geometry (NeMo examples/.../streaming_sortformer_diarizer_4spk-v2.yaml);
-# fifo_len 188 instead of the training yaml's 0: the inference setting this project serves.
+# Released diar_streaming_sortformer_4spk-v2 geometry (NeMo's streaming_sortformer_diarizer_4spk-v2.yaml),
+# except fifo_len 188 instead of the training yaml's 0: the inference setting this project serves.
 _SIZES: dict[str, dict[str, Any]] = {
     "full": {
         "fc_d_model": 512,
@@ -225,7 +225,7 @@ class SortformerCore(torch.nn.Module):
     Inputs: chunk [B, T_feat, n_mels] (time-major, as NeMo's streaming_feat_loader yields), chunk_lengths [B],
     spkcache [B, S, D], spkcache_lengths [B], fifo [B, F, D], fifo_lengths [B] (D = FastConformer d_model,
     i.e. pre-encode embeddings). Outputs: preds [B, S+F+T, n_spk] (frame i of a stream is valid for
-    i < its spkcache_len+fifo_len+chunk_len, zero after), chunk pre-encode embeddings [B, T, D], their lengths.
+    i < its spkcache_len+fifo_len+chunk_len, zero after), chunk pre-encode embeddings [B, T, D] and lengths.
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
@@ -242,7 +242,7 @@ class SortformerCore(torch.nn.Module):
         chunk: torch.Tensor,
         chunk_lengths: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per stream: first spkcache_lengths of spkcache, then fifo_lengths of fifo, then chunk; zero tail."""
+        """Per stream: spkcache[:spkcache_len], fifo[:fifo_len], chunk[:chunk_len], then zeros."""
         s, f = spkcache.shape[1], fifo.shape[1]
         stacked = torch.cat([spkcache, fifo, chunk], dim=1)  # [B, N, D], N = S + F + T
         n = stacked.shape[1]
@@ -323,8 +323,7 @@ def _exportable_conv_lengths() -> Iterator[None]:
 
 
 def export_sortformer(model: torch.nn.Module, out_dir: Path, opset: int = 17) -> dict[str, Any]:
-    """Write ``out_dir/sortformer.onnx`` (dynamic batch and time axes), check it in onnxruntime, describe it."""
-    import onnx
+    """Write ``out_dir/sortformer.onnx`` (dynamic batch/time axes), check it in onnxruntime, describe it."""
     import onnxruntime as ort
 
     out_dir = Path(out_dir)
@@ -409,9 +408,7 @@ def _single_external_data_file(path: Path) -> None:
 
     proto = onnx.load(str(path), load_external_data=False)
     spilled = {
-        ExternalDataInfo(t).location
-        for t in proto.graph.initializer
-        if t.data_location == onnx.TensorProto.EXTERNAL
+        ExternalDataInfo(t).location for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
     }
     if not spilled or spilled == {ONNX_DATA_FILE}:
         return

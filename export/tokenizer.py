@@ -12,9 +12,45 @@ from pathlib import Path
 
 # A small syllable inventory: pseudo-English that gives SentencePiece enough distinct pieces to
 # fill a 1024-token vocabulary without shipping a corpus.
-_ONSETS = ["", "b", "bl", "br", "c", "ch", "d", "dr", "f", "fl", "g", "gr", "h", "j", "k", "l", "m", "n",
-           "p", "pl", "pr", "qu", "r", "s", "sh", "sk", "sl", "sp", "st", "t", "th", "tr", "v", "w", "wh",
-           "y", "z"]  # fmt: skip
+_ONSETS = [
+    "",
+    "b",
+    "bl",
+    "br",
+    "c",
+    "ch",
+    "d",
+    "dr",
+    "f",
+    "fl",
+    "g",
+    "gr",
+    "h",
+    "j",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "pl",
+    "pr",
+    "qu",
+    "r",
+    "s",
+    "sh",
+    "sk",
+    "sl",
+    "sp",
+    "st",
+    "t",
+    "th",
+    "tr",
+    "v",
+    "w",
+    "wh",
+    "y",
+    "z",
+]
 _NUCLEI = ["a", "e", "i", "o", "u", "ai", "ea", "ee", "oo", "ou", "ie", "y"]
 _CODAS = ["", "", "n", "r", "s", "t", "l", "nd", "ng", "st", "ck", "m", "rd", "x"]
 

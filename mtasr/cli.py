@@ -39,7 +39,10 @@ def _serve(args: argparse.Namespace) -> int:
     from mtasr.server import ServerConfig, serve_forever
 
     if not (args.model_repository / "manifest.json").is_file() and not args.any_repository:
-        print(f"error: {args.model_repository} is not an exported model repository (no manifest.json)", file=sys.stderr)
+        print(
+            f"error: {args.model_repository} is not an exported model repository (no manifest.json)",
+            file=sys.stderr,
+        )
         return 2
     config = ServerConfig(
         model_repository=args.model_repository,
@@ -73,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead of checkpoints, build a random-initialised pair: tiny (tests) or full (released geometry: "
         "0.6B ASR, Sortformer v2) and export it",
     )
-    export.add_argument("--checkpoints", type=Path, help="where --random saves its .nemo files "
-                        "(default: OUTPUT-checkpoints)")  # fmt: skip
+    export.add_argument(
+        "--checkpoints", type=Path, help="where --random saves its .nemo files (default: OUTPUT-checkpoints)"
+    )
     export.add_argument("--output", "-o", type=Path, required=True, help="output folder")
     export.add_argument(
         "--right-context",
@@ -83,8 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="encoder lookahead frames (0, 1, 6, 13 = 0.08, 0.16, 0.56, 1.12 s latency); must be one the "
         "checkpoint supports (default: 13)",
     )
-    export.add_argument("--max-streams", type=int, default=8, help="streams per batched graph call; ASR graphs "
-                        "take 4x as many speaker instances (default: 8)")  # fmt: skip
+    export.add_argument(
+        "--max-streams",
+        type=int,
+        default=8,
+        help="streams per batched graph call; ASR graphs take 4x as many speaker instances (default: 8)",
+    )
     export.add_argument("--instances", type=int, default=1, help="Triton instances per graph model (default: 1)")
     export.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads, 0 = all cores")
     export.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines here (needs TensorRT)")

@@ -467,11 +467,7 @@ def log_mel(config: FeatureConfig, audio: np.ndarray, *, nemo_padding: bool = Fa
         padded = np.concatenate([np.zeros(pad, np.float32), audio, np.zeros(pad, np.float32)])
         padded = _preemphasis(padded, k.preemph, np.float32(0.0))
         padded[length:] = 0.0
-        total = (
-            (padded.shape[0] - config.n_fft) // config.hop_length + 1
-            if padded.shape[0] >= config.n_fft
-            else 0
-        )
+        total = (padded.shape[0] - config.n_fft) // config.hop_length + 1 if padded.shape[0] >= config.n_fft else 0
     else:
         y = _preemphasis(audio, k.preemph, np.float32(0.0))
         padded = np.concatenate([np.zeros(pad, np.float32), y, np.zeros(pad, np.float32)])

@@ -211,9 +211,7 @@ def _pytriton_install() -> TritonInstall | None:
                 if not _backends_complete(backend_dir, src_backends):
                     _build_backend_dir(src_backends, stub, backend_dir)
         except OSError as exc:
-            raise TritonNotFoundError(
-                f"could not assemble the Triton backend directory {backend_dir}: {exc}"
-            ) from exc
+            raise TritonNotFoundError(f"could not assemble the Triton backend directory {backend_dir}: {exc}") from exc
     lib_dirs = [root.parent / "nvidia_pytriton.libs", dist / "external_libs", *_python_libdirs()]
     return TritonInstall(
         binary=binary,
@@ -239,9 +237,7 @@ def find_tritonserver() -> TritonInstall:
         if not (binary.is_file() and os.access(binary, os.X_OK)):
             raise TritonNotFoundError(f"${ENV_BINARY}={env_bin} is not an executable file")
         if not backend_dir.is_dir():
-            raise TritonNotFoundError(
-                f"backend directory {backend_dir} does not exist (set ${ENV_BACKEND_DIR})"
-            )
+            raise TritonNotFoundError(f"backend directory {backend_dir} does not exist (set ${ENV_BACKEND_DIR})")
         return TritonInstall(binary=binary, backend_dir=backend_dir, source="env")
 
     on_path = shutil.which("tritonserver")
@@ -617,9 +613,7 @@ class TritonServer:
         errors = [
             ln.strip()
             for ln in lines
-            if _ERROR_LINE.search(ln)
-            and not _TABLE_LINE.match(ln)
-            and not any(b in ln for b in _BENIGN_LOG_PATTERNS)
+            if _ERROR_LINE.search(ln) and not _TABLE_LINE.match(ln) and not any(b in ln for b in _BENIGN_LOG_PATTERNS)
         ]
         loading = dict.fromkeys(re.findall(r"loading: ([^:\s]+):\d+", "\n".join(lines)))
         done = set(re.findall(r"(?:successfully loaded|failed to load) '([^']+)'", "\n".join(lines)))

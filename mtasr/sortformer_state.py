@@ -99,10 +99,7 @@ class SortformerStreamState:
     def stack(states: list[SortformerStreamState]) -> SortformerStreamState:
         """Concatenate states along the batch axis."""
         return SortformerStreamState(
-            **{
-                f.name: np.concatenate([getattr(s, f.name) for s in states])
-                for f in fields(SortformerStreamState)
-            }
+            **{f.name: np.concatenate([getattr(s, f.name) for s in states]) for f in fields(SortformerStreamState)}
         )
 
 
@@ -240,9 +237,7 @@ def streaming_update(
     new_cache_preds = cache_preds[:, : p.spkcache_len].copy()
     full = np.flatnonzero(cache_lens > p.spkcache_len)
     if full.size:
-        new_cache[full], new_cache_preds[full] = compress_spkcache(
-            p, cache[full], cache_preds[full], mean_sil[full]
-        )
+        new_cache[full], new_cache_preds[full] = compress_spkcache(p, cache[full], cache_preds[full], mean_sil[full])
         cache_lens[full] = p.spkcache_len
 
     new_state = SortformerStreamState(
@@ -307,7 +302,7 @@ def _boost_topk(scores: np.ndarray, k: int, scale: float) -> np.ndarray:
 def compress_spkcache(
     params: SortformerParams, embs: np.ndarray, preds: np.ndarray, mean_sil_emb: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Keep the spkcache_len most informative frames of [B, N > spkcache_len, ...] (NeMo's _compress_spkcache).
+    """Keep the spkcache_len most informative of N > spkcache_len frames (NeMo's _compress_spkcache).
 
     Output is grouped by speaker (frame order kept within a speaker), each speaker block ending with up to
     spkcache_sil_frames_per_spk silence frames (mean silence embedding, zero predictions); unused slots too.
@@ -347,9 +342,7 @@ def compress_spkcache(
     return out_embs, out_preds
 
 
-def replace_rows(
-    state: SortformerStreamState, rows: np.ndarray | list[int], sub: SortformerStreamState
-) -> None:
+def replace_rows(state: SortformerStreamState, rows: np.ndarray | list[int], sub: SortformerStreamState) -> None:
     """Write the state of some streams back into a batch state (in place)."""
     idx = np.asarray(rows, dtype=np.int64)
     for f in fields(state):

@@ -13,7 +13,12 @@ from typing import Any
 
 import numpy as np
 
-_NUMPY_DTYPES = {"TYPE_FP32": np.float32, "TYPE_INT64": np.int64, "TYPE_INT32": np.int32, "TYPE_FP16": np.float16}
+_NUMPY_DTYPES = {
+    "TYPE_FP32": np.float32,
+    "TYPE_INT64": np.int64,
+    "TYPE_INT32": np.int32,
+    "TYPE_FP16": np.float16,
+}
 
 
 def session_options(parameters: dict[str, Any]):
@@ -59,7 +64,9 @@ class TritonPythonModel:
         self.outputs = [o["name"] for o in config["output"]]
         graph = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
         self.session = ort.InferenceSession(
-            str(graph), sess_options=session_options(config.get("parameters", {})), providers=["CPUExecutionProvider"]
+            str(graph),
+            sess_options=session_options(config.get("parameters", {})),
+            providers=["CPUExecutionProvider"],
         )
 
     def execute(self, requests: list) -> list:

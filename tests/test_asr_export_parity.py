@@ -6,7 +6,6 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-
 from mtasr.export import asr
 
 TOLERANCE = 1e-4
@@ -51,8 +50,9 @@ def max_diff(a, b) -> float:
 def test_encoder_graph_matches_nemo_over_consecutive_chunks_with_per_instance_speaker_masks(exported):
     model, _, sessions = exported
     batch = 3
-    channel, time, channel_len = (t.transpose(0, 1) if t.ndim > 1 else t for t in
-                                  model.encoder.get_initial_cache_state(batch_size=batch))  # fmt: skip
+    channel, time, channel_len = (
+        t.transpose(0, 1) if t.ndim > 1 else t for t in model.encoder.get_initial_cache_state(batch_size=batch)
+    )
     ort_state = nemo_state = (channel.contiguous(), time.contiguous(), channel_len)
     for step in range(N_CHUNKS):
         inputs = asr.example_encoder_inputs(model, batch, first_chunk=step == 0, seed=step + 10)
@@ -63,12 +63,17 @@ def test_encoder_graph_matches_nemo_over_consecutive_chunks_with_per_instance_sp
         assert not torch.equal(inputs["speaker_mask"][1], inputs["speaker_mask"][2])
 
         with torch.no_grad():
-            nemo_inputs = dict(inputs, cache_last_channel=nemo_state[0], cache_last_time=nemo_state[1],
-                               cache_last_channel_len=nemo_state[2])  # fmt: skip
+            nemo_inputs = dict(
+                inputs,
+                cache_last_channel=nemo_state[0],
+                cache_last_time=nemo_state[1],
+                cache_last_channel_len=nemo_state[2],
+            )
             nemo_out = nemo_stream_step(model, nemo_inputs)
         ort_inputs = {k: v.numpy() for k, v in inputs.items()}
-        ort_inputs.update(cache_last_channel=ort_state[0], cache_last_time=ort_state[1],
-                          cache_last_channel_len=ort_state[2])  # fmt: skip
+        ort_inputs.update(
+            cache_last_channel=ort_state[0], cache_last_time=ort_state[1], cache_last_channel_len=ort_state[2]
+        )
         ort_inputs = {k: np.asarray(v) for k, v in ort_inputs.items()}
         ort_out = sessions["encoder"].run(None, ort_inputs)
 
@@ -96,7 +101,10 @@ def test_prediction_network_graph_matches_nemo(exported):
     model, _, sessions = exported
     inputs = asr.example_decoder_inputs(model, batch=4, seed=1)
     with torch.no_grad():
-        state = [inputs["state_h"].transpose(0, 1).contiguous(), inputs["state_c"].transpose(0, 1).contiguous()]
+        state = [
+            inputs["state_h"].transpose(0, 1).contiguous(),
+            inputs["state_c"].transpose(0, 1).contiguous(),
+        ]
         g, (h, c) = model.decoder.predict(inputs["targets"], state=state, add_sos=False, batch_size=None)
     got = sessions["decoder"].run(None, {k: v.numpy() for k, v in inputs.items()})
     assert max_diff(got[0], g[:, 0].numpy()) <= TOLERANCE

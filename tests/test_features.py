@@ -72,11 +72,7 @@ def harmonic_with_noise(n: int, seed: int = 0) -> np.ndarray:
     """Harmonic tones plus white noise."""
     rng = np.random.default_rng(seed)
     t = np.arange(n) / SR
-    x = (
-        0.3 * np.sin(2 * np.pi * 220 * t)
-        + 0.2 * np.sin(2 * np.pi * 440 * t)
-        + 0.1 * np.sin(2 * np.pi * 1234.5 * t)
-    )
+    x = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.2 * np.sin(2 * np.pi * 440 * t) + 0.1 * np.sin(2 * np.pi * 1234.5 * t)
     return (x + 0.05 * rng.standard_normal(n)).astype(np.float32)
 
 
@@ -145,9 +141,7 @@ def run_nemo(module, audio: np.ndarray) -> tuple[np.ndarray, int]:
     import torch
 
     with torch.no_grad():
-        feats, length = module(
-            input_signal=torch.from_numpy(audio)[None], length=torch.tensor([audio.shape[0]])
-        )
+        feats, length = module(input_signal=torch.from_numpy(audio)[None], length=torch.tensor([audio.shape[0]]))
     return feats[0].numpy(), int(length[0])
 
 
@@ -246,9 +240,7 @@ def test_log_mel_without_log_equals_nemo(nemo_preprocessor):
     cfg = {**MULTITALKER_CFG, "log": False}
     audio = harmonic_with_noise(SR // 2 + 33)
     nemo, length = run_nemo(nemo_preprocessor(cfg), audio)
-    np.testing.assert_allclose(
-        log_mel(FeatureConfig.from_nemo(cfg), audio), nemo[:, :length], rtol=2e-4, atol=1e-7
-    )
+    np.testing.assert_allclose(log_mel(FeatureConfig.from_nemo(cfg), audio), nemo[:, :length], rtol=2e-4, atol=1e-7)
 
 
 @pytest.mark.parametrize("exact_pad", [False, True])

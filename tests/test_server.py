@@ -80,15 +80,11 @@ class TritonPythonModel:
 """
 
 
-def write_model(
-    repo: Path, name: str = "add_one", model_py: str | None = None, config: str | None = None
-) -> Path:
+def write_model(repo: Path, name: str = "add_one", model_py: str | None = None, config: str | None = None) -> Path:
     """Write one python-backend model into ``repo``."""
     (repo / name / "1").mkdir(parents=True)
     (repo / name / "config.pbtxt").write_text(config if config is not None else CONFIG.format(name=name))
-    (repo / name / "1" / "model.py").write_text(
-        model_py if model_py is not None else MODEL_PY.format(init_sleep=0)
-    )
+    (repo / name / "1" / "model.py").write_text(model_py if model_py is not None else MODEL_PY.format(init_sleep=0))
     return repo
 
 
@@ -245,9 +241,7 @@ def test_serve_forever_stops_on_sigterm(tmp_path: Path) -> None:
                  grpc_port={ports["grpc_port"]}, metrics_port={ports["metrics_port"]}), echo_log=False))
         """
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = proc.stdout.readline()  # blocks until ready (or the child fails)
         m = re.search(r"pid (\d+)", first)

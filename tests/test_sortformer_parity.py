@@ -23,6 +23,7 @@ from mtasr.export.sortformer import (  # noqa: E402
     build_sortformer,
     export_sortformer,
 )
+
 from mtasr.sortformer_state import (  # noqa: E402
     SortformerParams,
     core_inputs,
@@ -101,14 +102,10 @@ def exported(tmp_path_factory, stream_feats):
     return model, info, sess, out_dir
 
 
-def _core_feeds(
-    info: dict, spk_lens: list[int], fifo_lens: list[int], chunk_lens: list[int], seed: int
-) -> dict:
+def _core_feeds(info: dict, spk_lens: list[int], fifo_lens: list[int], chunk_lens: list[int], seed: int) -> dict:
     rng = np.random.default_rng(seed)
     d = info["emb_dim"]
-    t_feat = (info["chunk_len"] + info["chunk_left_context"] + info["chunk_right_context"]) * info[
-        "subsampling_factor"
-    ]
+    t_feat = (info["chunk_len"] + info["chunk_left_context"] + info["chunk_right_context"]) * info["subsampling_factor"]
     return {
         "chunk": rng.normal(-3.0, 2.0, (2, t_feat, info["n_mels"])).astype(np.float32),
         "chunk_lengths": np.array(chunk_lens, np.int64),
@@ -208,9 +205,7 @@ def _onnx_stream(sess, params: SortformerParams, feats: np.ndarray, lengths: np.
     return state, chunk_preds
 
 
-def test_streaming_loop_matches_nemo_forward_streaming_step_through_cache_compressions(
-    exported, stream_feats
-) -> None:
+def test_streaming_loop_matches_nemo_forward_streaming_step_through_cache_compressions(exported, stream_feats) -> None:
     model, info, sess, _ = exported
     feats, lengths = stream_feats
     params = SortformerParams.from_dict(info)
@@ -237,9 +232,7 @@ def test_streaming_loop_matches_nemo_forward_streaming_step_through_cache_compre
         assert np.abs(ours - ref).max() <= TOL, name
 
 
-def test_numpy_update_matches_nemo_streaming_update_async_on_identical_predictions(
-    exported, stream_feats
-) -> None:
+def test_numpy_update_matches_nemo_streaming_update_async_on_identical_predictions(exported, stream_feats) -> None:
     """The update alone, fed NeMo's own core outputs, reproduces NeMo's state at every step."""
     model, info, _, _ = exported
     feats, lengths = stream_feats
@@ -252,8 +245,7 @@ def test_numpy_update_matches_nemo_streaming_update_async_on_identical_predictio
         for chunk, chunk_len, lc, rc in iter_feature_chunks(params, feats, lengths):
             feeds = core_inputs(state, chunk, chunk_len)
             preds, embs, emb_lens = (
-                t.numpy()
-                for t in model.forward_for_export(*(torch.from_numpy(feeds[n]) for n in INPUT_NAMES))
+                t.numpy() for t in model.forward_for_export(*(torch.from_numpy(feeds[n]) for n in INPUT_NAMES))
             )
             ref, ref_cp = sm.streaming_update_async(
                 ref, torch.from_numpy(embs), torch.from_numpy(emb_lens), torch.from_numpy(preds), lc, rc

@@ -1,0 +1,222 @@
+"""`mtasr export` from the command line: a complete repository that the real Triton serves, and one
+clear error line (non-zero exit, nothing left behind) for each kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from mtasr.export.repository import ROOT_FILES
+
+GRAPHS = ["encoder", "decoder", "joint", "diarizer"]
+
+
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mtasr.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
+    from mtasr.random_models import build_random_pair
+
+    return build_random_pair("tiny", tmp_path_factory.mktemp("tiny_checkpoints"))
+
+
+@pytest.fixture(scope="session")
+def exported(tiny_checkpoints, tmp_path_factory) -> Path:
+    asr_path, diar_path = tiny_checkpoints
+    out = tmp_path_factory.mktemp("export") / "tiny"
+    result = run_cli(
+        "export",
+        "--asr",
+        str(asr_path),
+        "--diarizer",
+        str(diar_path),
+        "--output",
+        str(out),
+        "--right-context",
+        "6",
+        "--max-streams",
+        "4",
+    )
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_export_writes_graphs_tokenizer_manifest_and_both_repository_variants(exported, tiny_checkpoints):
+    repo = exported / "model_repository"
+    manifest = json.loads((repo / "manifest.json").read_text())
+    for file in ROOT_FILES:
+        assert (repo / file).is_file()
+    for name in GRAPHS:
+        assert (repo / name / "config.pbtxt").is_file()
+        assert (repo / name / "1" / "model.py").is_file()
+        assert (repo / name / "1" / "model.onnx").is_file()
+        assert (exported / "tensorrt" / "model_repository" / name / "config.pbtxt").is_file()
+    assert (exported / "tensorrt" / "build_engines.sh").stat().st_mode & 0o111
+    assert not list(exported.parent.glob(".*staging*"))
+
+    assert manifest["right_context"] == 6
+    assert manifest["asr"]["streaming"]["encoder_frames_per_chunk"] == 7
+    assert manifest["asr"]["decoding"]["blank_id"] == 64
+    assert manifest["speaker_slots"] == 4
+    from mtasr.export.checkpoints import sha256_of
+
+    assert manifest["checkpoints"]["asr"]["sha256"] == sha256_of(tiny_checkpoints[0])
+    assert manifest["checkpoints"]["diarizer"]["sha256"] == sha256_of(tiny_checkpoints[1])
+    assert manifest["asr"]["features"]["n_mels"] == 128
+    # The manifest's tensor list is exactly what the graph declares.
+    for name in GRAPHS:
+        session = ort.InferenceSession(str(repo / name / "1" / "model.onnx"))
+        assert [t["name"] for t in manifest["graphs"][name]["inputs"]] == [i.name for i in session.get_inputs()]
+        assert [t["name"] for t in manifest["graphs"][name]["outputs"]] == [o.name for o in session.get_outputs()]
+
+
+def test_generated_configs_read_every_value_from_the_manifest(exported):
+    repo = exported / "model_repository"
+    manifest = json.loads((repo / "manifest.json").read_text())
+    encoder_config = (repo / "encoder" / "config.pbtxt").read_text()
+    assert "max_batch_size: 16" in encoder_config  # 4 streams x 4 speaker slots
+    assert "max_batch_size: 4" in (repo / "diarizer" / "config.pbtxt").read_text()
+    streaming = manifest["asr"]["streaming"]
+    cache = f"dims: [ {streaming['n_layers']}, {streaming['last_channel_cache_size']}, {streaming['d_model']} ]"
+    assert cache in encoder_config
+
+
+def test_real_triton_serves_the_exported_repository_and_matches_onnxruntime(exported):
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    from mtasr.server import ServerConfig, TritonServer
+
+    repo = exported / "model_repository"
+    manifest = json.loads((repo / "manifest.json").read_text())
+    joint = manifest["graphs"]["joint"]
+    rng = np.random.default_rng(0)
+    feeds = {t["name"]: rng.standard_normal([3, *t["shape"][1:]]).astype(np.float32) for t in joint["inputs"]}
+    want = ort.InferenceSession(str(repo / "joint" / "1" / "model.onnx")).run(None, feeds)[0]
+
+    config = ServerConfig(model_repository=repo, http_port=0, grpc_port=0, metrics_port=0, startup_timeout_s=120)
+    with TritonServer(config) as server:
+        http = httpclient.InferenceServerClient(server.address("http"))
+        for name in GRAPHS:
+            assert http.is_model_ready(name)
+        inputs = []
+        for name, value in feeds.items():
+            tensor = httpclient.InferInput(name, list(value.shape), "FP32")
+            tensor.set_data_from_numpy(value)
+            inputs.append(tensor)
+        got = http.infer("joint", inputs).as_numpy("logits")
+        assert np.max(np.abs(got - want)) <= 1e-5
+
+        grpc = grpcclient.InferenceServerClient(server.address("grpc"))
+        bad = grpcclient.InferInput("encoder_frame", [3, joint["inputs"][0]["shape"][1]], "FP32")
+        bad.set_data_from_numpy(np.full([3, joint["inputs"][0]["shape"][1]], np.nan, dtype=np.float32))
+        good = grpcclient.InferInput("prediction", list(feeds["prediction"].shape), "FP32")
+        good.set_data_from_numpy(feeds["prediction"])
+        with pytest.raises(Exception, match="NaN"):
+            grpc.infer("joint", [bad, good])
+        assert grpc.is_server_live()  # one bad request does not take the model down
+
+
+def test_tensorrt_profiles_span_one_to_n_instances_and_the_script_names_every_graph(exported):
+    from mtasr.export.tensorrt import engine_profiles
+
+    manifest = json.loads((exported / "model_repository" / "manifest.json").read_text())
+    profiles = engine_profiles(manifest)
+    assert set(profiles) == set(GRAPHS)
+    features = profiles["encoder"]["features"]
+    streaming = manifest["asr"]["streaming"]
+    frames = streaming["chunk_feature_frames"][1] + streaming["pre_encode_cache_frames"][1]
+    assert features == {"min": [1, 128, frames], "opt": [8, 128, frames], "max": [16, 128, frames]}
+    assert profiles["diarizer"]["spkcache"]["max"][0] == 4
+    script = (exported / "tensorrt" / "build_engines.sh").read_text()
+    assert subprocess.run(["bash", "-n", str(exported / "tensorrt" / "build_engines.sh")]).returncode == 0
+    for name in GRAPHS:
+        assert f"--saveEngine=$TRT_REPO/{name}/1/model.plan" in script
+    assert script.count("--fp16") == len(GRAPHS)
+
+
+def test_tensorrt_variant_configs_parse_as_triton_model_configs(exported):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    for name in GRAPHS:
+        text = (exported / "tensorrt" / "model_repository" / name / "config.pbtxt").read_text()
+        config = text_format.Parse(text, model_config_pb2.ModelConfig())
+        assert config.platform == "tensorrt_plan"
+        assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+
+
+def test_asking_for_engines_without_tensorrt_fails_in_one_line(tiny_checkpoints, tmp_path):
+    if shutil.which("trtexec"):
+        pytest.skip("TensorRT is installed here: the engines would be built")
+    out = tmp_path / "trt"
+    result = run_cli(
+        "export",
+        "--asr",
+        str(tiny_checkpoints[0]),
+        "--diarizer",
+        str(tiny_checkpoints[1]),
+        "--output",
+        str(out),
+        "--tensorrt",
+    )
+    assert result.returncode != 0
+    assert_one_error_line(result, "TensorRT is not installed here")
+    assert not out.exists()
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess, fragment: str) -> None:
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and fragment in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("case", ["missing", "wrong_class", "not_nemo", "right_context", "unwritable"])
+def test_bad_input_gives_one_clear_error_line_and_leaves_nothing(case, tiny_checkpoints, tmp_path):
+    asr_path, diar_path = tiny_checkpoints
+    out = tmp_path / "out"
+    args = {"asr": str(asr_path), "diarizer": str(diar_path), "output": str(out), "rc": "13"}
+    fragment = {
+        "missing": "ASR checkpoint not found",
+        "wrong_class": "holds a SortformerEncLabelModel, expected EncDecMultiTalkerRNNTBPEModel",
+        "not_nemo": "is not a .nemo archive",
+        "right_context": "right context 5 is not supported",
+        "unwritable": "is not writable",
+    }[case]
+    if case == "missing":
+        args["asr"] = str(tmp_path / "nope.nemo")
+    elif case == "wrong_class":
+        args["asr"] = str(diar_path)
+    elif case == "not_nemo":
+        (tmp_path / "junk.nemo").write_text("not a tar")
+        args["diarizer"] = str(tmp_path / "junk.nemo")
+    elif case == "right_context":
+        args["rc"] = "5"
+    elif case == "unwritable":
+        # Under a regular file nobody, not even root, can create a folder.
+        (tmp_path / "a_file").write_text("")
+        out = tmp_path / "a_file" / "out"
+        args["output"] = str(out)
+    result = run_cli(
+        "export",
+        "--asr",
+        args["asr"],
+        "--diarizer",
+        args["diarizer"],
+        "--output",
+        args["output"],
+        "--right-context",
+        args["rc"],
+    )
+    assert result.returncode == 2
+    assert_one_error_line(result, fragment)
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if "staging" in p.name]
