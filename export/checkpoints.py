@@ -54,9 +54,8 @@ def inspect_checkpoint(path: Path, role: str, expected_class: str) -> Checkpoint
         raise ExportError(f"{role} checkpoint {path} is not a .nemo archive ({err})") from None
     target = str(config.get("target", "unknown"))
     if target != expected_class:
-        raise ExportError(
-            f"{role} checkpoint {path} holds a {target.rsplit('.', 1)[-1]}, expected {expected_class.rsplit('.', 1)[-1]}"
-        )
+        found, expected = target.rsplit(".", 1)[-1], expected_class.rsplit(".", 1)[-1]
+        raise ExportError(f"{role} checkpoint {path} holds a {found}, expected {expected}")
     return CheckpointInfo(path=path, target=target, sha256=sha256_of(path), config=config)
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,27 @@ _ORT_TYPES = {
     "tensor(float16)": "float16",
     "tensor(bool)": "bool",
 }
+
+
+@contextlib.contextmanager
+def exportable_conv_lengths() -> Iterator[None]:
+    """Trace NeMo's subsampling length rule with a true floor.
+
+    The TorchScript exporter turns float `//` into truncating division, so an empty chunk would
+    come out with length 1 instead of 0; PyTorch results are unchanged by the swap.
+    """
+    from nemo.collections.asr.parts.submodules import subsampling
+
+    original = subsampling.calculate_conv_output_size
+
+    def floor_lengths(input_size: torch.Tensor, kernel_size: int, stride: int, padding: tuple[int, int]):
+        return torch.floor((input_size + padding[0] + padding[1] - kernel_size) / stride) + 1
+
+    subsampling.calculate_conv_output_size = floor_lengths
+    try:
+        yield
+    finally:
+        subsampling.calculate_conv_output_size = original
 
 
 @dataclass(frozen=True)
@@ -51,7 +74,7 @@ def export_onnx(
     target = out_dir / spec.file
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as tmp:
         raw = Path(tmp) / spec.file
-        with torch.no_grad():
+        with torch.no_grad(), exportable_conv_lengths():
             torch.onnx.export(
                 module,
                 args,

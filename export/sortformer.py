@@ -20,14 +20,12 @@ Facts learned:
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from mtasr.export.onnx_io import exportable_conv_lengths
 from omegaconf import DictConfig, OmegaConf
 
 from mtasr.sortformer_state import (
@@ -46,6 +44,18 @@ ONNX_FILE = "sortformer.onnx"
 ONNX_DATA_FILE = "sortformer.onnx.data"
 INPUT_NAMES = (CHUNK, CHUNK_LENGTHS, SPKCACHE, SPKCACHE_LENGTHS, FIFO, FIFO_LENGTHS)
 OUTPUT_NAMES = (SPKCACHE_FIFO_CHUNK_PREDS, CHUNK_PRE_ENCODE_EMBS, CHUNK_PRE_ENCODE_LENGTHS)
+
+DYNAMIC_AXES = {
+    CHUNK: {0: "batch", 1: "chunk_feat_frames"},
+    CHUNK_LENGTHS: {0: "batch"},
+    SPKCACHE: {0: "batch", 1: "spkcache_frames"},
+    SPKCACHE_LENGTHS: {0: "batch"},
+    FIFO: {0: "batch", 1: "fifo_frames"},
+    FIFO_LENGTHS: {0: "batch"},
+    SPKCACHE_FIFO_CHUNK_PREDS: {0: "batch", 1: "total_frames"},
+    CHUNK_PRE_ENCODE_EMBS: {0: "batch", 1: "chunk_frames"},
+    CHUNK_PRE_ENCODE_LENGTHS: {0: "batch"},
+}
 
 # Streaming parameters copied from SortformerModules into the geometry dict (all used by the update).
 STREAMING_KEYS = (
@@ -305,23 +315,6 @@ def sortformer_geometry(model: torch.nn.Module) -> dict[str, Any]:
     return geo
 
 
-@contextlib.contextmanager
-def _exportable_conv_lengths() -> Iterator[None]:
-    """Swap NeMo's float floor-division length rule for torch.floor(a / b) while tracing (see module doc)."""
-    from nemo.collections.asr.parts.submodules import subsampling
-
-    original = subsampling.calculate_conv_output_size
-
-    def floor_lengths(input_size: torch.Tensor, kernel_size: int, stride: int, padding: tuple[int, int]):
-        return torch.floor((input_size + padding[0] + padding[1] - kernel_size) / stride) + 1
-
-    subsampling.calculate_conv_output_size = floor_lengths
-    try:
-        yield
-    finally:
-        subsampling.calculate_conv_output_size = original
-
-
 def export_sortformer(model: torch.nn.Module, out_dir: Path, opset: int = 17) -> dict[str, Any]:
     """Write ``out_dir/sortformer.onnx`` (dynamic batch/time axes), check it in onnxruntime, describe it."""
     import onnxruntime as ort
@@ -344,30 +337,19 @@ def export_sortformer(model: torch.nn.Module, out_dir: Path, opset: int = 17) ->
         torch.randn(b, f_len, d),
         torch.tensor([f_len, 0], dtype=torch.int64),
     )
-    dynamic_axes = {
-        CHUNK: {0: "batch", 1: "chunk_feat_frames"},
-        CHUNK_LENGTHS: {0: "batch"},
-        SPKCACHE: {0: "batch", 1: "spkcache_frames"},
-        SPKCACHE_LENGTHS: {0: "batch"},
-        FIFO: {0: "batch", 1: "fifo_frames"},
-        FIFO_LENGTHS: {0: "batch"},
-        SPKCACHE_FIFO_CHUNK_PREDS: {0: "batch", 1: "total_frames"},
-        CHUNK_PRE_ENCODE_EMBS: {0: "batch", 1: "chunk_frames"},
-        CHUNK_PRE_ENCODE_LENGTHS: {0: "batch"},
-    }
     if path.exists():
         path.unlink()
     data_path = out_dir / ONNX_DATA_FILE
     if data_path.exists():
         data_path.unlink()
-    with torch.no_grad(), _exportable_conv_lengths():
+    with torch.no_grad(), exportable_conv_lengths():
         torch.onnx.export(
             core,
             example,
             str(path),
             input_names=list(INPUT_NAMES),
             output_names=list(OUTPUT_NAMES),
-            dynamic_axes=dynamic_axes,
+            dynamic_axes=DYNAMIC_AXES,
             opset_version=opset,
             dynamo=False,
             do_constant_folding=True,
@@ -435,10 +417,3 @@ def _check_io(sess: Any, info: dict[str, Any]) -> None:
         shape = [d if isinstance(d, int) else -1 for d in got.shape]
         if got.name != want["name"] or types.get(got.type) != want["dtype"] or shape != want["shape"]:
             raise RuntimeError(f"exported tensor {got.name} {got.type} {got.shape} differs from {want}")
-
-
-def run_core_numpy(core: SortformerCore, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Run the PyTorch core on ORT-style numpy feeds (for parity checks)."""
-    with torch.no_grad():
-        outs = core(*(torch.from_numpy(np.asarray(feeds[n])) for n in INPUT_NAMES))
-    return [o.numpy() for o in outs]

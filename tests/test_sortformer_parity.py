@@ -7,6 +7,7 @@ with a fixed seed and exported once per module. Inputs are synthetic mel-like fe
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +27,11 @@ from mtasr.export.sortformer import (  # noqa: E402
 
 from mtasr.sortformer_state import (  # noqa: E402
     SortformerParams,
+    SortformerStreamState,
     core_inputs,
     init_state,
     iter_feature_chunks,
+    replace_rows,
     streaming_update,
 )
 
@@ -257,3 +260,16 @@ def test_numpy_update_matches_nemo_streaming_update_async_on_identical_predictio
             np.testing.assert_array_equal(state.spkcache_lengths, ref.spkcache_lengths.numpy())
             np.testing.assert_array_equal(state.fifo_lengths, ref.fifo_lengths.numpy())
     assert worst <= 1e-6
+
+
+def test_per_stream_states_gather_into_a_batch_and_split_back(exported, stream_feats) -> None:
+    """Serving keeps one state per stream: stacking and selecting rows round-trips exactly."""
+    _, info, sess, _ = exported
+    feats, lengths = stream_feats
+    state, _ = _onnx_stream(sess, SortformerParams.from_dict(info), feats[:, :, :400], np.minimum(lengths, 400))
+    singles = [state.select([b]) for b in range(2)]
+    again = SortformerStreamState.stack(singles[::-1]).select([1, 0])
+    for f in fields(SortformerStreamState):
+        np.testing.assert_array_equal(getattr(again, f.name), getattr(state, f.name))
+    replace_rows(state, [0], singles[1])
+    np.testing.assert_array_equal(state.spkcache[0], singles[1].spkcache[0])
