@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONSTRAINTS := requirements/constraints.txt
 
-.PHONY: setup demo test lint format
+.PHONY: setup system-deps demo test lint format
 
 setup: $(VENV)/.installed
 
@@ -15,11 +15,17 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(BIN)/pip install -q -c $(CONSTRAINTS) -e '.[all]'
 	touch $@
 
+# Debian packages: espeak-ng speaks the test audio (installed when running as root, as CI does).
+system-deps:
+	@command -v espeak-ng >/dev/null || { if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; \
+	else echo "note: install espeak-ng (apt-get install espeak-ng) to run the synthesised-speech tests"; fi; }
+
 # Main job: export the tiny models, start Triton on the repository, run the graphs through it.
 demo: setup
 	$(BIN)/python -m mtasr.demo
 
-test: setup
+test: setup system-deps
 	$(BIN)/pytest -q
 
 lint: setup
