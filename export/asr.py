@@ -179,9 +179,10 @@ class EncoderStep(torch.nn.Module):
     ):
         encoder = self.model.encoder
         x, lengths = encoder.pre_encode(x=features.transpose(1, 2), lengths=feature_lengths)
-        # Per-row drop, so a stream's first chunk (no pre-encode cache; right-padded to the later
-        # chunks' length, which causal subsampling never looks at) batches with everyone's later chunks.
-        n_out = x.shape[1] - drop_extra_pre_encoded.max()
+        # Features always come at the later chunks' length. A stream's first chunk has no pre-encode
+        # cache: it is right-padded (causal subsampling never looks at the padding) and drops nothing,
+        # so the drop is per row and every row yields the same number of frames.
+        n_out = x.shape[1] - self.model.encoder.streaming_cfg.drop_extra_pre_encoded
         index = torch.arange(n_out, device=x.device)[None, :] + drop_extra_pre_encoded[:, None]
         x = torch.gather(x, 1, index[:, :, None].expand(-1, -1, x.shape[2]))
         lengths = (lengths.to(torch.int64) - drop_extra_pre_encoded).clamp(min=0)
@@ -271,11 +272,16 @@ def decoder_geometry(model) -> dict[str, Any]:
 
 
 def example_encoder_inputs(model, batch: int, first_chunk: bool, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random but well-formed encoder inputs (caches partly filled) for tracing and parity checks."""
+    """Random but well-formed encoder inputs (caches partly filled) for tracing and parity checks.
+
+    Features have the later chunks' length; a first chunk is right-padded, its true length in
+    `feature_lengths`, as the server feeds it.
+    """
     g = torch.Generator().manual_seed(seed)
     geo = streaming_geometry(model)
     idx = 0 if first_chunk else 1
     n_feat = geo["chunk_feature_frames"][idx] + geo["pre_encode_cache_frames"][idx]
+    n_padded = geo["chunk_feature_frames"][1] + geo["pre_encode_cache_frames"][1]
     t_enc = geo["encoder_frames_per_chunk"]
     n_mels = int(model.cfg.preprocessor.features)
     channel, time, channel_len = model.encoder.get_initial_cache_state(batch_size=batch)
@@ -283,7 +289,9 @@ def example_encoder_inputs(model, batch: int, first_chunk: bool, seed: int = 0) 
     channel = torch.randn(channel.shape, generator=g).transpose(0, 1).contiguous()
     time = torch.randn(time.shape, generator=g).transpose(0, 1).contiguous()
     return {
-        "features": torch.randn(batch, n_mels, n_feat, generator=g) * 2 - 8,
+        "features": torch.nn.functional.pad(
+            torch.randn(batch, n_mels, n_feat, generator=g) * 2 - 8, (0, n_padded - n_feat), value=0.0
+        ),
         "feature_lengths": torch.full((batch,), n_feat, dtype=torch.int64),
         "cache_last_channel": channel,
         "cache_last_time": time,

@@ -53,6 +53,12 @@ def check_input(name: str, array: np.ndarray, dtype: type, dims: list[int]) -> s
     return None
 
 
+def _model_dims(tensor_config: dict[str, Any]) -> list[int]:
+    if "reshape" in tensor_config:
+        return [int(d) for d in tensor_config["reshape"].get("shape", [])]
+    return [int(d) for d in tensor_config["dims"]]
+
+
 class TritonPythonModel:
     """Serves `<version>/model.onnx`; tensor names, dtypes and dims come from config.pbtxt."""
 
@@ -60,7 +66,8 @@ class TritonPythonModel:
         import onnxruntime as ort
 
         config = json.loads(args["model_config"])
-        self.inputs = [(i["name"], _NUMPY_DTYPES[i["data_type"]], [int(d) for d in i["dims"]]) for i in config["input"]]
+        # A `reshape` is what the model sees (per-row scalars: dims [1] on the wire, [] here).
+        self.inputs = [(i["name"], _NUMPY_DTYPES[i["data_type"]], _model_dims(i)) for i in config["input"]]
         self.outputs = [o["name"] for o in config["output"]]
         graph = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
         self.session = ort.InferenceSession(

@@ -25,7 +25,9 @@ def nemo_stream_step(model, inputs: dict[str, torch.Tensor]):
     """NeMo's own parallel multitalker step: pre-encode + drop, masks set on the model, cache-aware step."""
     drop = int(inputs["drop_extra_pre_encoded"][0])
     assert bool((inputs["drop_extra_pre_encoded"] == drop).all()), "NeMo steps a whole batch alike"
-    x, lengths = model.encoder.pre_encode(x=inputs["features"].transpose(1, 2), lengths=inputs["feature_lengths"])
+    # NeMo's streaming buffer hands over unpadded chunks.
+    features = inputs["features"][:, :, : int(inputs["feature_lengths"].max())]
+    x, lengths = model.encoder.pre_encode(x=features.transpose(1, 2), lengths=inputs["feature_lengths"])
     x, lengths = x[:, drop:], (lengths.to(torch.int64) - drop).clamp(min=0)
     model.set_speaker_targets(inputs["speaker_mask"], inputs["background_mask"])
     try:
@@ -142,9 +144,10 @@ def test_first_chunks_right_padded_batch_with_later_chunks(exported):
     model, _, sessions = exported
     first = asr.example_encoder_inputs(model, 1, first_chunk=True, seed=5)
     later = asr.example_encoder_inputs(model, 1, first_chunk=False, seed=6)
-    first_frames = first["features"].shape[2]
-    padded = torch.nn.functional.pad(first["features"], (0, later["features"].shape[2] - first_frames), value=7.0)
-    mixed = {k: torch.cat([first[k] if k != "features" else padded, later[k]]) for k in first}
+    assert first["features"].shape == later["features"].shape
+    assert first["feature_lengths"][0] < later["feature_lengths"][0]
+    first["features"][:, :, int(first["feature_lengths"][0]) :] = 7.0  # padding content must not matter
+    mixed = {k: torch.cat([first[k], later[k]]) for k in first}
     got = sessions["encoder"].run(None, {k: v.numpy() for k, v in mixed.items()})
     with torch.no_grad():
         want_first = nemo_stream_step(model, first)

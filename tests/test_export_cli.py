@@ -115,6 +115,34 @@ def test_real_triton_serves_the_exported_repository_and_matches_onnxruntime(expo
         got = http.infer("joint", inputs).as_numpy("logits")
         assert np.max(np.abs(got - want)) <= 1e-5
 
+        # The encoder's per-row scalars travel as [N, 1] and reach the graph as [N].
+        encoder = manifest["graphs"]["encoder"]
+        encoder_feeds = {
+            t["name"]: (
+                rng.integers(0, 2, [2]).astype(np.int64)
+                if t["dtype"] == "int64"
+                else rng.standard_normal([2, *t["shape"][1:]]).astype(np.float32)
+            )
+            for t in encoder["inputs"]
+            if -1 not in t["shape"][1:]
+        }
+        serving = encoder["serving_dims"]
+        encoder_feeds["features"] = rng.standard_normal([2, *serving["features"]]).astype(np.float32)
+        encoder_feeds["feature_lengths"] = np.full(2, serving["features"][1], np.int64)
+        for mask in ("speaker_mask", "background_mask"):
+            encoder_feeds[mask] = rng.random([2, *serving[mask]]).astype(np.float32)
+        want_encoder = ort.InferenceSession(str(repo / "encoder" / "1" / "model.onnx")).run(None, encoder_feeds)
+        encoder_inputs = []
+        for name, value in encoder_feeds.items():
+            wire = value[:, None] if value.ndim == 1 else value
+            tensor = httpclient.InferInput(name, list(wire.shape), "INT64" if wire.dtype == np.int64 else "FP32")
+            tensor.set_data_from_numpy(wire)
+            encoder_inputs.append(tensor)
+        served = http.infer("encoder", encoder_inputs)
+        for output, want_value in zip(encoder["outputs"], want_encoder, strict=True):
+            got_value = served.as_numpy(output["name"]).reshape(want_value.shape)
+            assert np.max(np.abs(got_value - want_value)) <= 1e-5, output["name"]
+
         grpc = grpcclient.InferenceServerClient(server.address("grpc"))
         bad = grpcclient.InferInput("encoder_frame", [3, joint["inputs"][0]["shape"][1]], "FP32")
         bad.set_data_from_numpy(np.full([3, joint["inputs"][0]["shape"][1]], np.nan, dtype=np.float32))
