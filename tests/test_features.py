@@ -15,45 +15,30 @@ import json
 import shutil
 import subprocess
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
+from mtasr.export import asr, sortformer
 
 from mtasr.features import FeatureConfig, StreamingLogMel, log_mel, mel_filterbank, num_frames, validate_audio
 
 SR = 16000
 
-# Preprocessor sections copied from NeMo's example configs (the ${model.sample_rate} resolved):
-# examples/asr/conf/fastconformer/cache_aware_streaming/fastconformer_transducer_bpe_streaming.yaml
-ASR_STREAMING_CFG = {
-    "_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
-    "sample_rate": 16000,
-    "normalize": "NA",
-    "window_size": 0.025,
-    "window_stride": 0.01,
-    "window": "hann",
-    "features": 80,
-    "n_fft": 512,
-    "frame_splicing": 1,
-    "dither": 0.00001,
-    "pad_to": 0,
-}
-# multitalker-parakeet-streaming-0.6b-v1: the same with 128 mels.
-MULTITALKER_CFG = {**ASR_STREAMING_CFG, "features": 128}
-# examples/speaker_tasks/diarization/conf/neural_diarizer/streaming_sortformer_diarizer_4spk-v2.yaml
-# (no pad_to: NeMo's default 16 applies).
-SORTFORMER_V2_CFG = {
-    "_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
-    "normalize": "NA",
-    "window_size": 0.025,
-    "sample_rate": 16000,
-    "window_stride": 0.01,
-    "window": "hann",
-    "features": 128,
-    "n_fft": 512,
-    "frame_splicing": 1,
-    "dither": 0.00001,
-}
+
+def _built_preprocessor(config) -> dict:
+    """The preprocessor section of a config the project builds (one place for those settings)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(config.preprocessor, resolve=True)
+
+
+# multitalker-parakeet-streaming-0.6b-v1 (128 mels) and Streaming Sortformer v2 (no pad_to: NeMo's
+# default 16 applies), as the export's model builders define them.
+MULTITALKER_CFG = _built_preprocessor(asr.asr_config("full", Path("unused-tokenizer")))
+SORTFORMER_V2_CFG = _built_preprocessor(sortformer.sortformer_config("full"))
+# NeMo's cache-aware FastConformer example (fastconformer_transducer_bpe_streaming.yaml): 80 mels.
+ASR_STREAMING_CFG = {**MULTITALKER_CFG, "features": 80}
 MODEL_CFGS = {
     "asr_streaming": ASR_STREAMING_CFG,
     "multitalker": MULTITALKER_CFG,
