@@ -21,11 +21,10 @@ def _ensure_export() -> Path:
     from mtasr.export.pipeline import ExportSettings, run_export
     from mtasr.random_models import build_random_pair
 
-    repo = ARTIFACTS / "export" / "model_repository"
-    if not (repo / "manifest.json").is_file():
-        asr_path, diar_path = build_random_pair("tiny", ARTIFACTS / "checkpoints")
-        run_export(asr_path, diar_path, ARTIFACTS / "export", ExportSettings(max_streams_per_batch=2), overwrite=True)
-    return repo
+    # Rebuilt every run (about 10 s): a stale export from older code would mislead.
+    asr_path, diar_path = build_random_pair("tiny", ARTIFACTS / "checkpoints")
+    run_export(asr_path, diar_path, ARTIFACTS / "export", ExportSettings(max_streams_per_batch=2), overwrite=True)
+    return ARTIFACTS / "export" / "model_repository"
 
 
 def main() -> int:
