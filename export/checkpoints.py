@@ -14,6 +14,10 @@ ASR_CLASS = "nemo.collections.asr.models.multitalker_asr_models.EncDecMultiTalke
 DIARIZER_CLASS = "nemo.collections.asr.models.sortformer_diar_models.SortformerEncLabelModel"
 
 
+# NeMo's bpe tokenizer folder holds both; .nemo archives store them with a hash prefix.
+TOKENIZER_FILES = ("tokenizer.model", "vocab.txt")
+
+
 class ExportError(Exception):
     """A problem the user can fix (bad path, wrong checkpoint, unsupported setting): one clear line."""
 
@@ -59,20 +63,18 @@ def inspect_checkpoint(path: Path, role: str, expected_class: str) -> Checkpoint
     return CheckpointInfo(path=path, target=target, sha256=sha256_of(path), config=config)
 
 
-def extract_tokenizer(path: Path, out_dir: Path) -> dict[str, str]:
+def extract_tokenizer(path: Path, out_dir: Path) -> None:
     """Copy the SentencePiece model and vocabulary out of an ASR `.nemo` into `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    wanted = {"tokenizer.model": None, "vocab.txt": None}
+    missing = set(TOKENIZER_FILES)
     with tarfile.open(path) as archive:
         for name, member in _members(archive).items():
-            for suffix in wanted:
-                if name == suffix or name.endswith("_" + suffix):
-                    (out_dir / suffix).write_bytes(archive.extractfile(member).read())
-                    wanted[suffix] = suffix
-    missing = [k for k, v in wanted.items() if v is None]
+            for wanted in TOKENIZER_FILES:
+                if name == wanted or name.endswith("_" + wanted):
+                    (out_dir / wanted).write_bytes(archive.extractfile(member).read())
+                    missing.discard(wanted)
     if missing:
-        raise ExportError(f"ASR checkpoint {path} lacks tokenizer files: {', '.join(missing)}")
-    return {"model": "tokenizer/tokenizer.model", "vocab": "tokenizer/vocab.txt"}
+        raise ExportError(f"ASR checkpoint {path} lacks tokenizer files: {', '.join(sorted(missing))}")
 
 
 def load_model(info: CheckpointInfo):

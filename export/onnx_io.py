@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -68,6 +67,7 @@ def export_onnx(
     too large for protobuf (the TorchScript exporter alone would write one file per tensor).
     """
     import onnx
+    import onnxruntime as ort
 
     args = tuple(example_inputs[name] for name in spec.inputs)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -100,14 +100,13 @@ def export_onnx(
             size_threshold=1024,
         )
         del proto
-    return describe_onnx(target, external_data=data_name if external else None)
+    session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    session.run(None, {name: value.numpy() for name, value in example_inputs.items()})  # proves it runs
+    return describe_onnx(session, target, external_data=data_name if external else None)
 
 
-def describe_onnx(path: Path, external_data: str | None = None) -> dict[str, Any]:
-    """Load `path` in ONNX Runtime (proving it runs) and list its tensors as the manifest records them."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+def describe_onnx(session, path: Path, external_data: str | None = None) -> dict[str, Any]:
+    """The manifest entry of the graph at `path`, loaded as `session`: files, size, every tensor."""
 
     def tensors(items) -> list[dict[str, Any]]:
         return [
@@ -127,11 +126,3 @@ def describe_onnx(path: Path, external_data: str | None = None) -> dict[str, Any
         "inputs": tensors(session.get_inputs()),
         "outputs": tensors(session.get_outputs()),
     }
-
-
-def copy_graph(entry: dict[str, Any], src_dir: Path, dst_dir: Path) -> None:
-    """Copy a graph (and its external data file) described by a manifest entry."""
-    dst_dir.mkdir(parents=True, exist_ok=True)
-    for name in [entry["file"], entry.get("external_data")]:
-        if name:
-            shutil.copy2(src_dir / name, dst_dir / name)

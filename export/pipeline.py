@@ -20,6 +20,7 @@ from typing import Any
 from mtasr.export.checkpoints import (
     ASR_CLASS,
     DIARIZER_CLASS,
+    TOKENIZER_FILES,
     ExportError,
     extract_tokenizer,
     inspect_checkpoint,
@@ -128,7 +129,6 @@ def run_export(
 
 def _export_into(staging: Path, asr_info, diar_info, settings: ExportSettings, progress) -> dict[str, Any]:
     from mtasr.export import asr, sortformer
-    from mtasr.export.onnx_io import describe_onnx
     from mtasr.export.repository import write_python_repository
 
     from mtasr.features import FeatureConfig
@@ -153,39 +153,28 @@ def _export_into(staging: Path, asr_info, diar_info, settings: ExportSettings, p
     progress(f"loading diarizer checkpoint {diar_info.path}")
     diar_model = load_model(diar_info)
     progress("exporting Sortformer core graph")
-    diar_graph_dir = graphs_dir / "diarizer"
-    diar_entry = sortformer.export_sortformer(diar_model, diar_graph_dir, settings.opset)
+    diar_entry = sortformer.export_sortformer(diar_model, graphs_dir, settings.opset)
     diar_features = FeatureConfig.from_nemo(diar_model.cfg.preprocessor).to_dict()
     del diar_model
 
-    tokenizer = extract_tokenizer(asr_info.path, staging / "tokenizer")
-    shutil.move(staging / "tokenizer" / "tokenizer.model", repo_dir / "tokenizer.model")
-    shutil.move(staging / "tokenizer" / "vocab.txt", repo_dir / "vocab.txt")
-    shutil.rmtree(staging / "tokenizer")
+    extract_tokenizer(asr_info.path, repo_dir)
 
-    graph_specs = {"encoder": asr.ENCODER_SPEC, "decoder": asr.DECODER_SPEC, "joint": asr.JOINT_SPEC}
-    graphs: dict[str, Any] = {}
-    for name, entry in asr_entry["graphs"].items():
-        graphs[name] = dict(
+    specs = {
+        "encoder": asr.ENCODER_SPEC,
+        "decoder": asr.DECODER_SPEC,
+        "joint": asr.JOINT_SPEC,
+        "diarizer": sortformer.SORTFORMER_SPEC,
+    }
+    exported = dict(asr_entry["graphs"], diarizer=diar_entry["graph"])
+    graphs = {
+        name: dict(
             entry,
             source_file=entry["file"],
             file=f"{name}/1/model.onnx",
-            dim_names=_dim_names(graph_specs[name].dynamic_axes),
+            dim_names=_dim_names(specs[name].dynamic_axes),
         )
-    diar_desc = describe_onnx(
-        diar_graph_dir / diar_entry["onnx"],
-        external_data=sortformer.ONNX_DATA_FILE if (diar_graph_dir / sortformer.ONNX_DATA_FILE).exists() else None,
-    )
-    graphs["diarizer"] = dict(
-        diar_desc,
-        source_file=f"diarizer/{diar_entry['onnx']}",
-        file="diarizer/1/model.onnx",
-        dim_names=_dim_names(sortformer.DYNAMIC_AXES),
-    )
-    if diar_desc.get("external_data"):
-        graphs["diarizer"]["external_data"] = f"diarizer/{diar_desc['external_data']}"
-
-    geometry = {k: v for k, v in diar_entry.items() if k not in {"onnx", "opset", "inputs", "outputs"}}
+        for name, entry in exported.items()
+    }
     manifest: dict[str, Any] = {
         "manifest_version": MANIFEST_VERSION,
         "mtasr_version": __version__,
@@ -197,13 +186,13 @@ def _export_into(staging: Path, asr_info, diar_info, settings: ExportSettings, p
             role: {"path": str(info.path.resolve()), "sha256": info.sha256, "class": info.target}
             for role, info in (("asr", asr_info), ("diarizer", diar_info))
         },
-        "tokenizer": {"model": "tokenizer.model", "vocab": "vocab.txt", **{"source": tokenizer}},
+        "tokenizer": dict(zip(("model", "vocab"), TOKENIZER_FILES, strict=True)),
         "asr": {
             "streaming": asr_entry["streaming"],
             "decoding": asr_entry["decoding"],
             "features": asr_features,
         },
-        "diarizer": {"geometry": geometry, "features": diar_features},
+        "diarizer": {"geometry": diar_entry["geometry"], "features": diar_features},
         "graphs": graphs,
         "deployment": {
             "max_streams_per_batch": settings.max_streams_per_batch,
@@ -215,9 +204,6 @@ def _export_into(staging: Path, asr_info, diar_info, settings: ExportSettings, p
     _serving_dims(manifest)
     write_python_repository(manifest, graphs_dir, repo_dir)
     shutil.rmtree(graphs_dir)
-    for graph in manifest["graphs"].values():
-        if graph.get("external_data"):
-            graph["external_data"] = Path(graph["external_data"]).name
     return manifest
 
 

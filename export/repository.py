@@ -13,10 +13,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from mtasr.export.checkpoints import TOKENIZER_FILES
+
 TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository" / "templates"
 TRITON_TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "int32": "TYPE_INT32", "float16": "TYPE_FP16"}
 # Files at the repository root (Triton loads only folders as models).
-ROOT_FILES = ("manifest.json", "tokenizer.model", "vocab.txt")
+ROOT_FILES = ("manifest.json", *TOKENIZER_FILES)
 
 
 def _tensor_block(kind: str, tensors: list[dict[str, Any]]) -> str:
@@ -68,7 +70,7 @@ def write_python_repository(manifest: dict[str, Any], graphs_dir: Path, repo_dir
         version_dir.mkdir(parents=True, exist_ok=True)
         shutil.move(graphs_dir / graph["source_file"], version_dir / "model.onnx")
         if graph.get("external_data"):
-            shutil.move(graphs_dir / graph["external_data"], version_dir / Path(graph["external_data"]).name)
+            shutil.move(graphs_dir / graph["external_data"], version_dir / graph["external_data"])
         shutil.copy2(TEMPLATES / "onnx_graph.py", version_dir / "model.py")
         (repo_dir / name / "config.pbtxt").write_text(
             graph_config(name, graph, max_batch(manifest, name), "python", settings)

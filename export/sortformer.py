@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from mtasr.export.onnx_io import exportable_conv_lengths
+from mtasr.export.onnx_io import GraphSpec, export_onnx
 from omegaconf import DictConfig, OmegaConf
 
 from mtasr.sortformer_state import (
@@ -41,7 +41,6 @@ from mtasr.sortformer_state import (
 )
 
 ONNX_FILE = "sortformer.onnx"
-ONNX_DATA_FILE = "sortformer.onnx.data"
 INPUT_NAMES = (CHUNK, CHUNK_LENGTHS, SPKCACHE, SPKCACHE_LENGTHS, FIFO, FIFO_LENGTHS)
 OUTPUT_NAMES = (SPKCACHE_FIFO_CHUNK_PREDS, CHUNK_PRE_ENCODE_EMBS, CHUNK_PRE_ENCODE_LENGTHS)
 
@@ -315,13 +314,16 @@ def sortformer_geometry(model: torch.nn.Module) -> dict[str, Any]:
     return geo
 
 
-def export_sortformer(model: torch.nn.Module, out_dir: Path, opset: int = 17) -> dict[str, Any]:
-    """Write ``out_dir/sortformer.onnx`` (dynamic batch/time axes), check it in onnxruntime, describe it."""
-    import onnxruntime as ort
+SORTFORMER_SPEC = GraphSpec(
+    file=ONNX_FILE, inputs=list(INPUT_NAMES), outputs=list(OUTPUT_NAMES), dynamic_axes=DYNAMIC_AXES
+)
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / ONNX_FILE
+
+def export_sortformer(model: torch.nn.Module, out_dir: Path, opset: int = 17) -> dict[str, Any]:
+    """Write ``out_dir/sortformer.onnx`` (dynamic batch/time axes); return its manifest entry and geometry.
+
+    Returns ``{"graph": <export_onnx entry>, "geometry": sortformer_geometry(model)}``.
+    """
     geo = sortformer_geometry(model)
     core = SortformerCore(model).eval()
 
@@ -337,83 +339,5 @@ def export_sortformer(model: torch.nn.Module, out_dir: Path, opset: int = 17) ->
         torch.randn(b, f_len, d),
         torch.tensor([f_len, 0], dtype=torch.int64),
     )
-    if path.exists():
-        path.unlink()
-    data_path = out_dir / ONNX_DATA_FILE
-    if data_path.exists():
-        data_path.unlink()
-    with torch.no_grad(), exportable_conv_lengths():
-        torch.onnx.export(
-            core,
-            example,
-            str(path),
-            input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
-            dynamic_axes=DYNAMIC_AXES,
-            opset_version=opset,
-            dynamo=False,
-            do_constant_folding=True,
-        )
-    _single_external_data_file(path)
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feeds = {name: t.numpy() for name, t in zip(INPUT_NAMES, example, strict=True)}
-    sess.run(None, feeds)
-
-    n_spk = geo["n_spk"]
-    info: dict[str, Any] = {
-        "onnx": ONNX_FILE,
-        "opset": opset,
-        "inputs": [
-            {"name": CHUNK, "dtype": "float32", "shape": [-1, -1, n_mels]},
-            {"name": CHUNK_LENGTHS, "dtype": "int64", "shape": [-1]},
-            {"name": SPKCACHE, "dtype": "float32", "shape": [-1, -1, d]},
-            {"name": SPKCACHE_LENGTHS, "dtype": "int64", "shape": [-1]},
-            {"name": FIFO, "dtype": "float32", "shape": [-1, -1, d]},
-            {"name": FIFO_LENGTHS, "dtype": "int64", "shape": [-1]},
-        ],
-        "outputs": [
-            {"name": SPKCACHE_FIFO_CHUNK_PREDS, "dtype": "float32", "shape": [-1, -1, n_spk]},
-            {"name": CHUNK_PRE_ENCODE_EMBS, "dtype": "float32", "shape": [-1, -1, d]},
-            {"name": CHUNK_PRE_ENCODE_LENGTHS, "dtype": "int64", "shape": [-1]},
-        ],
-        **geo,
-    }
-    _check_io(sess, info)
-    return info
-
-
-def _single_external_data_file(path: Path) -> None:
-    """If the exporter spilled weights into per-tensor files (models over 2 GB), gather them into one file."""
-    import onnx
-    from onnx.external_data_helper import ExternalDataInfo
-
-    proto = onnx.load(str(path), load_external_data=False)
-    spilled = {
-        ExternalDataInfo(t).location for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
-    }
-    if not spilled or spilled == {ONNX_DATA_FILE}:
-        return
-    proto = onnx.load(str(path))
-    onnx.save_model(
-        proto,
-        str(path),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=ONNX_DATA_FILE,
-        size_threshold=1024,
-    )
-    for name in spilled - {ONNX_DATA_FILE}:
-        (path.parent / name).unlink(missing_ok=True)
-
-
-def _check_io(sess: Any, info: dict[str, Any]) -> None:
-    """The session's inputs/outputs are the ones described (names, order, ranks, static dims)."""
-    types = {"tensor(float)": "float32", "tensor(int64)": "int64"}
-    for got, want in (
-        *zip(sess.get_inputs(), info["inputs"], strict=True),
-        *zip(sess.get_outputs(), info["outputs"], strict=True),
-    ):
-        shape = [d if isinstance(d, int) else -1 for d in got.shape]
-        if got.name != want["name"] or types.get(got.type) != want["dtype"] or shape != want["shape"]:
-            raise RuntimeError(f"exported tensor {got.name} {got.type} {got.shape} differs from {want}")
+    inputs = dict(zip(INPUT_NAMES, example, strict=True))
+    return {"graph": export_onnx(core, inputs, SORTFORMER_SPEC, Path(out_dir), opset), "geometry": geo}

@@ -93,11 +93,3 @@ def train_tokenizer(lines: Iterable[str], vocab_size: int, out_dir: Path) -> Pat
     pieces = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
     (out_dir / "vocab.txt").write_text("\n".join(pieces) + "\n")
     return out_dir
-
-
-def vocabulary(tokenizer_model: Path) -> list[str]:
-    """The pieces of a SentencePiece model, in id order."""
-    import sentencepiece as spm
-
-    processor = spm.SentencePieceProcessor(model_file=str(tokenizer_model))
-    return [processor.id_to_piece(i) for i in range(processor.get_piece_size())]

@@ -100,8 +100,10 @@ def exported(tmp_path_factory, stream_feats):
     model = build_sortformer("tiny", seed=0)
     _spread_speaker_head(model, torch.from_numpy(stream_feats[0][:1]))
     out_dir: Path = tmp_path_factory.mktemp("sortformer")
-    info = export_sortformer(model, out_dir)
-    sess = ort.InferenceSession(str(out_dir / info["onnx"]), providers=["CPUExecutionProvider"])
+    exported = export_sortformer(model, out_dir)
+    graph = exported["graph"]
+    info = {**exported["geometry"], "inputs": graph["inputs"], "outputs": graph["outputs"]}
+    sess = ort.InferenceSession(str(out_dir / graph["file"]), providers=["CPUExecutionProvider"])
     return model, info, sess, out_dir
 
 
