@@ -23,6 +23,15 @@ import torch
 from mtasr.export.onnx_io import GraphSpec, export_onnx
 from omegaconf import DictConfig, OmegaConf
 
+from mtasr.graph_io import (
+    DECODER_INPUTS,
+    DECODER_OUTPUTS,
+    ENCODER_INPUTS,
+    ENCODER_OUTPUTS,
+    JOINT_INPUTS,
+    JOINT_OUTPUTS,
+)
+
 # The right contexts (lookahead encoder frames) the released checkpoint is trained for.
 RELEASED_ATT_CONTEXTS = [[70, 13], [70, 6], [70, 1], [70, 0]]
 
@@ -231,6 +240,25 @@ class JointStep(torch.nn.Module):
         return logits[:, 0, 0, :]
 
 
+def encoder_frames_table(model, max_feature_frames: int) -> list[int]:
+    """Encoder frames (before any drop) that 0..max_feature_frames feature frames subsample to.
+
+    NeMo's own length rule, so a runtime knows a chunk's valid encoder frames before running it.
+    """
+    from nemo.collections.asr.parts.submodules.subsampling import calc_length
+
+    pre = model.encoder.pre_encode
+    lengths = calc_length(
+        torch.arange(max_feature_frames + 1),
+        all_paddings=pre._left_padding + pre._right_padding,
+        kernel_size=pre._kernel_size,
+        stride=pre._stride,
+        ceil_mode=pre._ceil_mode,
+        repeat_num=pre._sampling_num,
+    )
+    return [max(0, int(n)) if f else 0 for f, n in enumerate(lengths.tolist())]
+
+
 def streaming_geometry(model) -> dict[str, Any]:
     """Everything a streaming runtime needs to chunk features and size caches, read off the model."""
     encoder = model.encoder
@@ -256,6 +284,9 @@ def streaming_geometry(model) -> dict[str, Any]:
         "subsampling_factor": int(encoder.subsampling_factor),
         "feature_stride_s": float(model.cfg.preprocessor.window_stride),
         "encoder_frame_s": float(model.cfg.preprocessor.window_stride) * int(encoder.subsampling_factor),
+        "encoder_frames_by_feature_frames": encoder_frames_table(
+            model, as_pair(cfg.chunk_size)[1] + as_pair(cfg.pre_encode_cache_size)[1]
+        ),
     }
 
 
@@ -304,23 +335,8 @@ def example_encoder_inputs(model, batch: int, first_chunk: bool, seed: int = 0) 
 
 ENCODER_SPEC = GraphSpec(
     file="encoder.onnx",
-    inputs=[
-        "features",
-        "feature_lengths",
-        "cache_last_channel",
-        "cache_last_time",
-        "cache_last_channel_len",
-        "speaker_mask",
-        "background_mask",
-        "drop_extra_pre_encoded",
-    ],
-    outputs=[
-        "encoded",
-        "encoded_lengths",
-        "next_cache_last_channel",
-        "next_cache_last_time",
-        "next_cache_last_channel_len",
-    ],
+    inputs=list(ENCODER_INPUTS),
+    outputs=list(ENCODER_OUTPUTS),
     dynamic_axes={
         "features": {0: "N", 2: "T_feat"},
         "feature_lengths": {0: "N"},
@@ -340,17 +356,15 @@ ENCODER_SPEC = GraphSpec(
 
 DECODER_SPEC = GraphSpec(
     file="decoder.onnx",
-    inputs=["targets", "state_h", "state_c"],
-    outputs=["prediction", "next_state_h", "next_state_c"],
-    dynamic_axes={
-        name: {0: "N"} for name in ["targets", "state_h", "state_c", "prediction", "next_state_h", "next_state_c"]
-    },
+    inputs=list(DECODER_INPUTS),
+    outputs=list(DECODER_OUTPUTS),
+    dynamic_axes={name: {0: "N"} for name in DECODER_INPUTS + DECODER_OUTPUTS},
 )
 
 JOINT_SPEC = GraphSpec(
     file="joint.onnx",
-    inputs=["encoder_frame", "prediction"],
-    outputs=["logits"],
+    inputs=list(JOINT_INPUTS),
+    outputs=list(JOINT_OUTPUTS),
     dynamic_axes={"encoder_frame": {0: "N"}, "prediction": {0: "N"}, "logits": {0: "N"}},
 )
 

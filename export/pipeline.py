@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from mtasr.export.checkpoints import (
 )
 
 from mtasr import __version__
+from mtasr.deployment import ServingSettings
 
 MANIFEST_VERSION = 1
 SPEAKER_SLOTS = 4
@@ -42,6 +43,9 @@ class ExportSettings:
     max_queue_delay_us: int = 1000
     opset: int = 17
     tensorrt: bool = False
+    stage_instances: int = 1  # Triton instances of each stateful stage
+    max_sequences: int = 1024  # streams one stage instance keeps open at once
+    serving: ServingSettings = field(default_factory=ServingSettings)
 
 
 def _progress(message: str) -> None:
@@ -153,7 +157,14 @@ def _export_into(staging: Path, asr_info, diar_info, settings: ExportSettings, p
     progress(f"loading diarizer checkpoint {diar_info.path}")
     diar_model = load_model(diar_info)
     progress("exporting Sortformer core graph")
-    diar_entry = sortformer.export_sortformer(diar_model, graphs_dir, settings.opset)
+    streaming = asr_entry["streaming"]  # the diarizer runs on the ASR encoder's chunks
+    diar_entry = sortformer.export_sortformer(
+        diar_model,
+        graphs_dir,
+        chunk_feature_frames=streaming["chunk_feature_frames"][1] + streaming["pre_encode_cache_frames"][1],
+        drop_extra_pre_encoded=streaming["drop_extra_pre_encoded"],
+        opset=settings.opset,
+    )
     diar_features = FeatureConfig.from_nemo(diar_model.cfg.preprocessor).to_dict()
     del diar_model
 
@@ -199,6 +210,9 @@ def _export_into(staging: Path, asr_info, diar_info, settings: ExportSettings, p
             "instances": settings.graph_instances,
             "intra_op_threads": settings.intra_op_threads,
             "max_queue_delay_us": settings.max_queue_delay_us,
+            "stage_instances": settings.stage_instances,
+            "max_sequences": settings.max_sequences,
+            "serving": asdict(settings.serving),
         },
     }
     _serving_dims(manifest)

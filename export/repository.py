@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mtasr.export.checkpoints import TOKENIZER_FILES
+from mtasr.export.serving import write_pipeline_models
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository" / "templates"
 TRITON_TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "int32": "TYPE_INT32", "float16": "TYPE_FP16"}
@@ -75,6 +76,7 @@ def write_python_repository(manifest: dict[str, Any], graphs_dir: Path, repo_dir
         (repo_dir / name / "config.pbtxt").write_text(
             graph_config(name, graph, max_batch(manifest, name), "python", settings)
         )
+    write_pipeline_models(manifest, repo_dir)
 
 
 def write_tensorrt_variant(manifest: dict[str, Any], repo_dir: Path, trt_dir: Path) -> None:
@@ -88,6 +90,8 @@ def write_tensorrt_variant(manifest: dict[str, Any], repo_dir: Path, trt_dir: Pa
         (trt_repo / name / "config.pbtxt").write_text(
             graph_config(name, graph, max_batch(manifest, name), "tensorrt", settings)
         )
+    # The stages call the TensorRT graph models through Triton (BLS), never ONNX Runtime.
+    write_pipeline_models(manifest, trt_repo, graph_backend="triton")
     for file in ROOT_FILES:
         if (repo_dir / file).exists():
             shutil.copy2(repo_dir / file, trt_repo / file)

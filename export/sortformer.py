@@ -1,15 +1,29 @@
 """Streaming Sortformer diarizer: NeMo model -> one ONNX "core" graph + the geometry for the numpy update.
 
-The exported core is NeMo's ``forward_for_export``: pre-encode the chunk, splice
+The exported core is the model half of NeMo's ``forward_streaming_step`` as the multitalker streaming
+inference calls it: pre-encode the chunk, drop its ``drop_extra_pre_encoded`` first frames, splice
 [speaker cache | FIFO | chunk] per stream (each part with its own valid length), run the
 FastConformer + Transformer and the sigmoid head. The cache/FIFO update between chunks lives in
 numpy (:mod:`mtasr.sortformer_state`), so the graph is stateless and batches streams freely.
 
+Chunks are the ASR encoder's: NeMo feeds the diarizer the ASR model's ``CacheAwareStreamingAudioBuffer``
+chunks (first: ``chunk_size[0]`` frames, drop 0; later: ``pre_encode_cache_size[1]`` cached +
+``chunk_size[1]`` new frames, drop ``streaming_cfg.drop_extra_pre_encoded``; no left/right offsets), so
+the diarizer's own chunk_len/left/right context settings play no part. The graph takes every row at the
+later-chunk width with a per-row drop, like the ASR encoder graph: a first chunk is right-padded (the
+masked pre-encode never looks past a row's length) and drops nothing, so it batches with later chunks
+and every row yields the same number of frames.
+
 Facts learned:
-- ``forward_streaming_step`` picks ``streaming_update_async`` only when ``cfg.async_streaming`` is
-  true; that is the only variant with per-stream lengths, so the configs here set it. In the async
-  variant the "first compression" branch is dead code (spkcache_preds start at 0, not negative), so
-  cached frames keep the predictions they had when they left the FIFO.
+- ``forward_streaming_step`` picks ``streaming_update_async`` when ``cfg.async_streaming`` is true and
+  the sync ``streaming_update`` otherwise. NeMo's multitalker streaming inference initialises the
+  diarizer state with ``init_streaming_state(batch_size)`` (the sync layout: no per-stream lengths), so
+  it runs only with ``async_streaming`` false, the released checkpoints' setting; the configs here set
+  it false too, and the geometry records it so the numpy update picks the matching variant. Per
+  stream (unpadded chunks, no offsets) the two differ only at the first speaker-cache compression:
+  sync scores the cached frames with that step's predictions over them, async with the predictions
+  they had when they left the FIFO (its "first compression" branch is dead code: spkcache_preds start
+  at 0, not negative).
 - The TorchScript ONNX exporter turns float ``//`` into Div+Cast (truncation): NeMo's MaskedConvSequential
   length rule ``(L + 2 - 3) // 2 + 1`` then gives 1 instead of 0 for an empty chunk (a stream that has
   ended), so export patches that helper with an explicit floor (same values in PyTorch).
@@ -33,6 +47,7 @@ from mtasr.sortformer_state import (
     CHUNK_LENGTHS,
     CHUNK_PRE_ENCODE_EMBS,
     CHUNK_PRE_ENCODE_LENGTHS,
+    DROP_EXTRA_PRE_ENCODED,
     FIFO,
     FIFO_LENGTHS,
     SPKCACHE,
@@ -41,26 +56,27 @@ from mtasr.sortformer_state import (
 )
 
 ONNX_FILE = "sortformer.onnx"
-INPUT_NAMES = (CHUNK, CHUNK_LENGTHS, SPKCACHE, SPKCACHE_LENGTHS, FIFO, FIFO_LENGTHS)
+INPUT_NAMES = (CHUNK, CHUNK_LENGTHS, SPKCACHE, SPKCACHE_LENGTHS, FIFO, FIFO_LENGTHS, DROP_EXTRA_PRE_ENCODED)
 OUTPUT_NAMES = (SPKCACHE_FIFO_CHUNK_PREDS, CHUNK_PRE_ENCODE_EMBS, CHUNK_PRE_ENCODE_LENGTHS)
 
+# The chunk width is fixed at export (the ASR's later-chunk length), so the chunk frames are too.
 DYNAMIC_AXES = {
-    CHUNK: {0: "batch", 1: "chunk_feat_frames"},
+    CHUNK: {0: "batch"},
     CHUNK_LENGTHS: {0: "batch"},
     SPKCACHE: {0: "batch", 1: "spkcache_frames"},
     SPKCACHE_LENGTHS: {0: "batch"},
     FIFO: {0: "batch", 1: "fifo_frames"},
     FIFO_LENGTHS: {0: "batch"},
+    DROP_EXTRA_PRE_ENCODED: {0: "batch"},
     SPKCACHE_FIFO_CHUNK_PREDS: {0: "batch", 1: "total_frames"},
-    CHUNK_PRE_ENCODE_EMBS: {0: "batch", 1: "chunk_frames"},
+    CHUNK_PRE_ENCODE_EMBS: {0: "batch"},
     CHUNK_PRE_ENCODE_LENGTHS: {0: "batch"},
 }
 
 # Streaming parameters copied from SortformerModules into the geometry dict (all used by the update).
+# chunk_len and the chunk contexts are not: the chunks are the ASR's (NeMo's multitalker inference sets
+# them to 0).
 STREAMING_KEYS = (
-    "chunk_len",
-    "chunk_left_context",
-    "chunk_right_context",
     "spkcache_len",
     "fifo_len",
     "spkcache_update_period",
@@ -131,7 +147,7 @@ def sortformer_config(size: str, streaming: dict[str, Any] | None = None) -> Dic
         "ats_weight": 0.5,
         "max_num_of_spks": n_spk,
         "streaming_mode": True,
-        "async_streaming": True,
+        "async_streaming": False,  # as released; NeMo's multitalker inference needs the sync layout
         "model_defaults": {"fc_d_model": g["fc_d_model"], "tf_d_model": g["tf_d_model"]},
         "train_ds": None,
         "validation_ds": None,
@@ -229,17 +245,21 @@ def build_sortformer(size: str, seed: int = 0, streaming: dict[str, Any] | None 
 
 
 class SortformerCore(torch.nn.Module):
-    """NeMo's ``forward_for_export`` with a vectorised, exportable [spkcache | fifo | chunk] splice.
+    """NeMo's ``forward_streaming_step`` up to the predictions, per-row drop, vectorised exportable splice.
 
-    Inputs: chunk [B, T_feat, n_mels] (time-major, as NeMo's streaming_feat_loader yields), chunk_lengths [B],
-    spkcache [B, S, D], spkcache_lengths [B], fifo [B, F, D], fifo_lengths [B] (D = FastConformer d_model,
-    i.e. pre-encode embeddings). Outputs: preds [B, S+F+T, n_spk] (frame i of a stream is valid for
-    i < its spkcache_len+fifo_len+chunk_len, zero after), chunk pre-encode embeddings [B, T, D] and lengths.
+    Inputs: chunk [B, T_feat, n_mels] (time-major, T_feat = ``chunk_feature_frames``, rows right-padded),
+    chunk_lengths [B], spkcache [B, S, D], spkcache_lengths [B], fifo [B, F, D], fifo_lengths [B]
+    (D = FastConformer d_model, i.e. pre-encode embeddings), drop_extra_pre_encoded [B] (0 on a stream's
+    first chunk, the streaming drop on later ones). Outputs: preds [B, S+F+T, n_spk] (frame i of a stream
+    is valid for i < its spkcache_len+fifo_len+chunk_len, zero after), chunk pre-encode embeddings
+    [B, T, D] after the drop (T = pre-encoded frames of T_feat minus the streaming drop) and their lengths
+    (valid frames, clamped to [0, T]; frames past them are meaningless).
     """
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, drop_extra_pre_encoded: int) -> None:
         super().__init__()
         self.model = model
+        self.streaming_drop = int(drop_extra_pre_encoded)
         self.eval()
 
     @staticmethod
@@ -268,6 +288,18 @@ class SortformerCore(torch.nn.Module):
         out = out * valid.unsqueeze(-1).to(out.dtype)
         return out, total.squeeze(1)
 
+    def pre_encode(
+        self, chunk: torch.Tensor, chunk_lengths: torch.Tensor, drop_extra_pre_encoded: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pre-encode, then drop each row's first drop_extra_pre_encoded frames (same width for every row)."""
+        embs, lengths = self.model.encoder.pre_encode(x=chunk, lengths=chunk_lengths)
+        n_out = embs.shape[1] - self.streaming_drop
+        drop = drop_extra_pre_encoded.to(torch.int64)
+        index = torch.arange(n_out, device=embs.device)[None, :] + drop[:, None]
+        embs = torch.gather(embs, 1, index[:, :, None].expand(-1, -1, embs.shape[2]))
+        lengths = (lengths.to(torch.int64) - drop).clamp(min=0, max=n_out)
+        return embs, lengths
+
     def forward(
         self,
         chunk: torch.Tensor,
@@ -276,10 +308,10 @@ class SortformerCore(torch.nn.Module):
         spkcache_lengths: torch.Tensor,
         fifo: torch.Tensor,
         fifo_lengths: torch.Tensor,
+        drop_extra_pre_encoded: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         m = self.model
-        embs, emb_lengths = m.encoder.pre_encode(x=chunk, lengths=chunk_lengths)
-        emb_lengths = emb_lengths.to(torch.int64)
+        embs, emb_lengths = self.pre_encode(chunk, chunk_lengths, drop_extra_pre_encoded)
         seq, seq_lengths = self.splice(
             spkcache, spkcache_lengths.to(torch.int64), fifo, fifo_lengths.to(torch.int64), embs, emb_lengths
         )
@@ -290,8 +322,22 @@ class SortformerCore(torch.nn.Module):
         return preds, embs, emb_lengths
 
 
-def sortformer_geometry(model: torch.nn.Module) -> dict[str, Any]:
-    """Streaming geometry and update parameters of a SortformerEncLabelModel, as plain Python values."""
+def pre_encoded_frames(model: torch.nn.Module, feature_frames: int) -> int:
+    """Frames the diarizer's pre-encode (subsampling) makes of a chunk of `feature_frames` feature frames."""
+    with torch.no_grad():
+        x = torch.zeros(1, feature_frames, int(model.encoder._feat_in))
+        embs, _ = model.encoder.pre_encode(x=x, lengths=torch.tensor([feature_frames]))
+    return int(embs.shape[1])
+
+
+def sortformer_geometry(
+    model: torch.nn.Module, chunk_feature_frames: int, drop_extra_pre_encoded: int
+) -> dict[str, Any]:
+    """Streaming geometry and update parameters of a SortformerEncLabelModel, as plain Python values.
+
+    chunk_feature_frames: the width of every chunk row (the ASR's later-chunk length incl. its pre-encode
+    cache); drop_extra_pre_encoded: the ASR's streaming drop. chunk_frames: frames each row yields after it.
+    """
     sm = model.sortformer_modules
     pre = OmegaConf.to_container(model.cfg.preprocessor, resolve=True)
     pre.pop("_target_", None)
@@ -301,6 +347,11 @@ def sortformer_geometry(model: torch.nn.Module) -> dict[str, Any]:
     for k in STREAMING_KEYS:
         v = geo[k]
         geo[k] = int(v) if isinstance(v, int) else float(v)
+    chunk_frames = pre_encoded_frames(model, chunk_feature_frames) - drop_extra_pre_encoded
+    if chunk_frames < 1:
+        raise ValueError(
+            f"a {chunk_feature_frames}-frame chunk minus a drop of {drop_extra_pre_encoded} leaves no diarizer frames"
+        )
     geo.update(
         n_spk=int(sm.n_spk),
         emb_dim=int(model.encoder.d_model),
@@ -309,6 +360,9 @@ def sortformer_geometry(model: torch.nn.Module) -> dict[str, Any]:
         n_mels=int(model.encoder._feat_in),
         sample_rate=int(model.cfg.sample_rate),
         async_streaming=bool(model.cfg.get("async_streaming", False)),
+        chunk_feature_frames=int(chunk_feature_frames),
+        drop_extra_pre_encoded=int(drop_extra_pre_encoded),
+        chunk_frames=int(chunk_frames),
         preprocessor=pre,
     )
     return geo
@@ -319,25 +373,34 @@ SORTFORMER_SPEC = GraphSpec(
 )
 
 
-def export_sortformer(model: torch.nn.Module, out_dir: Path, opset: int = 17) -> dict[str, Any]:
-    """Write ``out_dir/sortformer.onnx`` (dynamic batch/time axes); return its manifest entry and geometry.
+def export_sortformer(
+    model: torch.nn.Module,
+    out_dir: Path,
+    *,
+    chunk_feature_frames: int,
+    drop_extra_pre_encoded: int,
+    opset: int = 17,
+) -> dict[str, Any]:
+    """Write ``out_dir/sortformer.onnx`` on the ASR chunk grid; return its manifest entry and geometry.
 
-    Returns ``{"graph": <export_onnx entry>, "geometry": sortformer_geometry(model)}``.
+    chunk_feature_frames: the ASR's later-chunk length incl. the pre-encode cache (the fixed chunk width
+    of the graph); drop_extra_pre_encoded: the ASR's streaming drop (what later chunks drop; the graph
+    takes the drop per row). Returns ``{"graph": <export_onnx entry>, "geometry": sortformer_geometry(...)}``.
     """
-    geo = sortformer_geometry(model)
-    core = SortformerCore(model).eval()
+    geo = sortformer_geometry(model, chunk_feature_frames, drop_extra_pre_encoded)
+    core = SortformerCore(model, drop_extra_pre_encoded).eval()
 
     b, d, n_mels = 2, geo["emb_dim"], geo["n_mels"]
-    sub = geo["subsampling_factor"]
-    t_feat = (geo["chunk_len"] + geo["chunk_left_context"] + geo["chunk_right_context"]) * sub
+    t_feat, sub = geo["chunk_feature_frames"], geo["subsampling_factor"]
     s_len, f_len = max(geo["spkcache_len"], 1), max(geo["fifo_len"], 1)
     example = (
         torch.randn(b, t_feat, n_mels),
-        torch.tensor([t_feat, t_feat - sub], dtype=torch.int64),
+        torch.tensor([t_feat, max(t_feat - 2 * sub, 0)], dtype=torch.int64),
         torch.randn(b, s_len, d),
         torch.tensor([s_len, s_len // 2], dtype=torch.int64),
         torch.randn(b, f_len, d),
         torch.tensor([f_len, 0], dtype=torch.int64),
+        torch.tensor([drop_extra_pre_encoded, 0], dtype=torch.int64),
     )
     inputs = dict(zip(INPUT_NAMES, example, strict=True))
     return {"graph": export_onnx(core, inputs, SORTFORMER_SPEC, Path(out_dir), opset), "geometry": geo}

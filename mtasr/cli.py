@@ -8,17 +8,25 @@ from pathlib import Path
 
 
 def _export(args: argparse.Namespace) -> int:
+    from mtasr.deployment import ServingSettings
     from mtasr.export.checkpoints import ExportError
     from mtasr.export.pipeline import ExportSettings, run_export
 
-    settings = ExportSettings(
-        right_context=args.right_context,
-        max_streams_per_batch=args.max_streams,
-        graph_instances=args.instances,
-        intra_op_threads=args.threads,
-        tensorrt=args.tensorrt,
-    )
     try:
+        settings = ExportSettings(
+            right_context=args.right_context,
+            max_streams_per_batch=args.max_streams,
+            graph_instances=args.instances,
+            intra_op_threads=args.threads,
+            tensorrt=args.tensorrt,
+            stage_instances=args.stage_instances,
+            max_sequences=args.max_sequences,
+            serving=ServingSettings(
+                sequence_idle_s=args.idle_timeout,
+                max_chunk_s=args.max_chunk_seconds,
+                graph_backend=args.graph_backend,
+            ),
+        )
         if args.random:
             from mtasr.random_models import build_random_pair
 
@@ -29,7 +37,7 @@ def _export(args: argparse.Namespace) -> int:
                 raise ExportError("give --asr and --diarizer checkpoints, or --random tiny|full")
             asr_path, diar_path = args.asr, args.diarizer
         run_export(asr_path, diar_path, args.output, settings, overwrite=args.overwrite)
-    except ExportError as err:
+    except (ExportError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
@@ -95,6 +103,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--instances", type=int, default=1, help="Triton instances per graph model (default: 1)")
     export.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads, 0 = all cores")
+    export.add_argument(
+        "--stage-instances", type=int, default=1, help="Triton instances per stateful stage model (default: 1)"
+    )
+    export.add_argument(
+        "--max-sequences", type=int, default=1024, help="streams open at once per stage instance (default: 1024)"
+    )
+    export.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=60.0,
+        help="seconds after which a stream that sent nothing is dropped and its state freed (default: 60)",
+    )
+    export.add_argument(
+        "--max-chunk-seconds",
+        type=float,
+        default=0.0,
+        help="longest audio one request may carry; 0 = two chunks, at least 1 s (default: 0)",
+    )
+    export.add_argument(
+        "--graph-backend",
+        choices=["triton", "onnxruntime"],
+        default="triton",
+        help="how the stages run the graphs: calls to the graph models (triton) or ONNX Runtime in the stage "
+        "process (default: triton)",
+    )
     export.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines here (needs TensorRT)")
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     export.set_defaults(func=_export)

@@ -308,6 +308,14 @@ def num_frames(config: FeatureConfig, num_samples: int) -> int:
     return max(0, (num_samples + 2 * config.stft_pad - config.n_fft) // config.hop_length)
 
 
+def padded_frames(config: FeatureConfig, num_samples: int) -> int:
+    """Frames NeMo's preprocessor outputs (its tensor width): the valid ones plus the STFT's last,
+    which it overwrites with ``pad_value``. NeMo's streaming buffer chunks the whole width."""
+    if num_samples <= 0:
+        return 0
+    return (num_samples + 2 * config.stft_pad - config.n_fft) // config.hop_length + 1
+
+
 def _hz_to_mel_slaney(hz: np.ndarray) -> np.ndarray:
     hz = np.asarray(hz, dtype=np.float64)
     f_sp, min_log_hz = 200.0 / 3, 1000.0

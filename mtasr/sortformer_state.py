@@ -1,16 +1,35 @@
 """Streaming Sortformer state between chunks: speaker cache + FIFO update, in numpy.
 
-This reproduces NeMo's ``SortformerModules.streaming_update_async`` (what
-``SortformerEncLabelModel.forward_streaming_step`` runs when ``async_streaming`` is on, the only
-variant where streams in a batch have their own cache/FIFO/chunk lengths), including the speaker
-cache compression (silence profile, log-score, boosting, top-k frame selection).
+This reproduces, per stream, NeMo's ``SortformerModules.streaming_update`` (``sync=True``) or
+``streaming_update_async`` (``sync=False``), whichever ``SortformerEncLabelModel.forward_streaming_step``
+runs for the model's ``async_streaming`` setting, including the speaker cache compression (silence
+profile, log-score, boosting, top-k frame selection). NeMo's multitalker streaming inference
+initialises the diarizer state in the sync layout (``init_streaming_state(batch_size)``), so it runs
+only with ``async_streaming`` false (the released checkpoints) and the sync update; callers pass
+``sync=not params.async_streaming``.
 
-A caller loops::
+For one stream fed unpadded chunks with no left/right offsets (how NeMo's multitalker inference feeds
+the diarizer) the two NeMo updates differ only in the speaker-cache predictions used by the first
+compression. Async keeps, for every cached frame, the predictions it had when it left the FIFO (its
+"first compression" branch is dead code: the predictions start at 0, never negative). Sync keeps no
+cache predictions until the cache first overflows; then it takes this step's predictions over the
+frames already in the cache, followed by the popped FIFO frames' predictions, and compresses; from
+then on popped predictions are appended as in async. Everything else (what enters and leaves the
+FIFO, the pop length, FIFO predictions, silence profile, compression) is the same.
+
+Chunks are the ASR encoder's (NeMo's multitalker streaming inference feeds the diarizer the ASR
+model's ``CacheAwareStreamingAudioBuffer`` chunks with ``drop_extra_pre_encoded`` and no left/right
+offsets): every row is ``chunk_feature_frames`` wide (the later-chunk length incl. the pre-encode
+cache); a stream's first chunk (no pre-encode cache, drop 0) and its last chunk are right-padded, their
+true widths in the lengths. A caller loops::
 
     state = init_state(params, batch_size)
-    for feats, feat_lengths, lc, rc in iter_feature_chunks(params, feats_bct, feat_lengths):
-        preds, embs, emb_lengths = session.run(None, core_inputs(state, feats, feat_lengths))
-        state, chunk_preds = streaming_update(params, state, embs, emb_lengths, preds, lc, rc)
+    for feats, feat_lengths, drops in chunks:  # [B, chunk_feature_frames, n_mels], [B], [B]
+        preds, embs, emb_lengths = session.run(None, core_inputs(state, feats, feat_lengths, drops))
+        state, chunk_preds = streaming_update(
+            params, state, embs, emb_lengths, preds, sync=not params.async_streaming
+        )
+        # stream b's new frames: chunk_preds[b, : emb_lengths[b]]
 
 The state arrays are fixed size (``spkcache_len`` / ``fifo_len`` frames) with per-stream lengths,
 which is the layout the exported core graph takes.
@@ -19,7 +38,7 @@ which is the layout the exported core graph takes.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -35,15 +54,13 @@ FIFO_LENGTHS = "fifo_lengths"
 SPKCACHE_FIFO_CHUNK_PREDS = "spkcache_fifo_chunk_preds"
 CHUNK_PRE_ENCODE_EMBS = "chunk_pre_encode_embs"
 CHUNK_PRE_ENCODE_LENGTHS = "chunk_pre_encode_lengths"
+DROP_EXTRA_PRE_ENCODED = "drop_extra_pre_encoded"
 
 
 @dataclass(frozen=True)
 class SortformerParams:
     """Streaming geometry and cache-update parameters (from the export's geometry dict)."""
 
-    chunk_len: int
-    chunk_left_context: int
-    chunk_right_context: int
     spkcache_len: int
     fifo_len: int
     spkcache_update_period: int
@@ -51,6 +68,9 @@ class SortformerParams:
     emb_dim: int
     subsampling_factor: int
     n_mels: int
+    chunk_feature_frames: int  # feature frames of every row of a core call (later ASR chunk incl. pre-encode cache)
+    drop_extra_pre_encoded: int  # pre-encoded frames a later chunk drops (its pre-encode cache); 0 on a first chunk
+    chunk_frames: int  # pre-encoded frames per row after the drop: the most a chunk adds
     spkcache_sil_frames_per_spk: int = 3
     pred_score_threshold: float = 0.25
     max_index: int = 99999
@@ -60,17 +80,17 @@ class SortformerParams:
     weak_boost_rate: float = 1.5
     min_pos_scores_rate: float = 0.5
     frame_len_s: float = 0.08
+    async_streaming: bool = False  # the model's cfg.async_streaming: which NeMo update to reproduce
 
     @classmethod
     def from_dict(cls, geometry: Mapping[str, Any]) -> SortformerParams:
-        """Build from the export's geometry dict; keys that are not parameters are ignored."""
+        """Build from the export's geometry dict; keys that are not parameters are ignored.
+
+        ``async_streaming`` is False when the geometry does not record it (the released checkpoints'
+        setting, and the one NeMo's multitalker streaming inference runs with).
+        """
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in geometry.items() if k in names})
-
-    @property
-    def chunk_feat_frames(self) -> int:
-        """Feature frames of a full chunk with both contexts."""
-        return (self.chunk_len + self.chunk_left_context + self.chunk_right_context) * self.subsampling_factor
 
 
 @dataclass
@@ -85,6 +105,7 @@ class SortformerStreamState:
     fifo_preds: np.ndarray  # [B, fifo_len, n_spk] float32
     mean_sil_emb: np.ndarray  # [B, D] float32
     n_sil_frames: np.ndarray  # [B] int64
+    spkcache_compressed: np.ndarray  # [B] bool: the speaker cache has been compressed at least once
 
     @property
     def batch_size(self) -> int:
@@ -104,7 +125,7 @@ class SortformerStreamState:
 
 
 def init_state(params: SortformerParams, batch_size: int) -> SortformerStreamState:
-    """Empty cache and FIFO (NeMo's ``init_streaming_state(async_streaming=True)``)."""
+    """Empty cache and FIFO, nothing compressed yet (NeMo's ``init_streaming_state``, either layout)."""
     b, d, n = batch_size, params.emb_dim, params.n_spk
     return SortformerStreamState(
         spkcache=np.zeros((b, params.spkcache_len, d), np.float32),
@@ -115,18 +136,28 @@ def init_state(params: SortformerParams, batch_size: int) -> SortformerStreamSta
         fifo_preds=np.zeros((b, params.fifo_len, n), np.float32),
         mean_sil_emb=np.zeros((b, d), np.float32),
         n_sil_frames=np.zeros(b, np.int64),
+        spkcache_compressed=np.zeros(b, np.bool_),
     )
 
 
 def core_inputs(
-    state: SortformerStreamState, chunk_feats: np.ndarray, chunk_len: int | np.ndarray
+    state: SortformerStreamState,
+    chunk_feats: np.ndarray,
+    chunk_lengths: int | np.ndarray,
+    drop_extra_pre_encoded: int | np.ndarray,
 ) -> dict[str, np.ndarray]:
-    """ORT feeds for the core graph: chunk features [B, T_feat, n_mels] (time-major) + valid frame counts."""
+    """ORT feeds for the core graph.
+
+    chunk_feats [B, chunk_feature_frames, n_mels] (time-major, rows right-padded), chunk_lengths [B] their
+    true widths, drop_extra_pre_encoded [B]: pre-encoded frames to drop per row (0 on a stream's first
+    chunk, the ASR's ``drop_extra_pre_encoded`` on later ones). Scalars are broadcast to every row.
+    """
     b = state.batch_size
     feats = np.ascontiguousarray(chunk_feats, dtype=np.float32)
     if feats.ndim != 3 or feats.shape[0] != b:
         raise ValueError(f"chunk features must be [B={b}, T, n_mels], got {feats.shape}")
-    lengths = np.broadcast_to(np.asarray(chunk_len, dtype=np.int64), (b,)).copy()
+    lengths = np.broadcast_to(np.asarray(chunk_lengths, dtype=np.int64), (b,)).copy()
+    drops = np.broadcast_to(np.asarray(drop_extra_pre_encoded, dtype=np.int64), (b,)).copy()
     return {
         CHUNK: feats,
         CHUNK_LENGTHS: lengths,
@@ -134,38 +165,8 @@ def core_inputs(
         SPKCACHE_LENGTHS: state.spkcache_lengths,
         FIFO: state.fifo,
         FIFO_LENGTHS: state.fifo_lengths,
+        DROP_EXTRA_PRE_ENCODED: drops,
     }
-
-
-def iter_feature_chunks(
-    params: SortformerParams,
-    feats_bct: np.ndarray,
-    feat_lengths: np.ndarray,
-    feat_offsets: np.ndarray | None = None,
-) -> Iterator[tuple[np.ndarray, np.ndarray, int, int]]:
-    """Split features [B, n_mels, T] into chunks like NeMo's ``streaming_feat_loader``.
-
-    Yields (chunk feats [B, T_chunk, n_mels], valid feature frames [B], lc, rc) with lc/rc in encoder frames,
-    ready for :func:`core_inputs` and :func:`streaming_update`.
-    """
-    sub = params.subsampling_factor
-    total = feats_bct.shape[2]
-    lengths = np.asarray(feat_lengths, dtype=np.int64)
-    offsets = np.zeros_like(lengths) if feat_offsets is None else np.asarray(feat_offsets, dtype=np.int64)
-    start = end = 0
-    while end < total:
-        left = min(params.chunk_left_context * sub, start)
-        end = min(start + params.chunk_len * sub, total)
-        right = min(params.chunk_right_context * sub, total - end)
-        chunk = feats_bct[:, :, start - left : end + right]
-        valid = np.clip(lengths + offsets - start + left, 0, chunk.shape[2]) * (offsets < end)
-        yield (
-            np.ascontiguousarray(chunk.transpose(0, 2, 1)),
-            valid.astype(np.int64),
-            round(left / sub),
-            math.ceil(right / sub),
-        )
-        start = end
 
 
 def streaming_update(
@@ -174,27 +175,38 @@ def streaming_update(
     chunk_embs: np.ndarray,
     chunk_lengths: np.ndarray,
     preds: np.ndarray,
-    lc: int = 0,
-    rc: int = 0,
+    *,
+    sync: bool = False,
 ) -> tuple[SortformerStreamState, np.ndarray]:
     """Move this chunk into the FIFO, FIFO overflow into the speaker cache, compress the cache if full.
 
-    chunk_embs [B, lc+chunk+rc, D] and chunk_lengths [B] are the core graph's pre-encode outputs; preds
-    [B, >= S+F+T, n_spk] its predictions over [spkcache | fifo | chunk] (per-stream lengths, zero tail).
-    Returns the new state (the input state is not modified) and this chunk's predictions [B, chunk, n_spk]
-    (rows past a stream's valid chunk length are zero).
+    chunk_embs [B, T, D] and chunk_lengths [B] are the core graph's pre-encode outputs (after the drop;
+    row b's valid frames are the first chunk_lengths[b]); preds [B, >= S+F+T, n_spk] its predictions over
+    [spkcache | fifo | chunk] (per-stream lengths, zero tail). Returns the new state (the input state is
+    not modified) and this chunk's predictions [B, T, n_spk]: row b's first chunk_lengths[b] frames are
+    its new frames, the rest zero.
+
+    sync: reproduce NeMo's ``streaming_update`` (``async_streaming`` false; pass
+    ``sync=not params.async_streaming``), else ``streaming_update_async``. They differ only at a row's
+    first compression: sync compresses the cached frames with this step's predictions over them
+    (``preds[b, :spkcache_len]``), async with the predictions they had when they left the FIFO.
+
+    The whole chunk is used (NeMo's lc = rc = 0). How much leaves the FIFO depends on each row's own chunk
+    length, as in NeMo for one stream fed unpadded chunks; NeMo's batched update uses the padded width
+    instead, which differs only after a short (last) chunk and never in the predictions.
     """
     p = params
-    b_size, t_chunk, emb_dim = chunk_embs.shape
+    b_size, max_chunk, emb_dim = chunk_embs.shape
     n_spk = preds.shape[2]
-    max_cache, max_fifo, max_chunk = state.spkcache.shape[1], state.fifo.shape[1], t_chunk - lc - rc
+    max_cache, max_fifo = state.spkcache.shape[1], state.fifo.shape[1]
     max_pop = min(max(p.spkcache_update_period, max_chunk), max_chunk + max_fifo)
 
-    chunk_lens = np.clip(np.asarray(chunk_lengths, dtype=np.int64) - lc, 0, max_chunk)
+    chunk_lens = np.clip(np.asarray(chunk_lengths, dtype=np.int64), 0, max_chunk)
     cache_lens = state.spkcache_lengths.astype(np.int64).copy()
     fifo_lens = state.fifo_lengths.astype(np.int64).copy()
     mean_sil = state.mean_sil_emb.astype(np.float32).copy()
     n_sil = state.n_sil_frames.astype(np.int64).copy()
+    compressed = state.spkcache_compressed.astype(np.bool_).copy()
 
     chunk_preds = np.zeros((b_size, max_chunk, n_spk), np.float32)
     fifo = np.zeros((b_size, max_fifo + max_chunk, emb_dim), np.float32)
@@ -209,22 +221,24 @@ def streaming_update(
         # FIFO frames get this step's predictions; the chunk is appended after them.
         fifo[b, :fl] = state.fifo[b, :fl]
         fifo_preds[b, :fl] = preds[b, sl : sl + fl]
-        chunk_preds[b, :cl] = preds[b, sl + fl + lc : sl + fl + lc + cl]
-        fifo[b, fl : fl + cl] = chunk_embs[b, lc : lc + cl]
+        chunk_preds[b, :cl] = preds[b, sl + fl : sl + fl + cl]
+        fifo[b, fl : fl + cl] = chunk_embs[b, :cl]
         fifo_preds[b, fl : fl + cl] = chunk_preds[b, :cl]
         fifo_lens[b] = fl + cl
         if fl + cl <= max_fifo:
             continue
         # FIFO overflow: its first pop frames go to the end of the speaker cache.
-        pop = min(max(p.spkcache_update_period, max_chunk - max_fifo + fl), fl + cl)
+        pop = min(max(p.spkcache_update_period, cl - max_fifo + fl), fl + cl)
         pop_embs, pop_preds = fifo[b, :pop].copy(), fifo_preds[b, :pop].copy()
         mean_sil[b], n_sil[b] = _silence_profile(p, mean_sil[b], n_sil[b], pop_embs, pop_preds)
         cache[b, sl : sl + pop] = pop_embs
-        if cache_preds[b, 0, 0] >= 0:  # always true (preds >= 0); NeMo's first-compression branch is dead
-            cache_preds[b, sl : sl + pop] = pop_preds
-        elif sl + pop > p.spkcache_len:
+        # Async: cached frames keep the predictions they left the FIFO with (NeMo's async first-compression
+        # branch is dead code). Sync keeps no cache predictions before the first compression (the popped
+        # ones stored here until then are never used) and compresses the first time with this step's
+        # predictions over the cached frames.
+        cache_preds[b, sl : sl + pop] = pop_preds
+        if sync and not compressed[b] and sl + pop > p.spkcache_len:
             cache_preds[b, :sl] = preds[b, :sl]
-            cache_preds[b, sl : sl + pop] = pop_preds
         cache_lens[b] += pop
         new_fl = fl + cl - pop
         fifo_lens[b] = new_fl
@@ -239,6 +253,7 @@ def streaming_update(
     if full.size:
         new_cache[full], new_cache_preds[full] = compress_spkcache(p, cache[full], cache_preds[full], mean_sil[full])
         cache_lens[full] = p.spkcache_len
+        compressed[full] = True
 
     new_state = SortformerStreamState(
         spkcache=new_cache,
@@ -249,6 +264,7 @@ def streaming_update(
         fifo_preds=fifo_preds[:, :max_fifo].copy(),
         mean_sil_emb=mean_sil,
         n_sil_frames=n_sil,
+        spkcache_compressed=compressed,
     )
     return new_state, chunk_preds
 
@@ -354,6 +370,7 @@ __all__ = [
     "CHUNK_LENGTHS",
     "CHUNK_PRE_ENCODE_EMBS",
     "CHUNK_PRE_ENCODE_LENGTHS",
+    "DROP_EXTRA_PRE_ENCODED",
     "FIFO",
     "FIFO_LENGTHS",
     "SPKCACHE",
@@ -364,7 +381,6 @@ __all__ = [
     "compress_spkcache",
     "core_inputs",
     "init_state",
-    "iter_feature_chunks",
     "replace_rows",
     "streaming_update",
 ]

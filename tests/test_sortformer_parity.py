@@ -1,13 +1,24 @@
 """Parity of the exported Streaming Sortformer (ONNX core + numpy cache/FIFO update) with NeMo.
 
-A tiny random-weight model (2+2 layers, speaker cache 24 / FIFO 24 frames, 8-frame chunks) is built
-with a fixed seed and exported once per module. Inputs are synthetic mel-like features.
+A tiny random-weight model (2+2 layers, speaker cache 24 / FIFO 24 frames) is built with a fixed seed
+and exported once per module on the ASR encoder's chunk grid at right context 13, read off a tiny ASR
+model (first chunk 105 feature frames, drop 0; later chunks 9 cached + 112 new frames, drop 2; 14
+diarizer frames per chunk). The reference is what NeMo's multitalker streaming inference runs: the ASR
+model's CacheAwareStreamingAudioBuffer chunks fed one stream at a time, unpadded, to
+forward_streaming_step(drop_extra_pre_encoded=d). Inputs are synthetic mel-like features.
+
+The streaming tests run both NeMo cache updates: "sync" (the model's async_streaming false, as released;
+state from init_streaming_state(batch_size=1), the layout NeMo's multitalker inference uses; NeMo's
+streaming_update) and "async" (async_streaming true; init_streaming_state(async_streaming=True);
+streaming_update_async). The numpy update follows with sync=True / sync=False.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import fields
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +28,7 @@ torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("nemo.collections.asr")
 
+from mtasr.export import asr  # noqa: E402
 from mtasr.export.sortformer import (  # noqa: E402
     INPUT_NAMES,
     ONNX_FILE,
@@ -26,17 +38,21 @@ from mtasr.export.sortformer import (  # noqa: E402
 )
 
 from mtasr.sortformer_state import (  # noqa: E402
+    DROP_EXTRA_PRE_ENCODED,
     SortformerParams,
     SortformerStreamState,
     core_inputs,
     init_state,
-    iter_feature_chunks,
     replace_rows,
     streaming_update,
 )
 
 TOL = 1e-4
 N_MELS = 128
+RIGHT_CONTEXT = 13
+STATE_ARRAYS = ("spkcache", "spkcache_preds", "fifo", "fifo_preds", "mean_sil_emb")
+STATE_COUNTS = ("spkcache_lengths", "fifo_lengths", "n_sil_frames")
+VARIANTS = ("sync", "async")
 
 
 def _synthetic_conversation(rng: np.random.Generator, n_frames: int) -> np.ndarray:
@@ -85,88 +101,265 @@ def _spread_speaker_head(model, feats_bct: torch.Tensor) -> None:
 
 
 @pytest.fixture(scope="module")
-def stream_feats() -> tuple[np.ndarray, np.ndarray]:
-    """Two streams, 20 s and 13.4 s of 10 ms feature frames, zero-padded to one batch [2, n_mels, T]."""
-    rng = np.random.default_rng(1234)
-    lengths = np.array([2000, 1340], np.int64)
-    feats = np.zeros((2, N_MELS, lengths.max()), np.float32)
-    for b, n in enumerate(lengths):
-        feats[b, :, :n] = _synthetic_conversation(rng, int(n))
-    return feats, lengths
+def asr_grid(tiny_tokenizer_dir):
+    """The tiny ASR model at right context 13 (for NeMo's streaming buffer) and its streaming geometry."""
+    model = asr.build_asr("tiny", tiny_tokenizer_dir, seed=0)
+    asr.set_right_context(model, RIGHT_CONTEXT)
+    return model, asr.streaming_geometry(model)
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, stream_feats):
+def stream_feats() -> list[np.ndarray]:
+    """Two streams, 20 s and 13 s of 10 ms feature frames, [n_mels, T] each."""
+    rng = np.random.default_rng(1234)
+    return [_synthetic_conversation(rng, n) for n in (2000, 1300)]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, stream_feats, asr_grid):
+    _, grid = asr_grid
     model = build_sortformer("tiny", seed=0)
-    _spread_speaker_head(model, torch.from_numpy(stream_feats[0][:1]))
+    # As NeMo's multitalker streaming inference configures the diarizer: the chunks are the ASR's.
+    sm = model.sortformer_modules
+    sm.chunk_len = sm.chunk_left_context = sm.chunk_right_context = 0
+    _spread_speaker_head(model, torch.from_numpy(stream_feats[0][None]))
     out_dir: Path = tmp_path_factory.mktemp("sortformer")
-    exported = export_sortformer(model, out_dir)
+    exported = export_sortformer(
+        model,
+        out_dir,
+        chunk_feature_frames=grid["chunk_feature_frames"][1] + grid["pre_encode_cache_frames"][1],
+        drop_extra_pre_encoded=grid["drop_extra_pre_encoded"],
+    )
     graph = exported["graph"]
     info = {**exported["geometry"], "inputs": graph["inputs"], "outputs": graph["outputs"]}
     sess = ort.InferenceSession(str(out_dir / graph["file"]), providers=["CPUExecutionProvider"])
     return model, info, sess, out_dir
 
 
-def _core_feeds(info: dict, spk_lens: list[int], fifo_lens: list[int], chunk_lens: list[int], seed: int) -> dict:
-    rng = np.random.default_rng(seed)
-    d = info["emb_dim"]
-    t_feat = (info["chunk_len"] + info["chunk_left_context"] + info["chunk_right_context"]) * info["subsampling_factor"]
-    return {
-        "chunk": rng.normal(-3.0, 2.0, (2, t_feat, info["n_mels"])).astype(np.float32),
-        "chunk_lengths": np.array(chunk_lens, np.int64),
-        "spkcache": rng.normal(0.0, 1.0, (2, info["spkcache_len"], d)).astype(np.float32),
-        "spkcache_lengths": np.array(spk_lens, np.int64),
-        "fifo": rng.normal(0.0, 1.0, (2, info["fifo_len"], d)).astype(np.float32),
-        "fifo_lengths": np.array(fifo_lens, np.int64),
-    }
+def _asr_chunks(asr_model, feats: np.ndarray) -> list[tuple[np.ndarray, int]]:
+    """One stream [n_mels, T] through NeMo's CacheAwareStreamingAudioBuffer: [(chunk [T_chunk, n_mels], drop)]."""
+    from nemo.collections.asr.parts.utils.streaming_utils import CacheAwareStreamingAudioBuffer
+
+    buffer = CacheAwareStreamingAudioBuffer(asr_model, online_normalization=False)
+    buffer.append_processed_signal(torch.from_numpy(feats)[None])
+    drop = int(asr_model.encoder.streaming_cfg.drop_extra_pre_encoded)
+    chunks = []
+    for step, (chunk, length) in enumerate(buffer):
+        assert int(length[0]) == chunk.shape[2]  # one stream alone: chunks are not padded
+        chunks.append((chunk[0].T.numpy().copy(), 0 if step == 0 else drop))
+    return chunks
 
 
-CACHE_CASES = {
-    "empty": ([0, 0], [0, 0], [80, 72]),
-    "partial": ([5, 17], [24, 3], [80, 45]),
-    "full": ([24, 24], [24, 24], [80, 80]),
-    "mixed": ([0, 24], [24, 0], [72, 80]),
-    "ended_stream": ([24, 24], [24, 11], [80, 0]),  # an empty chunk: the stream has no audio left
-}
-
-
-def test_export_describes_graph_and_streaming_geometry(exported) -> None:
+def test_export_describes_graph_and_asr_chunk_geometry(exported, asr_grid) -> None:
     _, info, sess, out_dir = exported
+    _, grid = asr_grid
+    assert (grid["chunk_feature_frames"], grid["pre_encode_cache_frames"]) == ([105, 112], [0, 9])
+    assert (grid["drop_extra_pre_encoded"], grid["encoder_frames_per_chunk"]) == (2, 14)
     assert [p.name for p in out_dir.iterdir()] == [ONNX_FILE]
     assert [i["name"] for i in info["inputs"]] == list(INPUT_NAMES) == [i.name for i in sess.get_inputs()]
     assert [o["name"] for o in info["outputs"]] == [o.name for o in sess.get_outputs()]
-    assert info["inputs"][0] == {"name": "chunk", "dtype": "float32", "shape": [-1, -1, N_MELS]}
+    assert info["inputs"][0] == {"name": "chunk", "dtype": "float32", "shape": [-1, 121, N_MELS]}
+    assert info["inputs"][-1] == {"name": DROP_EXTRA_PRE_ENCODED, "dtype": "int64", "shape": [-1]}
     assert info["outputs"][0]["shape"] == [-1, -1, 4]
     params = SortformerParams.from_dict(info)
-    assert (params.spkcache_len, params.fifo_len, params.chunk_len, params.n_spk) == (24, 24, 8, 4)
+    assert (params.chunk_feature_frames, params.drop_extra_pre_encoded, params.chunk_frames) == (121, 2, 14)
+    assert params.chunk_frames == grid["encoder_frames_per_chunk"]  # one diarizer frame per encoder frame
+    assert (params.spkcache_len, params.fifo_len, params.n_spk) == (24, 24, 4)
     assert params.subsampling_factor == 8 and math.isclose(params.frame_len_s, 0.08)
     assert info["preprocessor"]["features"] == N_MELS and info["preprocessor"]["window_stride"] == 0.01
 
 
-@pytest.mark.parametrize("case", list(CACHE_CASES))
-def test_core_graph_matches_nemo_with_empty_partial_and_full_caches(exported, case: str) -> None:
+# Per row: speaker cache length, FIFO length, (chunk feature frames, drop). 105/drop 0 is a stream's first
+# chunk, 121/drop 2 a later one, 29/drop 2 a short last chunk, 0 a stream with no audio left.
+CORE_CASES = {
+    "empty": ([0, 0], [0, 0], [(105, 0), (121, 2)]),
+    "partial": ([5, 17], [24, 3], [(121, 2), (105, 0)]),
+    "full": ([24, 24], [24, 24], [(121, 2), (121, 2)]),
+    "mixed": ([0, 24], [24, 0], [(105, 0), (121, 2)]),
+    "short_last_chunk": ([24, 24], [24, 11], [(121, 2), (29, 2)]),
+    "ended_stream": ([24, 24], [24, 11], [(121, 2), (0, 2)]),
+}
+
+
+def _core_feeds(info: dict, spk_lens: list[int], fifo_lens: list[int], chunks: list[tuple[int, int]], seed: int):
+    rng = np.random.default_rng(seed)
+    d = info["emb_dim"]
+    # The padding past each row's length is noise on purpose: the graph must not look at it.
+    return {
+        "chunk": rng.normal(-3.0, 2.0, (2, info["chunk_feature_frames"], info["n_mels"])).astype(np.float32),
+        "chunk_lengths": np.array([n for n, _ in chunks], np.int64),
+        "spkcache": rng.normal(0.0, 1.0, (2, info["spkcache_len"], d)).astype(np.float32),
+        "spkcache_lengths": np.array(spk_lens, np.int64),
+        "fifo": rng.normal(0.0, 1.0, (2, info["fifo_len"], d)).astype(np.float32),
+        "fifo_lengths": np.array(fifo_lens, np.int64),
+        DROP_EXTRA_PRE_ENCODED: np.array([drop for _, drop in chunks], np.int64),
+    }
+
+
+@contextmanager
+def _nemo_variant(model, variant: str) -> Iterator[None]:
+    """Run forward_streaming_step with the sync (as configured) or the async cache update."""
+    saved = model.async_streaming
+    model.async_streaming = variant == "async"
+    try:
+        yield
+    finally:
+        model.async_streaming = saved
+
+
+def _nemo_init_state(model, variant: str):
+    """NeMo's state of one stream: the sync layout as the multitalker inference makes it, or the async one."""
+    sm = model.sortformer_modules
+    if variant == "sync":
+        return sm.init_streaming_state(batch_size=1)
+    return sm.init_streaming_state(batch_size=1, async_streaming=True)
+
+
+def _nemo_state_arrays(ref, params: SortformerParams) -> dict[str, np.ndarray | None]:
+    """A NeMo state of one stream in our fixed-size layout (sync states are zero-padded, lengths from shapes).
+
+    spkcache_preds is None for a sync state whose cache was never compressed (NeMo keeps none until then).
+    """
+    out = {name: getattr(ref, name).numpy() for name in ("mean_sil_emb", "n_sil_frames")}
+    if ref.spkcache_lengths is not None:  # async layout
+        for name in (*STATE_ARRAYS, "spkcache_lengths", "fifo_lengths"):
+            out[name] = getattr(ref, name).numpy()
+        return out
+
+    def pad(t: torch.Tensor | None, n: int) -> np.ndarray | None:
+        return None if t is None else np.pad(t.numpy(), ((0, 0), (0, n - t.shape[1]), (0, 0)))
+
+    out.update(
+        spkcache=pad(ref.spkcache, params.spkcache_len),
+        spkcache_preds=pad(ref.spkcache_preds, params.spkcache_len),
+        spkcache_lengths=np.array([ref.spkcache.shape[1]], np.int64),
+        fifo=pad(ref.fifo, params.fifo_len),
+        fifo_preds=pad(ref.fifo_preds, params.fifo_len),
+        fifo_lengths=np.array([ref.fifo.shape[1]], np.int64),
+    )
+    return out
+
+
+def _state_diff(state: SortformerStreamState, ref, params: SortformerParams) -> float:
+    """Max abs diff of one stream's state from NeMo's; the lengths and silence count must be equal."""
+    ref_arrays = _nemo_state_arrays(ref, params)
+    for name in STATE_COUNTS:
+        np.testing.assert_array_equal(getattr(state, name), ref_arrays[name], err_msg=name)
+    worst = 0.0
+    for name in STATE_ARRAYS:
+        if ref_arrays[name] is None:  # sync, before the first compression
+            assert name == "spkcache_preds" and not state.spkcache_compressed[0]
+            continue
+        ours = getattr(state, name)
+        assert ours.shape == ref_arrays[name].shape, name
+        worst = max(worst, float(np.abs(ours - ref_arrays[name]).max()))
+    return worst
+
+
+def _nemo_step_outputs(model, feeds: dict, b: int) -> dict:
+    """forward_streaming_step on row b alone, unpadded: the predictions and chunk embeddings it updates with."""
+    sm = model.sortformer_modules
+    n, drop = int(feeds["chunk_lengths"][b]), int(feeds[DROP_EXTRA_PRE_ENCODED][b])
+    if n == 0:  # NeMo cannot pre-encode zero frames; a masked chunk gives no frames (and nothing to drop)
+        chunk, drop = torch.zeros(1, feeds["chunk"].shape[1], N_MELS), 0
+    else:
+        chunk = torch.from_numpy(feeds["chunk"][b : b + 1, :n])
+    # The async layout takes the padded rows with lengths; per stream the model half of the step is
+    # the same in both layouts (the sync one splices the same frames, unpadded).
+    state = sm.init_streaming_state(batch_size=1, async_streaming=True)
+    state.spkcache = torch.from_numpy(feeds["spkcache"][b : b + 1]).clone()
+    state.spkcache_lengths = torch.from_numpy(feeds["spkcache_lengths"][b : b + 1]).clone()
+    state.fifo = torch.from_numpy(feeds["fifo"][b : b + 1]).clone()
+    state.fifo_lengths = torch.from_numpy(feeds["fifo_lengths"][b : b + 1]).clone()
+    captured: dict = {}
+    original = sm.streaming_update_async
+
+    def capture(streaming_state, chunk, chunk_lengths, preds, lc=0, rc=0):
+        captured.update(preds=preds.numpy().copy(), embs=chunk.numpy().copy(), lengths=chunk_lengths.numpy().copy())
+        captured.update(lc=lc, rc=rc)
+        return original(streaming_state, chunk, chunk_lengths, preds, lc, rc)
+
+    sm.streaming_update_async = capture
+    try:
+        with torch.no_grad(), _nemo_variant(model, "async"):
+            model.forward_streaming_step(
+                processed_signal=chunk,
+                processed_signal_length=torch.tensor([n]),
+                streaming_state=state,
+                total_preds=torch.zeros(1, 0, sm.n_spk),
+                drop_extra_pre_encoded=drop,
+            )
+    finally:
+        del sm.streaming_update_async
+    assert captured["lc"] == captured["rc"] == 0
+    return captured
+
+
+@pytest.mark.parametrize("case", list(CORE_CASES))
+def test_core_graph_matches_nemo_forward_streaming_step_per_row(exported, case: str) -> None:
+    """First, later, short and empty chunks in one call: each row as NeMo computes that stream alone, unpadded."""
     model, info, sess, _ = exported
-    feeds = _core_feeds(info, *CACHE_CASES[case], seed=len(case))
+    feeds = _core_feeds(info, *CORE_CASES[case], seed=len(case))
     with torch.no_grad():
-        ref = model.forward_for_export(*(torch.from_numpy(feeds[n]) for n in INPUT_NAMES))
-        core = SortformerCore(model)(*(torch.from_numpy(feeds[n]) for n in INPUT_NAMES))
-    got = sess.run(None, feeds)
-    ref_preds, ref_embs, ref_lens = (t.numpy() for t in ref)
-    n = ref_preds.shape[1]  # NeMo's output is max(total length) long; ours is S+F+T with a zero tail
-    for preds in (core[0].numpy(), got[0]):
-        assert np.abs(preds[:, :n] - ref_preds).max() <= TOL
-        assert not preds[:, n:].any()
-    for embs in (core[1].numpy(), got[1]):
-        assert np.abs(embs - ref_embs).max() <= TOL
-    np.testing.assert_array_equal(got[2], ref_lens)
-    # Frames past each stream's total length are zero; the valid ones are real predictions.
-    total = feeds["spkcache_lengths"] + feeds["fifo_lengths"] + ref_lens
+        core = SortformerCore(model, info["drop_extra_pre_encoded"])(*(torch.from_numpy(feeds[n]) for n in INPUT_NAMES))
+    outputs = {"torch": [t.numpy() for t in core], "onnx": sess.run(None, feeds)}
+    worst = 0.0
     for b in range(2):
-        assert not got[0][b, total[b] :].any() and got[0][b, : total[b]].min() > 0
+        ref = _nemo_step_outputs(model, feeds, b)
+        n_chunk = int(ref["lengths"][0])
+        total = int(feeds["spkcache_lengths"][b] + feeds["fifo_lengths"][b]) + n_chunk
+        assert ref["preds"].shape[1] == total
+        for preds, embs, lengths in outputs.values():
+            assert preds.shape[1] == info["spkcache_len"] + info["fifo_len"] + info["chunk_frames"]
+            assert embs.shape[1] == info["chunk_frames"] and int(lengths[b]) == n_chunk
+            worst = max(worst, np.abs(preds[b, :total] - ref["preds"][0]).max())
+            assert not preds[b, total:].any()
+            if n_chunk:
+                worst = max(worst, np.abs(embs[b, :n_chunk] - ref["embs"][0, :n_chunk]).max())
+        assert outputs["onnx"][0][b, :total].min() > 0  # the valid frames are real predictions
+    print(f"core parity ({case}): max abs diff {worst:.2e}")
+    assert worst <= TOL
 
 
-def _nemo_stream(model, feats: np.ndarray, lengths: np.ndarray):
-    """NeMo's own loop: streaming_feat_loader + forward_streaming_step (async update). Counts compressions."""
+# Stream 1 starts 3 chunks after stream 0: its first chunk (drop 0) shares a call with stream 0's later ones.
+STREAM_STARTS = (0, 3)
+
+
+def _grid_calls(params: SortformerParams, stream_chunks: list, starts=STREAM_STARTS, n_steps: int | None = None):
+    """Per step, one batch of the streams that have a chunk then: (rows, feats, lengths, drops), rows right-padded."""
+    end = max(start + len(chunks) for start, chunks in zip(starts, stream_chunks, strict=True))
+    for step in range(end if n_steps is None else n_steps):
+        rows = [s for s, start in enumerate(starts) if start <= step < start + len(stream_chunks[s])]
+        feats = np.zeros((len(rows), params.chunk_feature_frames, params.n_mels), np.float32)
+        lengths, drops = np.zeros(len(rows), np.int64), np.zeros(len(rows), np.int64)
+        for i, s in enumerate(rows):
+            chunk, drop = stream_chunks[s][step - starts[s]]
+            feats[i, : len(chunk)], lengths[i], drops[i] = chunk, len(chunk), drop
+        if rows:
+            yield rows, feats, lengths, drops
+
+
+def _onnx_streams(sess, params: SortformerParams, stream_chunks: list, n_steps: int | None = None):
+    """ONNX core + numpy update; one state per stream, gathered into a batch per call and split back.
+
+    The update is the one the params name (sync unless params.async_streaming).
+    """
+    states = [init_state(params, 1) for _ in stream_chunks]
+    chunk_preds: list[list[np.ndarray]] = [[] for _ in stream_chunks]
+    call_drops = []
+    for rows, feats, lengths, drops in _grid_calls(params, stream_chunks, n_steps=n_steps):
+        batch = SortformerStreamState.stack([states[s] for s in rows])
+        preds, embs, emb_lengths = sess.run(None, core_inputs(batch, feats, lengths, drops))
+        batch, cp = streaming_update(params, batch, embs, emb_lengths, preds, sync=not params.async_streaming)
+        for i, s in enumerate(rows):
+            states[s] = batch.select([i])
+            chunk_preds[s].append(cp[i, : emb_lengths[i]])
+        call_drops.append(set(drops.tolist()))
+    return states, chunk_preds, call_drops
+
+
+def _nemo_stream(model, chunks: list[tuple[np.ndarray, int]], variant: str):
+    """One stream alone through NeMo's forward_streaming_step (the variant's update). Counts compressions."""
     sm = model.sortformer_modules
     calls = []
     original = sm._compress_spkcache
@@ -177,101 +370,165 @@ def _nemo_stream(model, feats: np.ndarray, lengths: np.ndarray):
 
     sm._compress_spkcache = counting
     try:
-        state = sm.init_streaming_state(batch_size=feats.shape[0], async_streaming=True)
-        total = torch.zeros((feats.shape[0], 0, sm.n_spk))
+        state = _nemo_init_state(model, variant)
+        total = torch.zeros((1, 0, sm.n_spk))
         chunk_preds = []
-        loader = sm.streaming_feat_loader(
-            torch.from_numpy(feats), torch.from_numpy(lengths), torch.zeros(len(lengths), dtype=torch.long)
-        )
-        with torch.no_grad():
-            for _, chunk, chunk_len, left, right in loader:
+        with torch.no_grad(), _nemo_variant(model, variant):
+            for feats, drop in chunks:
                 n_before = total.shape[1]
                 state, total = model.forward_streaming_step(
-                    processed_signal=chunk,
-                    processed_signal_length=chunk_len,
+                    processed_signal=torch.from_numpy(feats)[None],
+                    processed_signal_length=torch.tensor([feats.shape[0]]),
                     streaming_state=state,
                     total_preds=total,
-                    left_offset=left,
-                    right_offset=right,
+                    drop_extra_pre_encoded=drop,
                 )
-                chunk_preds.append(total[:, n_before:].numpy())
+                chunk_preds.append(total[0, n_before:].numpy())
     finally:
         del sm._compress_spkcache
     return state, chunk_preds, calls
 
 
-def _onnx_stream(sess, params: SortformerParams, feats: np.ndarray, lengths: np.ndarray):
-    state = init_state(params, feats.shape[0])
-    chunk_preds = []
-    for chunk, chunk_len, lc, rc in iter_feature_chunks(params, feats, lengths):
-        preds, embs, emb_lens = sess.run(None, core_inputs(state, chunk, chunk_len))
-        state, cp = streaming_update(params, state, embs, emb_lens, preds, lc, rc)
-        chunk_preds.append(cp)
-    return state, chunk_preds
+def _variant_params(info: dict, variant: str) -> SortformerParams:
+    params = SortformerParams.from_dict(info)
+    assert params.async_streaming is False  # the export's config, as released
+    return replace(params, async_streaming=variant == "async")
 
 
-def test_streaming_loop_matches_nemo_forward_streaming_step_through_cache_compressions(exported, stream_feats) -> None:
+def _other(variant: str) -> str:
+    return "async" if variant == "sync" else "sync"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_streams_on_the_asr_chunk_grid_match_nemo_forward_streaming_step_through_cache_compressions(
+    exported, asr_grid, stream_feats, variant: str
+) -> None:
     model, info, sess, _ = exported
-    feats, lengths = stream_feats
-    params = SortformerParams.from_dict(info)
-    ref_state, ref_chunks, compress_calls = _nemo_stream(model, feats, lengths)
-    state, chunks = _onnx_stream(sess, params, feats, lengths)
+    params = _variant_params(info, variant)
+    stream_chunks = [_asr_chunks(asr_grid[0], feats) for feats in stream_feats]
+    for chunks in stream_chunks:  # NeMo's grid: 105-frame first chunk, 9+112 later, a shorter last one
+        widths = [len(c) for c, _ in chunks]
+        assert widths[0] == 105 and set(widths[1:-1]) == {121} and 0 < widths[-1] < 121
+        assert [d for _, d in chunks] == [0] + [2] * (len(chunks) - 1)
 
-    # The stream really exercised the cache: compressed many times, with speech, silence and placeholders.
-    assert len(compress_calls) >= 15 and sum(compress_calls) >= 25
-    assert (state.n_sil_frames > 0).all()
-    for b in range(2):
-        active = (state.spkcache_preds[b] > 0.5).any(axis=0)
-        assert active.sum() >= 2  # frames of several speakers kept
-        assert (state.spkcache_preds[b].sum(axis=1) == 0).any()  # silence / unused slots
+    states, chunk_preds, call_drops = _onnx_streams(sess, params, stream_chunks)
+    assert {0, 2} in call_drops  # a stream's first chunk was batched with another's later chunk
+    # The same streams with the other update: it must not pass for this variant's reference.
+    other_params = replace(params, async_streaming=not params.async_streaming)
+    _, other_chunk_preds, _ = _onnx_streams(sess, other_params, stream_chunks)
 
-    assert len(chunks) == len(ref_chunks) == math.ceil(feats.shape[2] / (params.chunk_len * 8))
-    worst = max(np.abs(c - r).max() for c, r in zip(chunks, ref_chunks, strict=True))
+    worst = other_worst = 0.0
+    n_compressions = []
+    for s, chunks in enumerate(stream_chunks):
+        ref_state, ref_preds, calls = _nemo_stream(model, chunks, variant)
+        n_compressions.append(len(calls))
+        assert [len(p) for p in chunk_preds[s]] == [len(p) for p in ref_preds]
+        assert {len(p) for p in ref_preds[:-1]} == {14} and 0 < len(ref_preds[-1]) < 14
+        worst = max(worst, max(np.abs(c - r).max() for c, r in zip(chunk_preds[s], ref_preds, strict=True)))
+        other_worst = max(
+            other_worst, max(np.abs(c - r).max() for c, r in zip(other_chunk_preds[s], ref_preds, strict=True))
+        )
+        # The whole state after the last chunk too (NeMo alone sizes the FIFO pop by the true chunk length).
+        state = states[s]
+        worst = max(worst, _state_diff(state, ref_state, params))
+        # The stream really exercised the cache: speech of several speakers kept, silence, placeholders.
+        assert state.spkcache_compressed[0]
+        assert state.n_sil_frames[0] > 0
+        assert (state.spkcache_preds[0] > 0.5).any(axis=0).sum() >= 2
+        assert (state.spkcache_preds[0].sum(axis=1) == 0).any()
+    assert min(n_compressions) >= 5 and sum(n_compressions) >= 15, n_compressions
+    print(
+        f"streaming parity ({variant}): max abs diff {worst:.2e}, compressions per stream {n_compressions}; "
+        f"the {_other(variant)} update differs by {other_worst:.2e}"
+    )
     assert worst <= TOL
-    np.testing.assert_array_equal(state.spkcache_lengths, ref_state.spkcache_lengths.numpy())
-    np.testing.assert_array_equal(state.fifo_lengths, ref_state.fifo_lengths.numpy())
-    np.testing.assert_array_equal(state.n_sil_frames, ref_state.n_sil_frames.numpy())
-    for name in ("spkcache", "spkcache_preds", "fifo", "fifo_preds", "mean_sil_emb"):
-        ours, ref = getattr(state, name), getattr(ref_state, name).numpy()
-        assert ours.shape == ref.shape, name
-        assert np.abs(ours - ref).max() <= TOL, name
+    assert other_worst > 100 * TOL
 
 
-def test_numpy_update_matches_nemo_streaming_update_async_on_identical_predictions(exported, stream_feats) -> None:
-    """The update alone, fed NeMo's own core outputs, reproduces NeMo's state at every step."""
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_numpy_update_matches_nemo_streaming_update_on_identical_predictions(
+    exported, asr_grid, stream_feats, variant: str
+) -> None:
+    """The update alone, fed the same core outputs, reproduces NeMo's update of each stream at every step.
+
+    sync: NeMo's streaming_update on the sync-layout state; async: streaming_update_async. At each stream's
+    first compression the other variant's update, on the same inputs, must differ from NeMo's.
+    """
     model, info, _, _ = exported
-    feats, lengths = stream_feats
-    params = SortformerParams.from_dict(info)
+    params = _variant_params(info, variant)
+    sync = variant == "sync"
     sm = model.sortformer_modules
-    ref = sm.init_streaming_state(batch_size=2, async_streaming=True)
-    state = init_state(params, 2)
+    core = SortformerCore(model, params.drop_extra_pre_encoded)
+    stream_chunks = [_asr_chunks(asr_grid[0], feats) for feats in stream_feats]
+    states = [init_state(params, 1) for _ in stream_chunks]
+    refs = [_nemo_init_state(model, variant) for _ in stream_chunks]
     worst = 0.0
+    first_compression_gaps = []  # per stream: the other update's distance from NeMo's at the first compression
     with torch.no_grad():
-        for chunk, chunk_len, lc, rc in iter_feature_chunks(params, feats, lengths):
-            feeds = core_inputs(state, chunk, chunk_len)
-            preds, embs, emb_lens = (
-                t.numpy() for t in model.forward_for_export(*(torch.from_numpy(feeds[n]) for n in INPUT_NAMES))
-            )
-            ref, ref_cp = sm.streaming_update_async(
-                ref, torch.from_numpy(embs), torch.from_numpy(emb_lens), torch.from_numpy(preds), lc, rc
-            )
-            state, cp = streaming_update(params, state, embs, emb_lens, preds, lc, rc)
-            worst = max(worst, np.abs(cp - ref_cp.numpy()).max())
-            for name in ("spkcache", "spkcache_preds", "fifo", "fifo_preds", "mean_sil_emb"):
-                worst = max(worst, np.abs(getattr(state, name) - getattr(ref, name).numpy()).max())
-            np.testing.assert_array_equal(state.spkcache_lengths, ref.spkcache_lengths.numpy())
-            np.testing.assert_array_equal(state.fifo_lengths, ref.fifo_lengths.numpy())
+        for rows, feats, lengths, drops in _grid_calls(params, stream_chunks):
+            batch = SortformerStreamState.stack([states[s] for s in rows])
+            feeds = core_inputs(batch, feats, lengths, drops)
+            preds, embs, emb_lens = (t.numpy() for t in core(*(torch.from_numpy(feeds[n]) for n in INPUT_NAMES)))
+            new_batch, cp = streaming_update(params, batch, embs, emb_lens, preds, sync=sync)
+            other, _ = streaming_update(params, batch, embs, emb_lens, preds, sync=not sync)
+            for i, s in enumerate(rows):
+                first_compression = bool(new_batch.spkcache_compressed[i]) and not batch.spkcache_compressed[i]
+                states[s] = new_batch.select([i])
+                n = int(emb_lens[i])  # NeMo's stream alone: an unpadded chunk of n frames
+                chunk, stream_preds = torch.from_numpy(embs[i : i + 1, :n]), torch.from_numpy(preds[i : i + 1])
+                if sync:
+                    refs[s], ref_cp = sm.streaming_update(refs[s], chunk, stream_preds, 0, 0)
+                else:
+                    refs[s], ref_cp = sm.streaming_update_async(refs[s], chunk, torch.tensor([n]), stream_preds, 0, 0)
+                worst = max(worst, np.abs(cp[i, :n] - ref_cp[0].numpy()).max(), np.abs(cp[i, n:]).max(initial=0))
+                worst = max(worst, _state_diff(states[s], refs[s], params))
+                if first_compression:
+                    ref_arrays = _nemo_state_arrays(refs[s], params)
+                    gap = max(
+                        np.abs(other.spkcache[i] - ref_arrays["spkcache"][0]).max(),
+                        np.abs(other.spkcache_preds[i] - ref_arrays["spkcache_preds"][0]).max(),
+                    )
+                    first_compression_gaps.append(float(gap))
+    print(
+        f"update parity ({variant}): max abs diff {worst:.2e}; the {_other(variant)} update at the first "
+        f"compressions differs by {first_compression_gaps}"
+    )
     assert worst <= 1e-6
+    assert len(first_compression_gaps) == len(stream_chunks) and min(first_compression_gaps) > 1e-2
 
 
-def test_per_stream_states_gather_into_a_batch_and_split_back(exported, stream_feats) -> None:
+def test_per_stream_states_gather_into_a_batch_and_split_back(exported, asr_grid, stream_feats) -> None:
     """Serving keeps one state per stream: stacking and selecting rows round-trips exactly."""
     _, info, sess, _ = exported
-    feats, lengths = stream_feats
-    state, _ = _onnx_stream(sess, SortformerParams.from_dict(info), feats[:, :, :400], np.minimum(lengths, 400))
-    singles = [state.select([b]) for b in range(2)]
+    params = SortformerParams.from_dict(info)
+    stream_chunks = [_asr_chunks(asr_grid[0], feats[:, :700]) for feats in stream_feats]
+    singles, _, _ = _onnx_streams(sess, params, stream_chunks)
+    state = SortformerStreamState.stack(singles)
     again = SortformerStreamState.stack(singles[::-1]).select([1, 0])
     for f in fields(SortformerStreamState):
         np.testing.assert_array_equal(getattr(again, f.name), getattr(state, f.name))
     replace_rows(state, [0], singles[1])
     np.testing.assert_array_equal(state.spkcache[0], singles[1].spkcache[0])
+
+
+def test_tensorrt_profile_spans_the_batch_at_the_graph_chunk_width(exported, asr_grid) -> None:
+    """The diarizer's engine profile: 1..N rows, every row at the ASR's later-chunk width, a drop per row."""
+    from mtasr.export.pipeline import _dim_names, _serving_dims
+    from mtasr.export.sortformer import DYNAMIC_AXES
+    from mtasr.export.tensorrt import engine_profiles
+
+    _, info, _, _ = exported
+    manifest = {
+        "speaker_slots": 4,
+        "deployment": {"max_streams_per_batch": 8},
+        "asr": {"streaming": asr_grid[1]},
+        "diarizer": {"geometry": info},
+        "graphs": {"diarizer": {"inputs": info["inputs"], "dim_names": _dim_names(DYNAMIC_AXES)}},
+    }
+    _serving_dims(manifest)
+    profile = engine_profiles(manifest)["diarizer"]
+    assert list(profile) == list(INPUT_NAMES)
+    assert profile["chunk"] == {"min": [1, 121, N_MELS], "opt": [4, 121, N_MELS], "max": [8, 121, N_MELS]}
+    for name in ("chunk_lengths", "spkcache_lengths", "fifo_lengths", DROP_EXTRA_PRE_ENCODED):
+        assert profile[name] == {"min": [1], "opt": [4], "max": [8]}, name
+    assert profile["spkcache"]["max"] == profile["fifo"]["max"] == [8, 24, info["emb_dim"]]

@@ -1,0 +1,122 @@
+"""Build the pipeline's stages from an exported repository: the manifest plus deployment settings.
+
+The Triton stage models (``mtasr.triton_stage``) and the in-process pipeline
+(``mtasr.local_pipeline``) both build their stages here, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from mtasr.chunker import ChunkGeometry
+from mtasr.features import FeatureConfig
+from mtasr.gating import GatingConfig
+from mtasr.graphs import Graph, OrtGraph
+from mtasr.rnnt import DecoderGeometry
+from mtasr.sortformer_state import SortformerParams
+from mtasr.stages import AsrStage, CacheShapes, DiarizationStage, FeatureStage, SpeakerKernelStage
+
+MANIFEST = "manifest.json"
+STAGES = ("features", "diarization", "speaker_kernels", "asr")
+ENSEMBLE = "multitalker_asr"
+# The graph models each stage calls.
+STAGE_GRAPHS = {"diarization": ("diarizer",), "asr": ("encoder", "decoder", "joint")}
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """Deployment knobs that are not facts of the checkpoints (written into the stage configs)."""
+
+    sequence_idle_s: float = 60.0  # a stream silent this long is dropped (Triton and the stages alike)
+    max_chunk_s: float = 0.0  # longest audio per request; 0: two chunks, at least one second
+    gating_chunks: int = 2  # NeMo's cache_gating_buffer_size
+    segment_gap_s: float = 1.0  # a pause this long starts a new SegLST segment
+    graph_backend: str = "triton"  # "triton": BLS calls to the graph models; "onnxruntime": in process
+    # NeMo's reference builds background masks by list position, not speaker id (a bug); True
+    # reproduces it, for comparisons with NeMo only.
+    nemo_background_mask: bool = False
+
+    def __post_init__(self) -> None:
+        if self.graph_backend not in ("triton", "onnxruntime"):
+            raise ValueError(f"graph_backend must be 'triton' or 'onnxruntime', got {self.graph_backend!r}")
+
+    @classmethod
+    def from_strings(cls, values: Mapping[str, str]) -> ServingSettings:
+        kinds = {f.name: f.type for f in fields(cls)}
+        parsed: dict[str, Any] = {}
+        for name, value in values.items():
+            if name in kinds:
+                parsed[name] = {"float": float, "int": int, "str": str, "bool": _as_bool}[kinds[name]](value)
+        return cls(**parsed)
+
+    def to_strings(self) -> dict[str, str]:
+        return {k: str(v) for k, v in asdict(self).items()}
+
+
+def _as_bool(value: str) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes")
+
+
+def load_manifest(repo_dir: Path) -> dict[str, Any]:
+    path = Path(repo_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {repo_dir} a repository written by `mtasr export`?")
+    return json.loads(path.read_text())
+
+
+def chunk_geometry(manifest: Mapping[str, Any]) -> ChunkGeometry:
+    return ChunkGeometry.from_manifest(manifest["asr"]["streaming"])
+
+
+def max_chunk_samples(manifest: Mapping[str, Any], settings: ServingSettings) -> int:
+    features = manifest["asr"]["features"]
+    if settings.max_chunk_s > 0:
+        return int(round(settings.max_chunk_s * features["sample_rate"]))
+    chunk = chunk_geometry(manifest).shift_frames[1] * features["hop_length"]
+    return max(2 * chunk, int(features["sample_rate"]))
+
+
+GraphFactory = Callable[[str], Graph]
+
+
+def local_graphs(repo_dir: Path, manifest: Mapping[str, Any], intra_op_threads: int = 0) -> GraphFactory:
+    """Graphs run in process from the repository's ONNX files."""
+    return lambda name: OrtGraph(Path(repo_dir) / manifest["graphs"][name]["file"], intra_op_threads)
+
+
+def build_stage(
+    name: str, manifest: Mapping[str, Any], repo_dir: Path, settings: ServingSettings, graphs: GraphFactory
+):
+    """One stage, ready to `process` requests."""
+    idle = settings.sequence_idle_s
+    geometry = chunk_geometry(manifest)
+    if name == "features":
+        features = FeatureConfig.from_dict(manifest["asr"]["features"])
+        return FeatureStage(features, geometry, max_chunk_samples(manifest, settings), idle)
+    if name == "diarization":
+        return DiarizationStage(SortformerParams.from_dict(manifest["diarizer"]["geometry"]), graphs("diarizer"), idle)
+    if name == "speaker_kernels":
+        slots, width = manifest["speaker_slots"], geometry.encoder_frames_per_chunk
+        gating = GatingConfig(
+            width, settings.gating_chunks, max_active=slots, nemo_background_mask=settings.nemo_background_mask
+        )
+        return SpeakerKernelStage(gating, slots, width, idle)
+    if name == "asr":
+        from mtasr.transcript import Tokenizer
+
+        return AsrStage(
+            geometry,
+            DecoderGeometry.from_manifest(manifest["asr"]["decoding"]),
+            CacheShapes.from_manifest(manifest["asr"]["streaming"]),
+            graphs("encoder"),
+            graphs("decoder"),
+            graphs("joint"),
+            Tokenizer(Path(repo_dir) / manifest["tokenizer"]["model"]),
+            idle,
+            settings.segment_gap_s,
+        )
+    raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")

@@ -1,0 +1,65 @@
+"""How a stateful stage runs an exported graph: in process with ONNX Runtime, or through Triton.
+
+Both take and return the graph's own tensors (per-row scalars as [N]). ``TritonGraph`` calls the
+repository's graph model by name with a BLS request; that is how the TensorRT deployment runs
+(the graph models are ``tensorrt_plan`` there), and on CPU it keeps one copy of each graph in the
+server however many stage instances there are. ``OrtGraph`` skips the round trip.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+
+class Graph(Protocol):
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+class OrtGraph:
+    """An ONNX file run in this process."""
+
+    def __init__(self, path: Path, intra_op_threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        self._outputs = [o.name for o in self._session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self._outputs, self._session.run(self._outputs, feeds), strict=True))
+
+
+class TritonGraph:
+    """A graph model of the same server, called with a BLS request (python backend only)."""
+
+    def __init__(self, model_name: str, graph: dict) -> None:
+        self.model_name = model_name
+        # Per-row scalars travel as [N, 1] (Triton needs one non-batch dim) and are [N] to the graph.
+        self._scalar_inputs = {t["name"] for t in graph["inputs"] if len(t["shape"]) == 1}
+        self._scalar_outputs = {t["name"] for t in graph["outputs"] if len(t["shape"]) == 1}
+        self._outputs = [t["name"] for t in graph["outputs"]]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import triton_python_backend_utils as pb_utils
+
+        inputs = [
+            pb_utils.Tensor(name, np.ascontiguousarray(value[:, None] if name in self._scalar_inputs else value))
+            for name, value in feeds.items()
+        ]
+        request = pb_utils.InferenceRequest(
+            model_name=self.model_name, requested_output_names=self._outputs, inputs=inputs
+        )
+        response = request.exec()
+        if response.has_error():
+            raise RuntimeError(f"graph model '{self.model_name}' failed: {response.error().message()}")
+        out = {}
+        for name in self._outputs:
+            value = pb_utils.get_output_tensor_by_name(response, name).as_numpy()
+            out[name] = value.reshape(value.shape[0]) if name in self._scalar_outputs else value
+        return out

@@ -1,0 +1,53 @@
+"""The served pipeline in one process: the same stages chained as the ensemble chains them.
+
+For tests and tools that need the pipeline's exact behaviour without a server.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mtasr.deployment import STAGES, ServingSettings, build_stage, load_manifest, local_graphs
+from mtasr.stages import STAGE_IO, RequestError
+from mtasr.streams import StageRequest
+
+
+class LocalPipeline:
+    def __init__(self, repo_dir: Path, settings: ServingSettings | None = None) -> None:
+        self.manifest = load_manifest(repo_dir)
+        settings = settings or ServingSettings(graph_backend="onnxruntime")
+        graphs = local_graphs(repo_dir, self.manifest)
+        self.stages = {name: build_stage(name, self.manifest, repo_dir, settings, graphs) for name in STAGES}
+
+    def step(self, requests: list[tuple[int, np.ndarray, bool, bool]]) -> list[dict[str, np.ndarray] | RequestError]:
+        """One batch of (stream, audio, start, end) through every stage, as one Triton batch would go."""
+        tensors: list[dict[str, Any]] = [{"AUDIO": audio} for _, audio, _, _ in requests]
+        failed: list[RequestError | None] = [None] * len(requests)
+        for name in STAGES:
+            inputs, _ = STAGE_IO[name]
+            live = [i for i in range(len(requests)) if failed[i] is None]
+            batch = [
+                StageRequest(requests[i][0], requests[i][2], requests[i][3], {n: tensors[i][n] for n, _, _ in inputs})
+                for i in live
+            ]
+            for i, result in zip(live, self.stages[name].process(batch), strict=True):
+                if isinstance(result, RequestError):
+                    failed[i] = result
+                else:
+                    tensors[i].update(result)
+        _, outputs = STAGE_IO["asr"]
+        return [failed[i] or {n: tensors[i][n] for n, _, _ in outputs} for i in range(len(requests))]
+
+    def transcribe(self, audio: np.ndarray, chunk_samples: int, stream: int = 1) -> list[dict[str, np.ndarray]]:
+        """Stream one utterance in chunks of `chunk_samples`; the END request carries the last piece."""
+        pieces = [audio[i : i + chunk_samples] for i in range(0, len(audio), chunk_samples)] or [audio[:0]]
+        results = []
+        for k, piece in enumerate(pieces):
+            (result,) = self.step([(stream, piece, k == 0, k == len(pieces) - 1)])
+            if isinstance(result, RequestError):
+                raise result
+            results.append(result)
+        return results

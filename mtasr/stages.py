@@ -1,0 +1,468 @@
+"""The four stateful stages of the served pipeline, free of Triton so they run and test in process.
+
+features -> diarization -> speaker_kernels -> asr, one class each. A stage takes a batch of
+requests (many streams; see :class:`mtasr.streams.StageRequest`), returns one result per request
+(a dict of output tensors, or a :class:`RequestError` for that request alone), and keeps per-stream
+state in a :class:`mtasr.streams.StreamTable`. Graph calls are batched across every stream (and,
+in the ASR stage, every active speaker) of the batch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mtasr import graph_io, sortformer_state
+from mtasr.chunker import ChunkGeometry, FeatureChunker, FeatureChunks
+from mtasr.features import FeatureConfig, StreamingLogMel, padded_frames
+from mtasr.gating import GatingConfig, SpeakerGate
+from mtasr.graphs import Graph
+from mtasr.rnnt import DecoderGeometry, Hypothesis, greedy_decode, start_hypotheses
+from mtasr.streams import RequestError, StageRequest, StreamTable, waves
+from mtasr.transcript import Tokenizer, Word, WordAssembler, seglst
+
+Result = dict[str, np.ndarray] | RequestError
+
+# Tensor names between the stages and towards the client (README documents each).
+AUDIO = "AUDIO"
+FEATURES = "FEATURES"
+FEATURE_LENGTHS = "FEATURE_LENGTHS"
+DROP_FRAMES = "DROP_FRAMES"
+SPEAKER_PROBS = "SPEAKER_PROBS"
+ENCODER_FRAMES = "ENCODER_FRAMES"
+DIARIZER_FRAMES = "DIARIZER_FRAMES"
+ACTIVE_SPEAKERS = "ACTIVE_SPEAKERS"
+SPEAKER_MASKS = "SPEAKER_MASKS"
+BACKGROUND_MASKS = "BACKGROUND_MASKS"
+TOKEN_IDS = "TOKEN_IDS"
+TOKEN_SPEAKERS = "TOKEN_SPEAKERS"
+TOKEN_TIMES = "TOKEN_TIMES"
+WORDS = "WORDS"
+WORD_SPEAKERS = "WORD_SPEAKERS"
+WORD_STARTS = "WORD_STARTS"
+WORD_ENDS = "WORD_ENDS"
+TRANSCRIPT = "TRANSCRIPT"
+
+# Each stage's inputs and outputs as (name, Triton data type, dims without the batch dim). A tensor
+# name is produced by exactly one stage, so these lists also say how the ensemble routes tensors.
+_CHUNKS = [
+    (FEATURES, "TYPE_FP32", [-1, -1, -1]),
+    (FEATURE_LENGTHS, "TYPE_INT64", [-1]),
+    (DROP_FRAMES, "TYPE_INT64", [-1]),
+    (ENCODER_FRAMES, "TYPE_INT64", [-1]),
+]
+_PROBS = [(SPEAKER_PROBS, "TYPE_FP32", [-1, -1, -1]), (DIARIZER_FRAMES, "TYPE_INT64", [-1])]
+_MASKS = [
+    (ACTIVE_SPEAKERS, "TYPE_BOOL", [-1, -1]),
+    (SPEAKER_MASKS, "TYPE_FP32", [-1, -1, -1]),
+    (BACKGROUND_MASKS, "TYPE_FP32", [-1, -1, -1]),
+]
+CLIENT_INPUTS = [(AUDIO, "TYPE_FP32", [-1])]
+CLIENT_OUTPUTS = [
+    (TOKEN_IDS, "TYPE_INT32", [-1]),
+    (TOKEN_SPEAKERS, "TYPE_INT32", [-1]),
+    (TOKEN_TIMES, "TYPE_FP32", [-1]),
+    (WORDS, "TYPE_STRING", [-1]),
+    (WORD_SPEAKERS, "TYPE_INT32", [-1]),
+    (WORD_STARTS, "TYPE_FP32", [-1]),
+    (WORD_ENDS, "TYPE_FP32", [-1]),
+    (TRANSCRIPT, "TYPE_STRING", [1]),
+]
+STAGE_IO = {
+    "features": (CLIENT_INPUTS, _CHUNKS),
+    "diarization": (_CHUNKS[:3], _PROBS),
+    "speaker_kernels": (_PROBS + _CHUNKS[3:], _MASKS),
+    "asr": (_CHUNKS + _MASKS, CLIENT_OUTPUTS),
+}
+
+
+def _fail_all(indices: list[int], results: list, err: Exception) -> None:
+    for i in indices:
+        results[i] = RequestError(f"internal error, request not applied: {err}")
+
+
+# ---------------------------------------------------------------------------------------------- features
+
+
+@dataclass
+class _FeatureStream:
+    log_mel: StreamingLogMel
+    chunker: FeatureChunker
+
+
+class FeatureStage:
+    """Audio samples -> complete encoder chunks of log-mel frames."""
+
+    def __init__(
+        self, features: FeatureConfig, geometry: ChunkGeometry, max_chunk_samples: int, idle_timeout_s: float
+    ) -> None:
+        self.features = features
+        self.geometry = geometry
+        self.max_chunk_samples = max_chunk_samples
+        self.streams: StreamTable[_FeatureStream] = StreamTable(idle_timeout_s)
+
+    def _check(self, request: StageRequest) -> np.ndarray:
+        audio = request.inputs.get(AUDIO)
+        if audio is None:
+            raise RequestError(f"missing input '{AUDIO}'")
+        if audio.dtype != np.float32:
+            raise RequestError(f"'{AUDIO}' must be float32 samples in [-1, 1] at 16 kHz, got {audio.dtype}")
+        if audio.ndim != 1:
+            raise RequestError(f"'{AUDIO}' must be [1, samples] (one mono chunk), got {[1, *audio.shape]}")
+        if audio.size == 0 and not request.end:
+            raise RequestError(f"'{AUDIO}' is empty; only the END request may carry no samples")
+        if audio.size > self.max_chunk_samples:
+            raise RequestError(
+                f"'{AUDIO}' has {audio.size} samples, more than this deployment's maximum of "
+                f"{self.max_chunk_samples}; send the audio in smaller chunks"
+            )
+        if not np.isfinite(audio).all():
+            raise RequestError(f"'{AUDIO}' contains NaN or infinite samples")
+        return audio
+
+    def process(self, requests: list[StageRequest]) -> list[Result]:
+        self.streams.evict_idle()
+        return [self._one(r) for r in requests]
+
+    def _one(self, request: StageRequest) -> Result:
+        try:
+            audio = self._check(request)
+            if request.start:
+                stream = _FeatureStream(
+                    StreamingLogMel(self.features), FeatureChunker(self.geometry, self.features.n_mels)
+                )
+                self.streams.start(request.stream, stream)
+            stream = self.streams.get(request.stream)
+        except RequestError as err:
+            return err
+        parts = [stream.chunker.accept(stream.log_mel.accept(audio))]
+        if request.end:
+            tail = stream.log_mel.flush()
+            # NeMo's buffer also chunks the preprocessor's padding frame(s) past the valid length.
+            n_pad = padded_frames(self.features, stream.log_mel.num_samples) - stream.log_mel.num_frames
+            tail = np.concatenate(
+                [tail, np.full((self.features.n_mels, n_pad), self.features.pad_value, np.float32)], 1
+            )
+            parts += [stream.chunker.accept(tail), stream.chunker.finish()]
+            self.streams.end(request.stream)
+        lengths, drop = np.concatenate([p.lengths for p in parts]), np.concatenate([p.drop for p in parts])
+        return {
+            FEATURES: np.concatenate([p.features for p in parts]),
+            FEATURE_LENGTHS: lengths,
+            DROP_FRAMES: drop,
+            ENCODER_FRAMES: self.geometry.encoder_frames(lengths, drop),
+        }
+
+
+def _chunks_of(request: StageRequest) -> FeatureChunks:
+    try:
+        chunks = FeatureChunks(request.inputs[FEATURES], request.inputs[FEATURE_LENGTHS], request.inputs[DROP_FRAMES])
+    except KeyError as err:
+        raise RequestError(f"missing input {err}") from None
+    if chunks.features.ndim != 3 or not (len(chunks) == chunks.features.shape[0] == chunks.drop.shape[0]):
+        raise RequestError(f"malformed feature chunks: {chunks.features.shape}")
+    return chunks
+
+
+# ------------------------------------------------------------------------------------------- diarization
+
+
+class DiarizationStage:
+    """Feature chunks -> per-frame speaker probabilities, Sortformer cache and FIFO kept per stream."""
+
+    def __init__(self, params: sortformer_state.SortformerParams, graph: Graph, idle_timeout_s: float) -> None:
+        self.params = params
+        self.graph = graph
+        self.streams: StreamTable[sortformer_state.SortformerStreamState] = StreamTable(idle_timeout_s)
+
+    def process(self, requests: list[StageRequest]) -> list[Result]:
+        self.streams.evict_idle()
+        results: list[Any] = [None] * len(requests)
+        chunks: dict[int, FeatureChunks] = {}
+        for wave in waves(requests):
+            ready = []
+            for i in wave:
+                request = requests[i]
+                try:
+                    chunks[i] = _chunks_of(request)
+                    if request.start:
+                        self.streams.start(request.stream, sortformer_state.init_state(self.params, 1))
+                    self.streams.get(request.stream)
+                    ready.append(i)
+                except RequestError as err:
+                    results[i] = err
+            try:
+                self._run(requests, ready, chunks, results)
+            except Exception as err:  # a graph failure answers this wave only
+                _fail_all(ready, results, err)
+        return results
+
+    def _run(self, requests, ready: list[int], chunks: dict[int, FeatureChunks], results: list) -> None:
+        probs: dict[int, list[np.ndarray]] = {i: [] for i in ready}
+        frames: dict[int, list[int]] = {i: [] for i in ready}
+        for r in range(max((len(chunks[i]) for i in ready), default=0)):
+            rows = [i for i in ready if len(chunks[i]) > r]
+            state = sortformer_state.SortformerStreamState.stack([self.streams.get(requests[i].stream) for i in rows])
+            feeds = sortformer_state.core_inputs(
+                state,
+                np.stack([chunks[i].features[r] for i in rows]),
+                np.array([chunks[i].lengths[r] for i in rows]),
+                np.array([chunks[i].drop[r] for i in rows]),
+            )
+            out = self.graph.run(feeds)
+            new_state, chunk_preds = sortformer_state.streaming_update(
+                self.params,
+                state,
+                out[sortformer_state.CHUNK_PRE_ENCODE_EMBS],
+                out[sortformer_state.CHUNK_PRE_ENCODE_LENGTHS],
+                out[sortformer_state.SPKCACHE_FIFO_CHUNK_PREDS],
+                sync=not self.params.async_streaming,
+            )
+            valid = out[sortformer_state.CHUNK_PRE_ENCODE_LENGTHS]
+            for row, i in enumerate(rows):
+                self.streams.start(requests[i].stream, new_state.select([row]))
+                probs[i].append(chunk_preds[row])
+                frames[i].append(int(valid[row]))
+        width = None
+        for i in ready:
+            k = len(chunks[i])
+            if k:
+                width = probs[i][0].shape[0]
+            stacked = np.stack(probs[i]) if k else np.zeros((0, width or 0, self.params.n_spk), np.float32)
+            results[i] = {SPEAKER_PROBS: stacked.astype(np.float32), DIARIZER_FRAMES: np.array(frames[i], np.int64)}
+            if requests[i].end:
+                self.streams.end(requests[i].stream)
+
+
+# --------------------------------------------------------------------------------------- speaker kernels
+
+
+class SpeakerKernelStage:
+    """Speaker probabilities -> active slots and the target/background masks of the speaker kernels."""
+
+    def __init__(self, config: GatingConfig, n_slots: int, mask_width: int, idle_timeout_s: float) -> None:
+        self.config = config
+        self.n_slots = n_slots
+        self.mask_width = mask_width
+        self.streams: StreamTable[SpeakerGate] = StreamTable(idle_timeout_s)
+
+    def process(self, requests: list[StageRequest]) -> list[Result]:
+        self.streams.evict_idle()
+        return [self._one(r) for r in requests]
+
+    def _one(self, request: StageRequest) -> Result:
+        try:
+            probs = request.inputs[SPEAKER_PROBS]
+            diar_frames = request.inputs[DIARIZER_FRAMES]
+            enc_frames = request.inputs[ENCODER_FRAMES]
+            if request.start:
+                self.streams.start(request.stream, SpeakerGate(self.config, self.n_slots))
+            gate = self.streams.get(request.stream)
+        except KeyError as err:
+            return RequestError(f"missing input {err}")
+        except RequestError as err:
+            return err
+        k, s, w = probs.shape[0], self.n_slots, self.mask_width
+        active = np.zeros((k, s), bool)
+        speaker = np.zeros((k, s, w), np.float32)
+        background = np.zeros((k, s, w), np.float32)
+        for c in range(k):
+            masks = gate.step(probs[c, : int(diar_frames[c])], int(enc_frames[c]), w)
+            active[c], speaker[c], background[c] = masks.active, masks.speaker, masks.background
+        if request.end:
+            self.streams.end(request.stream)
+        return {ACTIVE_SPEAKERS: active, SPEAKER_MASKS: speaker, BACKGROUND_MASKS: background}
+
+
+# ------------------------------------------------------------------------------------------------- asr
+
+
+@dataclass(frozen=True)
+class CacheShapes:
+    """Per-instance encoder cache shapes (batch dim excluded), from the manifest's streaming geometry."""
+
+    channel: tuple[int, ...]
+    time: tuple[int, ...]
+
+    @classmethod
+    def from_manifest(cls, streaming: dict) -> CacheShapes:
+        layers, d = int(streaming["n_layers"]), int(streaming["d_model"])
+        return cls(
+            (layers, int(streaming["last_channel_cache_size"]), d),
+            (layers, d, int(streaming["conv_cache_size"])),
+        )
+
+
+@dataclass
+class _Speaker:
+    cache_channel: np.ndarray
+    cache_time: np.ndarray
+    cache_len: int
+    hypothesis: Hypothesis
+    words: WordAssembler
+
+
+@dataclass
+class _AsrStream:
+    speakers: dict[int, _Speaker] = field(default_factory=dict)
+    frame_offset: int = 0  # encoder frames decoded so far
+    words: list[Word] = field(default_factory=list)
+
+
+@dataclass
+class _Row:
+    request: int
+    stream: _AsrStream
+    slot: int
+    speaker: _Speaker
+
+
+class AsrStage:
+    """Per (stream, active speaker): cache-aware encoder step with its masks, then greedy RNNT."""
+
+    def __init__(
+        self,
+        geometry: ChunkGeometry,
+        decoder: DecoderGeometry,
+        caches: CacheShapes,
+        encoder: Graph,
+        prediction: Graph,
+        joint: Graph,
+        tokenizer: Tokenizer,
+        idle_timeout_s: float,
+        segment_gap_s: float = 1.0,
+    ) -> None:
+        self.geometry = geometry
+        self.decoder = decoder
+        self.caches = caches
+        self.encoder, self.prediction, self.joint = encoder, prediction, joint
+        self.tokenizer = tokenizer
+        self.segment_gap_s = segment_gap_s
+        self.streams: StreamTable[_AsrStream] = StreamTable(idle_timeout_s)
+
+    def _predict(self, tokens: np.ndarray, h: np.ndarray, c: np.ndarray):
+        out = self.prediction.run(dict(zip(graph_io.DECODER_INPUTS, (tokens, h, c), strict=True)))
+        return tuple(out[name] for name in graph_io.DECODER_OUTPUTS)
+
+    def _joint(self, frames: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+        out = self.joint.run(dict(zip(graph_io.JOINT_INPUTS, (frames, prediction), strict=True)))
+        return out[graph_io.JOINT_OUTPUTS[0]]
+
+    def process(self, requests: list[StageRequest]) -> list[Result]:
+        self.streams.evict_idle()
+        results: list[Any] = [None] * len(requests)
+        new_tokens: dict[int, list[tuple[int, int, int]]] = {}  # request -> (slot, token, frame)
+        new_words: dict[int, list[Word]] = {}
+        for wave in waves(requests):
+            ready = []
+            for i in wave:
+                request = requests[i]
+                try:
+                    _chunks_of(request)
+                    for name in (ACTIVE_SPEAKERS, SPEAKER_MASKS, BACKGROUND_MASKS):
+                        if name not in request.inputs:
+                            raise RequestError(f"missing input '{name}'")
+                    if request.start:
+                        self.streams.start(request.stream, _AsrStream())
+                    self.streams.get(request.stream)
+                    ready.append(i)
+                    new_tokens[i], new_words[i] = [], []
+                except RequestError as err:
+                    results[i] = err
+            try:
+                self._run(requests, ready, new_tokens, new_words)
+            except Exception as err:  # a graph failure answers this wave only
+                _fail_all(ready, results, err)
+                ready = []
+            for i in ready:
+                results[i] = self._respond(requests[i], new_tokens[i], new_words[i])
+        return results
+
+    def _run(self, requests, ready, new_tokens, new_words) -> None:
+        n_chunks = {i: len(requests[i].inputs[FEATURE_LENGTHS]) for i in ready}
+        for r in range(max(n_chunks.values(), default=0)):
+            rows: list[_Row] = []
+            fresh: list[_Row] = []
+            for i in ready:
+                if n_chunks[i] <= r:
+                    continue
+                stream = self.streams.get(requests[i].stream)
+                for slot in np.flatnonzero(requests[i].inputs[ACTIVE_SPEAKERS][r]):
+                    speaker = stream.speakers.get(int(slot))
+                    row = _Row(i, stream, int(slot), speaker)
+                    rows.append(row)
+                    if speaker is None:
+                        fresh.append(row)
+            # A speaker seen for the first time starts from empty caches and a fresh hypothesis.
+            for row, hyp in zip(fresh, start_hypotheses(self.decoder, len(fresh), self._predict), strict=True):
+                row.speaker = _Speaker(
+                    np.zeros(self.caches.channel, np.float32),
+                    np.zeros(self.caches.time, np.float32),
+                    0,
+                    hyp,
+                    WordAssembler(row.slot, self.geometry.encoder_frame_s),
+                )
+                row.stream.speakers[row.slot] = row.speaker
+            if rows:
+                self._step(requests, r, rows, new_tokens, new_words)
+            for i in ready:
+                if n_chunks[i] > r:
+                    self.streams.get(requests[i].stream).frame_offset += int(requests[i].inputs[ENCODER_FRAMES][r])
+
+    def _step(self, requests, r: int, rows: list[_Row], new_tokens, new_words) -> None:
+        def per_row(name: str, pick) -> np.ndarray:
+            return np.stack([pick(requests[row.request].inputs[name][r], row) for row in rows])
+
+        feeds = {
+            "features": per_row(FEATURES, lambda x, row: x.T),
+            "feature_lengths": per_row(FEATURE_LENGTHS, lambda x, row: x),
+            "cache_last_channel": np.stack([row.speaker.cache_channel for row in rows]),
+            "cache_last_time": np.stack([row.speaker.cache_time for row in rows]),
+            "cache_last_channel_len": np.array([row.speaker.cache_len for row in rows], np.int64),
+            "speaker_mask": per_row(SPEAKER_MASKS, lambda x, row: x[row.slot]),
+            "background_mask": per_row(BACKGROUND_MASKS, lambda x, row: x[row.slot]),
+            "drop_extra_pre_encoded": per_row(DROP_FRAMES, lambda x, row: x),
+        }
+        out = self.encoder.run({name: np.ascontiguousarray(feeds[name]) for name in graph_io.ENCODER_INPUTS})
+        encoded, lengths, channel, time, channel_len = (out[name] for name in graph_io.ENCODER_OUTPUTS)
+        decoded = greedy_decode(
+            self.decoder,
+            np.ascontiguousarray(encoded.transpose(0, 2, 1)),
+            lengths,
+            [row.speaker.hypothesis for row in rows],
+            np.array([row.stream.frame_offset for row in rows], np.int64),
+            self._predict,
+            self._joint,
+        )
+        for k, (row, tokens) in enumerate(zip(rows, decoded, strict=True)):
+            sp = row.speaker
+            sp.cache_channel, sp.cache_time, sp.cache_len = channel[k], time[k], int(channel_len[k])
+            new_tokens[row.request] += [(row.slot, token, frame) for token, frame in tokens]
+            words = sp.words.push(self.tokenizer, tokens)
+            row.stream.words += words
+            new_words[row.request] += words
+
+    def _respond(self, request: StageRequest, tokens: list, words: list[Word]) -> dict[str, np.ndarray]:
+        transcript = ""
+        if request.end:
+            stream = self.streams.get(request.stream)
+            for slot in sorted(stream.speakers):
+                last = stream.speakers[slot].words.finish(self.tokenizer)
+                stream.words += last
+                words = words + last
+            transcript = json.dumps(seglst(stream.words, str(request.stream), self.segment_gap_s))
+            self.streams.end(request.stream)
+        frame_s = self.geometry.encoder_frame_s
+        return {
+            TOKEN_IDS: np.array([t for _, t, _ in tokens], np.int32),
+            TOKEN_SPEAKERS: np.array([s for s, _, _ in tokens], np.int32),
+            TOKEN_TIMES: np.array([f * frame_s for _, _, f in tokens], np.float32),
+            WORDS: np.array([w.text.encode() for w in words], dtype=np.object_),
+            WORD_SPEAKERS: np.array([w.slot for w in words], np.int32),
+            WORD_STARTS: np.array([w.start for w in words], np.float32),
+            WORD_ENDS: np.array([w.end for w in words], np.float32),
+            TRANSCRIPT: np.array([transcript.encode()], dtype=np.object_),
+        }

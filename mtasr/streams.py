@@ -1,0 +1,92 @@
+"""Per-stream state of a stateful stage, keyed by the sequence's correlation id.
+
+Triton's implicit state does not work in the python backend, so each stage keeps a table:
+created at START, removed at END, and evicted once a stream has been idle longer than the
+sequence batcher's idle timeout (after which Triton itself refuses the sequence without START),
+so an abandoned stream cannot leak memory.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+State = TypeVar("State")
+
+
+class RequestError(Exception):
+    """A request that cannot be served; answered with this message, other requests carry on."""
+
+
+@dataclass
+class StageRequest:
+    """One request as a stage sees it: the sequence controls and its tensors without the batch dim."""
+
+    stream: int
+    start: bool
+    end: bool
+    inputs: dict
+
+
+class StreamTable(Generic[State]):
+    def __init__(self, idle_timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.idle_timeout_s = idle_timeout_s
+        self._clock = clock
+        self._states: dict[int, tuple[State, float]] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def __contains__(self, stream: int) -> bool:
+        return stream in self._states
+
+    def start(self, stream: int, state: State) -> State:
+        """A new stream, or a restart: a second START on a live sequence begins it afresh."""
+        with self._lock:
+            self._states[stream] = (state, self._clock())
+        return state
+
+    def get(self, stream: int) -> State:
+        with self._lock:
+            entry = self._states.get(stream)
+            if entry is None:
+                raise RequestError(
+                    f"sequence {stream} is not active here: it never started, already ended, "
+                    "was evicted after being idle, or its START request was rejected"
+                )
+            self._states[stream] = (entry[0], self._clock())
+            return entry[0]
+
+    def end(self, stream: int) -> None:
+        with self._lock:
+            self._states.pop(stream, None)
+
+    def evict_idle(self) -> list[int]:
+        """Drop streams idle for longer than the timeout; return their ids."""
+        now = self._clock()
+        with self._lock:
+            stale = [s for s, (_, seen) in self._states.items() if now - seen > self.idle_timeout_s]
+            for stream in stale:
+                del self._states[stream]
+        return stale
+
+
+def waves(requests: list[StageRequest]) -> list[list[int]]:
+    """Request indices split into in-order groups with at most one request per stream each.
+
+    The sequence batcher never puts two requests of one sequence in a batch, but a stage must not
+    depend on that: a stream's requests are applied in arrival order, one per batched graph call.
+    """
+    groups: list[list[int]] = []
+    depth: dict[int, int] = {}
+    for index, request in enumerate(requests):
+        level = depth.get(request.stream, 0)
+        depth[request.stream] = level + 1
+        if level == len(groups):
+            groups.append([])
+        groups[level].append(index)
+    return groups

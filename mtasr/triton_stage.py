@@ -1,0 +1,95 @@
+"""Python-backend model for one stateful pipeline stage (features, diarization, speaker_kernels, asr).
+
+Thin on purpose: read the sequence controls and tensors of each request, hand the whole batch to
+the stage (:mod:`mtasr.stages`), answer each request with its outputs or its own error. A
+background thread evicts streams idle past the timeout even when no request arrives.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from mtasr.deployment import ServingSettings, build_stage, load_manifest, local_graphs
+from mtasr.graphs import TritonGraph
+from mtasr.stages import STAGE_IO, RequestError
+from mtasr.streams import StageRequest
+
+CONTROL_START, CONTROL_END, CONTROL_CORRID = "START", "END", "CORRID"
+
+
+def _control(request, name: str) -> int:
+    import triton_python_backend_utils as pb_utils
+
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return int(tensor.as_numpy().reshape(-1)[0]) if tensor is not None else 0
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.stage_name = params["stage"]
+        repo_dir = Path(args["model_repository"]).parent
+        manifest = load_manifest(repo_dir)
+        settings = ServingSettings.from_strings(params)
+        if settings.graph_backend == "triton":
+            graphs = lambda name: TritonGraph(name, manifest["graphs"][name])  # noqa: E731
+        else:
+            graphs = local_graphs(repo_dir, manifest, int(params.get("intra_op_threads", "0")))
+        self.stage = build_stage(self.stage_name, manifest, repo_dir, settings, graphs)
+        self.inputs, self.outputs = STAGE_IO[self.stage_name]
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        period = max(0.5, min(10.0, settings.sequence_idle_s / 4))
+        self._evictor = threading.Thread(target=self._evict_loop, args=(period,), daemon=True)
+        self._evictor.start()
+
+    def _evict_loop(self, period: float) -> None:
+        while not self._stop.wait(period):
+            with self._lock:
+                self.stage.streams.evict_idle()
+
+    def _parse(self, request) -> StageRequest | RequestError:
+        import triton_python_backend_utils as pb_utils
+
+        tensors = {}
+        for name, _, _ in self.inputs:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is None:
+                return RequestError(f"missing input '{name}'")
+            value = tensor.as_numpy()
+            if value.shape[0] != 1:
+                return RequestError(
+                    f"input '{name}' must have batch size 1 (one chunk of one stream), got {value.shape[0]}"
+                )
+            tensors[name] = value[0]
+        return StageRequest(
+            stream=_control(request, CONTROL_CORRID),
+            start=bool(_control(request, CONTROL_START)),
+            end=bool(_control(request, CONTROL_END)),
+            inputs=tensors,
+        )
+
+    def execute(self, requests: list) -> list:
+        import triton_python_backend_utils as pb_utils
+
+        parsed = [self._parse(r) for r in requests]
+        valid = [p for p in parsed if isinstance(p, StageRequest)]
+        with self._lock:
+            results = iter(self.stage.process(valid))
+        responses = []
+        for item in parsed:
+            result = next(results) if isinstance(item, StageRequest) else item
+            if isinstance(result, RequestError):
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(result))))
+                continue
+            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(result[name])[None]) for name, _, _ in self.outputs]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+        return responses
+
+    def finalize(self) -> None:
+        self._stop.set()
