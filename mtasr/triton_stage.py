@@ -19,6 +19,8 @@ from mtasr.stages import STAGE_IO, RequestError
 from mtasr.streams import StageRequest
 
 CONTROL_START, CONTROL_END, CONTROL_CORRID = "START", "END", "CORRID"
+# Prometheus gauge on Triton's metrics port: streams whose state a stage holds, per stage.
+OPEN_STREAMS_METRIC = "mtasr_open_streams"
 
 
 def _control(request, name: str) -> int:
@@ -42,6 +44,15 @@ class TritonPythonModel:
             graphs = local_graphs(repo_dir, manifest, int(params.get("intra_op_threads", "0")))
         self.stage = build_stage(self.stage_name, manifest, repo_dir, settings, graphs)
         self.inputs, self.outputs = STAGE_IO[self.stage_name]
+        import triton_python_backend_utils as pb_utils
+
+        # The family must outlive its metrics (the backend refuses updates otherwise).
+        self._metric_family = family = pb_utils.MetricFamily(
+            name=OPEN_STREAMS_METRIC,
+            description="streams whose state this pipeline stage holds",
+            kind=pb_utils.MetricFamily.GAUGE,
+        )
+        self._open_streams = family.Metric(labels={"stage": self.stage_name, "instance": args["model_instance_name"]})
         self._lock = threading.Lock()
         self._stop = threading.Event()
         period = max(0.5, min(10.0, settings.sequence_idle_s / 4))
@@ -52,6 +63,7 @@ class TritonPythonModel:
         while not self._stop.wait(period):
             with self._lock:
                 self.stage.streams.evict_idle()
+                self._open_streams.set(len(self.stage.streams))
 
     def _parse(self, request) -> StageRequest | RequestError:
         import triton_python_backend_utils as pb_utils
@@ -81,6 +93,7 @@ class TritonPythonModel:
         valid = [p for p in parsed if isinstance(p, StageRequest)]
         with self._lock:
             results = iter(self.stage.process(valid))
+            self._open_streams.set(len(self.stage.streams))
         responses = []
         for item in parsed:
             result = next(results) if isinstance(item, StageRequest) else item

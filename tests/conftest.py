@@ -13,3 +13,11 @@ def tiny_tokenizer_dir(tmp_path_factory) -> Path:
     from mtasr.export.tokenizer import pseudo_english_lines, train_tokenizer
 
     return train_tokenizer(pseudo_english_lines(3000), 64, tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
+    """A random tiny (ASR .nemo, diarizer .nemo) pair, the project's own builder."""
+    from mtasr.random_models import build_random_pair
+
+    return build_random_pair("tiny", tmp_path_factory.mktemp("tiny_checkpoints"))

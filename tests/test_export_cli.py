@@ -22,13 +22,6 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
-    from mtasr.random_models import build_random_pair
-
-    return build_random_pair("tiny", tmp_path_factory.mktemp("tiny_checkpoints"))
-
-
-@pytest.fixture(scope="session")
 def exported(tiny_checkpoints, tmp_path_factory) -> Path:
     asr_path, diar_path = tiny_checkpoints
     out = tmp_path_factory.mktemp("export") / "tiny"

@@ -30,10 +30,8 @@ needs_espeak = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def tiny_pair(tmp_path_factory) -> tuple[Path, Path]:
-    from mtasr.random_models import build_random_pair
-
-    return build_random_pair("tiny", tmp_path_factory.mktemp("tiny_reference_models"))
+def tiny_pair(tiny_checkpoints) -> tuple[Path, Path]:
+    return tiny_checkpoints
 
 
 @pytest.fixture(scope="module")
