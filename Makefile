@@ -21,8 +21,8 @@ system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; \
 	else echo "note: install espeak-ng (apt-get install espeak-ng) to run the synthesised-speech tests"; fi; }
 
-# Main job: export the tiny models, start Triton on the repository, run the graphs through it.
-demo: setup
+# Main job: export models, start Triton, stream a conversation, print per-speaker transcripts.
+demo: setup system-deps
 	$(BIN)/python -m mtasr.demo
 
 test: setup system-deps

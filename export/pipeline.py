@@ -109,6 +109,7 @@ def run_export(
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; a server in a container runs as another user
     try:
         manifest = _export_into(staging, asr_info, diar_info, settings, progress)
         manifest["export_seconds"] = round(time.perf_counter() - started, 2)

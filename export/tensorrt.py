@@ -66,6 +66,8 @@ def build_script(profiles: dict[str, dict[str, dict[str, Shape]]]) -> str:
         'HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"',
         'ONNX_REPO="${ONNX_REPO:-$HERE/../model_repository}"',
         'TRT_REPO="${TRT_REPO:-$HERE/model_repository}"',
+        "# NVIDIA's containers keep trtexec outside PATH.",
+        'command -v trtexec >/dev/null || PATH="$PATH:/usr/src/tensorrt/bin"',
         'command -v trtexec >/dev/null || { echo "trtexec not found: run this inside NVIDIA\'s Triton container" >&2;'
         " exit 2; }",
     ]

@@ -1,14 +1,16 @@
-"""README's main job, for now: export the tiny models, serve them with the real Triton, use them.
+"""README's main job: export models, start Triton, stream a conversation, print per-speaker transcripts.
 
-Until the serving ensemble exists (issue 4) and the default models are trained (issue 6), this
-exports a random-initialised tiny pair built by the project, starts tritonserver on the generated
-repository, streams a synthetic 2-speaker-like signal chunk by chunk through the served encoder
-(one instance per speaker slot, each with its own caches and masks) and prints what comes back.
+Until the project trains its default models (issue 6), this builds a random-initialised tiny pair,
+exports it, serves it with the real tritonserver, synthesises a 2-speaker conversation with
+overlap (espeak-ng) and streams it chunk by chunk through the `multitalker_asr` ensemble over
+gRPC, printing each speaker's words as they arrive and the final SegLST. The pipeline is the
+real one; with random weights the words are noise.
 """
 
 from __future__ import annotations
 
 import json
+import queue
 import sys
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import numpy as np
 ARTIFACTS = Path("artifacts/demo")
 
 
-def _ensure_export() -> Path:
+def _export() -> Path:
     from mtasr.export.pipeline import ExportSettings, run_export
     from mtasr.random_models import build_random_pair
 
@@ -27,80 +29,67 @@ def _ensure_export() -> Path:
     return ARTIFACTS / "export" / "model_repository"
 
 
-def main() -> int:
+def _conversation() -> np.ndarray:
+    from mtasr.mixtures import espeak_available, make_conversation
+
+    if not espeak_available():
+        raise SystemExit("the demo speaks its conversation with espeak-ng: apt-get install espeak-ng")
+    return make_conversation(2, seed=2).audio
+
+
+def stream(address: str, audio: np.ndarray, chunk_samples: int, sequence_id: int = 1) -> list[dict]:
+    """Send `audio` chunk by chunk over one gRPC stream; return the responses in order."""
     import tritonclient.grpc as grpcclient
 
-    from mtasr.features import FeatureConfig, StreamingLogMel
+    from mtasr.deployment import ENSEMBLE
+    from mtasr.stages import AUDIO, CLIENT_OUTPUTS
+
+    names = [name for name, _, _ in CLIENT_OUTPUTS]
+    answers: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(address)
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    chunks = [audio[i : i + chunk_samples] for i in range(0, len(audio), chunk_samples)]
+    responses = []
+    try:
+        for k, chunk in enumerate(chunks):
+            tensor = grpcclient.InferInput(AUDIO, [1, len(chunk)], "FP32")
+            tensor.set_data_from_numpy(chunk[None].astype(np.float32))
+            client.async_stream_infer(
+                ENSEMBLE, [tensor], sequence_id=sequence_id, sequence_start=k == 0, sequence_end=k == len(chunks) - 1
+            )
+            result, error = answers.get(timeout=60)
+            if error is not None:
+                raise RuntimeError(str(error))
+            response = {name: result.as_numpy(name)[0] for name in names}
+            words = [
+                f"[{slot}] {word.decode()}"
+                for slot, word in zip(response["WORD_SPEAKERS"].tolist(), response["WORDS"].tolist(), strict=True)
+            ]
+            print(f"chunk {k:3d}: {len(response['TOKEN_IDS'])} tokens; words: {' '.join(words)[:110]}", flush=True)
+            responses.append(response)
+    finally:
+        client.stop_stream()
+        client.close()
+    return responses
+
+
+def main() -> int:
+    from mtasr.deployment import load_manifest
     from mtasr.server import ServerConfig, TritonServer
 
-    repo = _ensure_export()
-    manifest = json.loads((repo / "manifest.json").read_text())
-    streaming = manifest["asr"]["streaming"]
-    encoder = {t["name"]: t for t in manifest["graphs"]["encoder"]["inputs"]}
-    features = StreamingLogMel(FeatureConfig.from_dict(manifest["asr"]["features"]))
-
-    sample_rate = manifest["asr"]["features"]["sample_rate"]
-    t = np.arange(int(4.0 * sample_rate)) / sample_rate
-    audio = 0.3 * np.sin(2 * np.pi * 220 * t) * (t < 2.5) + 0.3 * np.sin(2 * np.pi * 330 * t) * (t > 1.5)
-    frames = np.concatenate([features.accept(audio.astype(np.float32)), features.flush()], axis=1)
-
+    repo = _export()
+    audio = _conversation()
+    manifest = load_manifest(repo)
+    chunk = manifest["asr"]["streaming"]["shift_feature_frames"][1] * manifest["asr"]["features"]["hop_length"]
     config = ServerConfig(model_repository=repo, http_port=0, grpc_port=0, metrics_port=0)
     print(f"starting tritonserver on {repo}", flush=True)
     with TritonServer(config) as server:
-        client = grpcclient.InferenceServerClient(server.address("grpc"))
-        slots = 2
-        caches = {
-            name: np.zeros([slots, *encoder[name]["shape"][1:]], dtype=np.float32)
-            for name in ("cache_last_channel", "cache_last_time")
-        }
-        cache_len = np.zeros(slots, dtype=np.int64)
-        first, later = streaming["chunk_feature_frames"]
-        pre_cache = streaming["pre_encode_cache_frames"][1]
-        t_enc = streaming["encoder_frames_per_chunk"]
-        start, step = 0, 0
-        while start < frames.shape[1]:
-            size = first if step == 0 else later
-            lo = max(0, start - (0 if step == 0 else pre_cache))
-            chunk = frames[:, lo : start + size]
-            padded = np.zeros([frames.shape[0], later + pre_cache], dtype=np.float32)
-            padded[:, : chunk.shape[1]] = chunk
-            masks = np.stack([np.full(t_enc, 1.0 if s == step % 2 else 0.0, np.float32) for s in range(slots)])
-            feeds = {
-                "features": np.repeat(padded[None], slots, axis=0),
-                "feature_lengths": np.full(slots, chunk.shape[1], np.int64),
-                "cache_last_channel": caches["cache_last_channel"],
-                "cache_last_time": caches["cache_last_time"],
-                "cache_last_channel_len": cache_len,
-                "speaker_mask": masks,
-                "background_mask": 1.0 - masks,
-                "drop_extra_pre_encoded": np.full(slots, 0 if step == 0 else streaming["drop_extra_pre_encoded"]),
-            }
-            inputs = []
-            for name, value in feeds.items():
-                if value.ndim == 1:  # per-row scalars travel as [N, 1] (config: dims [1], reshape [])
-                    value = value[:, None]
-                tensor = grpcclient.InferInput(
-                    name, list(value.shape), "FP32" if value.dtype == np.float32 else "INT64"
-                )
-                tensor.set_data_from_numpy(value)
-                inputs.append(tensor)
-            result = client.infer("encoder", inputs)
-            caches["cache_last_channel"] = result.as_numpy("next_cache_last_channel")
-            caches["cache_last_time"] = result.as_numpy("next_cache_last_time")
-            cache_len = result.as_numpy("next_cache_last_channel_len")
-            encoded = result.as_numpy("encoded")
-            # Same audio, different speaker masks: the slots' encodings differ by what the kernels inject.
-            spread = float(np.max(np.abs(encoded[0] - encoded[1])))
-            print(
-                f"chunk {step}: {encoded.shape[2]} encoder frames per slot, max |slot 0 - slot 1| = {spread:.3f}, "
-                f"cached frames per slot {cache_len.reshape(-1).tolist()}"
-            )
-            start += size
-            step += 1
-    print(
-        "served the exported encoder for 2 speaker slots; per-speaker transcripts arrive with the serving "
-        "ensemble (issue 4) and the trained default models (issue 6)"
-    )
+        print(f"streaming a {len(audio) / 16000:.1f} s 2-speaker conversation in {chunk} sample chunks", flush=True)
+        responses = stream(server.address("grpc"), audio, chunk)
+    segments = json.loads(responses[-1]["TRANSCRIPT"][0])
+    print("\nper-speaker transcript (SegLST):")
+    for seg in segments:
+        print(f"  {seg['speaker']} {seg['start_time']:6.2f}-{seg['end_time']:6.2f} s: {seg['words'][:90]}")
     return 0
 
 

@@ -14,7 +14,6 @@ pytest.importorskip("torch")
 pytest.importorskip("nemo.collections.asr")
 
 import torch  # noqa: E402
-from mixtures import espeak_available, make_conversation  # noqa: E402
 from nemo_reference import (  # noqa: E402
     background_bug_can_matter,
     corrected_background_masks,
@@ -23,6 +22,8 @@ from nemo_reference import (  # noqa: E402
     run_nemo_multitalker,
     supported_right_contexts,
 )
+
+from mtasr.mixtures import espeak_available, make_conversation  # noqa: E402
 
 needs_espeak = pytest.mark.skipif(
     not espeak_available(), reason="espeak-ng (Debian package 'espeak-ng') is not installed"

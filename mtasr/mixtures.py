@@ -1,4 +1,4 @@
-"""Deterministic synthetic conversations for the multi-talker tests.
+"""Deterministic synthetic conversations: the tests' inputs, the demo's conversation, benchmark audio.
 
 Speech is synthesised by espeak-ng (a Debian package, installed by ``make system-deps`` when run
 as root) with clearly different voices, resampled to 16 kHz and mixed so that consecutive turns of
