@@ -58,7 +58,7 @@ def _stream(address: str, sequence_id: int, chunks: list[np.ndarray], period_s: 
 
 
 def measure(repo: Path, streams: int, seconds: float) -> dict[str, float]:
-    from mtasr.deployment import load_manifest
+    from mtasr.deployment import load_manifest, models_to_load
     from mtasr.mixtures import make_conversation
     from mtasr.server import ServerConfig, TritonServer
 
@@ -71,7 +71,14 @@ def measure(repo: Path, streams: int, seconds: float) -> dict[str, float]:
         audio = make_conversation(2 + k % 2, seed=k).audio
         audio = np.tile(audio, int(np.ceil(seconds * rate / len(audio))))[: int(seconds * rate)]
         audios.append([np.ascontiguousarray(audio[i : i + chunk]) for i in range(0, len(audio), chunk)])
-    config = ServerConfig(model_repository=repo, http_port=0, grpc_port=0, metrics_port=0, startup_timeout_s=600)
+    config = ServerConfig(
+        model_repository=repo,
+        http_port=0,
+        grpc_port=0,
+        metrics_port=0,
+        startup_timeout_s=600,
+        load_models=models_to_load(manifest),  # what `mtasr serve` loads
+    )
     with TritonServer(config) as server:
         idle = _rss_mb(server.pid)
         latencies: list[list[float]] = [[] for _ in range(streams)]

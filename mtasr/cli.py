@@ -44,6 +44,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from mtasr.deployment import load_manifest, models_to_load
     from mtasr.server import ServerConfig, serve_forever
 
     if not (args.model_repository / "manifest.json").is_file() and not args.any_repository:
@@ -52,6 +53,7 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    manifest = {} if args.any_repository else load_manifest(args.model_repository)
     config = ServerConfig(
         model_repository=args.model_repository,
         host=args.host,
@@ -59,6 +61,7 @@ def _serve(args: argparse.Namespace) -> int:
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
         startup_timeout_s=args.startup_timeout,
+        load_models=[] if args.any_repository or args.all_models else models_to_load(manifest),
     )
     return serve_forever(config)
 
@@ -124,9 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--graph-backend",
         choices=["triton", "onnxruntime"],
-        default="triton",
-        help="how the stages run the graphs: calls to the graph models (triton) or ONNX Runtime in the stage "
-        "process (default: triton)",
+        default="onnxruntime",
+        help="how the stages run the graphs: ONNX Runtime in the stage process (fastest on CPU), or calls to the "
+        "graph models through Triton (what the TensorRT variant does) (default: onnxruntime)",
     )
     export.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines here (needs TensorRT)")
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
@@ -145,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-port", type=int, default=8002)
     serve.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for readiness")
     serve.add_argument("--any-repository", action="store_true", help="serve a repository without manifest.json")
+    serve.add_argument(
+        "--all-models",
+        action="store_true",
+        help="also load the graph models when the stages run the graphs themselves (default: only what is used)",
+    )
     serve.set_defaults(func=_serve)
     return parser
 

@@ -35,7 +35,10 @@ class ServingSettings:
     max_chunk_s: float = 0.0  # longest audio per request; 0: two chunks, at least one second
     gating_chunks: int = 2  # NeMo's cache_gating_buffer_size
     segment_gap_s: float = 1.0  # a pause this long starts a new SegLST segment
-    graph_backend: str = "triton"  # "triton": BLS calls to the graph models; "onnxruntime": in process
+    # "onnxruntime": the stages run the graphs in their own process (CPU: a BLS call costs about a
+    # millisecond, and greedy decoding makes one per step); "triton": BLS calls to the graph models
+    # (the TensorRT variant always does this).
+    graph_backend: str = "onnxruntime"
     # NeMo's reference builds background masks by list position, not speaker id (a bug); True
     # reproduces it, for comparisons with NeMo only.
     nemo_background_mask: bool = False
@@ -59,6 +62,15 @@ class ServingSettings:
 
 def _as_bool(value: str) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes")
+
+
+def models_to_load(manifest: Mapping[str, Any]) -> list[str]:
+    """What a server must load: the ensemble (Triton loads its stages), plus the graph models only
+    when the stages call them. Empty means everything."""
+    serving = manifest.get("deployment", {}).get("serving", {})
+    if serving.get("graph_backend", ServingSettings.graph_backend) == "onnxruntime":
+        return [ENSEMBLE]
+    return []
 
 
 def load_manifest(repo_dir: Path) -> dict[str, Any]:

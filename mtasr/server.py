@@ -319,6 +319,8 @@ class ServerConfig:
     #: ``none`` loads every model at start; ``explicit`` (with ``--load-model=...``) lets a client
     #: load and unload models.
     model_control_mode: str = "none"
+    #: Load only these models (and what an ensemble among them composes); empty loads every model.
+    load_models: Sequence[str] = ()
     #: How long the server waits for in-flight requests after SIGINT (``--exit-timeout-secs``).
     exit_timeout_s: int = 10
     #: Where the server's stdout/stderr (and the models' prints) go; a temp file if None.
@@ -481,7 +483,8 @@ class TritonServer:
             str(inst.binary),
             f"--model-repository={Path(cfg.model_repository).resolve()}",
             f"--backend-directory={inst.backend_dir}",
-            f"--model-control-mode={cfg.model_control_mode}",
+            f"--model-control-mode={'explicit' if cfg.load_models else cfg.model_control_mode}",
+            *(f"--load-model={name}" for name in cfg.load_models),
             "--strict-readiness=true",
             "--exit-on-error=true",
             f"--exit-timeout-secs={int(cfg.exit_timeout_s)}",
