@@ -123,6 +123,9 @@ class FeatureStage:
             raise RequestError(f"'{AUDIO}' contains NaN or infinite samples")
         return audio
 
+    def _new_stream(self) -> _FeatureStream:
+        return _FeatureStream(StreamingLogMel(self.features), FeatureChunker(self.geometry, self.features.n_mels))
+
     def process(self, requests: list[StageRequest]) -> list[Result]:
         self.streams.evict_idle()
         return [self._one(r) for r in requests]
@@ -130,12 +133,7 @@ class FeatureStage:
     def _one(self, request: StageRequest) -> Result:
         try:
             audio = self._check(request)
-            if request.start:
-                stream = _FeatureStream(
-                    StreamingLogMel(self.features), FeatureChunker(self.geometry, self.features.n_mels)
-                )
-                self.streams.start(request.stream, stream)
-            stream = self.streams.get(request.stream)
+            stream = self.streams.admit(request, self._new_stream)
         except RequestError as err:
             return err
         parts = [stream.chunker.accept(stream.log_mel.accept(audio))]
@@ -188,9 +186,7 @@ class DiarizationStage:
                 request = requests[i]
                 try:
                     chunks[i] = _chunks_of(request)
-                    if request.start:
-                        self.streams.start(request.stream, sortformer_state.init_state(self.params, 1))
-                    self.streams.get(request.stream)
+                    self.streams.admit(request, lambda: sortformer_state.init_state(self.params, 1))
                     ready.append(i)
                 except RequestError as err:
                     results[i] = err
@@ -258,9 +254,7 @@ class SpeakerKernelStage:
             probs = request.inputs[SPEAKER_PROBS]
             diar_frames = request.inputs[DIARIZER_FRAMES]
             enc_frames = request.inputs[ENCODER_FRAMES]
-            if request.start:
-                self.streams.start(request.stream, SpeakerGate(self.config, self.n_slots))
-            gate = self.streams.get(request.stream)
+            gate = self.streams.admit(request, lambda: SpeakerGate(self.config, self.n_slots))
         except KeyError as err:
             return RequestError(f"missing input {err}")
         except RequestError as err:
@@ -365,9 +359,7 @@ class AsrStage:
                     for name in (ACTIVE_SPEAKERS, SPEAKER_MASKS, BACKGROUND_MASKS):
                         if name not in request.inputs:
                             raise RequestError(f"missing input '{name}'")
-                    if request.start:
-                        self.streams.start(request.stream, _AsrStream())
-                    self.streams.get(request.stream)
+                    self.streams.admit(request, _AsrStream)
                     ready.append(i)
                     new_tokens[i], new_words[i] = [], []
                 except RequestError as err:

@@ -61,6 +61,12 @@ class StreamTable(Generic[State]):
             self._states[stream] = (entry[0], self._clock())
             return entry[0]
 
+    def admit(self, request: StageRequest, new_state: Callable[[], State]) -> State:
+        """The request's stream state: a fresh one on START (a restart if it was live), else the live one."""
+        if request.start:
+            self.start(request.stream, new_state())
+        return self.get(request.stream)
+
     def end(self, stream: int) -> None:
         with self._lock:
             self._states.pop(stream, None)
