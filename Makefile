@@ -15,11 +15,12 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(BIN)/pip install -q -c $(CONSTRAINTS) -e '.[all]'
 	touch $@
 
-# Debian packages: espeak-ng speaks the test audio (installed when running as root, as CI does).
+# Debian packages (installed when running as root, as CI does): espeak-ng speaks the test audio;
+# sctk's md-eval.pl is NIST's DER scorer, which the DER tests check `mtasr score` against.
 system-deps:
-	@command -v espeak-ng >/dev/null || { if [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; \
-	else echo "note: install espeak-ng (apt-get install espeak-ng) to run the synthesised-speech tests"; fi; }
+	@{ command -v espeak-ng >/dev/null && test -f /usr/lib/sctk/bin/md-eval.pl; } || { if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sctk >/dev/null; \
+	else echo "note: install espeak-ng and sctk (apt-get install espeak-ng sctk) to run every test"; fi; }
 
 # Main job: export models, start Triton, stream a conversation, print per-speaker transcripts.
 demo: setup system-deps

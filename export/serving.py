@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from mtasr.deployment import ENSEMBLE, STAGES, ServingSettings
+from mtasr.deployment import ENSEMBLE, STAGES, ServingSettings, chunk_geometry, max_chunk_samples
 from mtasr.stages import CLIENT_INPUTS, CLIENT_OUTPUTS, STAGE_IO
 from mtasr.triton_stage import CONTROL_CORRID, CONTROL_END, CONTROL_START
 
@@ -85,7 +85,19 @@ def ensemble_config(manifest: dict[str, Any]) -> str:
         maps = [f'      input_map {{ key: "{t}" value: "{t}" }}' for t, _, _ in inputs]
         maps += [f'      output_map {{ key: "{t}" value: "{t}" }}' for t, _, _ in outputs]
         steps.append(f'    {{\n      model_name: "{name}"\n      model_version: -1\n' + "\n".join(maps) + "\n    }")
-    return text + "ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}\n"
+    text += "ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}\n"
+    return text + _parameters(stream_parameters(manifest))
+
+
+def stream_parameters(manifest: dict[str, Any]) -> dict[str, int]:
+    """What a client needs to stream, published in the ensemble's config (`get_model_config`)."""
+    features = manifest["asr"]["features"]
+    chunk = chunk_geometry(manifest).shift_frames[1] * features["hop_length"]
+    return {
+        "sample_rate": features["sample_rate"],
+        "chunk_samples": chunk,
+        "max_chunk_samples": max_chunk_samples(manifest, serving_settings(manifest)),
+    }
 
 
 def write_pipeline_models(manifest: dict[str, Any], repo_dir: Path, graph_backend: str | None = None) -> None:

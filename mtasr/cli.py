@@ -154,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also load the graph models when the stages run the graphs themselves (default: only what is used)",
     )
     serve.set_defaults(func=_serve)
+
+    from mtasr.client import score, transcribe
+
+    transcribe.add_parser(sub)
+    score.add_parser(sub)
     return parser
 
 

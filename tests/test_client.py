@@ -1,0 +1,180 @@
+"""The client library and `mtasr transcribe`, end to end against a real server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile
+from mtasr.client.audio import AudioError, load_audio, resample
+from mtasr.client.stream import StreamError, StreamingClient
+
+from mtasr.mixtures import espeak_available, make_conversation
+from mtasr.server import ServerConfig, TritonServer, find_free_port
+
+pytestmark = pytest.mark.skipif(not espeak_available(), reason="espeak-ng (Debian package 'espeak-ng') is needed")
+
+
+def mtasr(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mtasr.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoints, tmp_path_factory):
+    asr, diarizer = tiny_checkpoints
+    out = tmp_path_factory.mktemp("client") / "export"
+    result = mtasr("export", "--asr", str(asr), "--diarizer", str(diarizer), "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    config = ServerConfig(
+        model_repository=out / "model_repository", http_port=0, grpc_port=0, metrics_port=0, startup_timeout_s=180
+    )
+    with TritonServer(config) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def audio_files(tmp_path_factory):
+    """A 3-speaker conversation as 16 kHz mono, 8 kHz mono and 44.1 kHz stereo WAV, and as FLAC."""
+    folder = tmp_path_factory.mktemp("audio")
+    conv = make_conversation(3, seed=3)
+    files = {"meeting": folder / "meeting.wav", "flac": folder / "meeting_flac.flac"}
+    soundfile.write(files["meeting"], conv.audio, 16000)
+    soundfile.write(files["flac"], conv.audio, 16000)
+    files["8k"] = folder / "meeting_8k.wav"
+    soundfile.write(files["8k"], resample(conv.audio, 16000, 8000), 8000)
+    stereo = resample(conv.audio, 16000, 44100)
+    files["44k_stereo"] = folder / "meeting_44k.wav"
+    soundfile.write(files["44k_stereo"], np.stack([stereo, 0.5 * stereo], axis=1), 44100)
+    return conv, files
+
+
+def test_grpc_and_http_give_the_same_seglst_and_valid_files(server, audio_files, tmp_path):
+    import meeteval
+    from mtasr.client.formats import read_rttm
+
+    _, files = audio_files
+    outs = {}
+    for protocol in ("grpc", "http"):
+        out = tmp_path / protocol
+        result = mtasr(
+            "transcribe",
+            str(files["meeting"]),
+            "--protocol",
+            protocol,
+            "--url",
+            server.address(protocol),
+            "-o",
+            str(out),
+        )
+        assert result.returncode == 0, result.stderr
+        outs[protocol] = out
+    grpc_seglst = json.loads((outs["grpc"] / "meeting.seglst.json").read_text())
+    assert grpc_seglst and grpc_seglst == json.loads((outs["http"] / "meeting.seglst.json").read_text())
+    assert {s["session_id"] for s in grpc_seglst} == {"meeting"}
+    parsed = meeteval.io.SegLST.load(outs["grpc"] / "meeting.seglst.json")
+    assert len(parsed) == len(grpc_seglst)
+    turns = read_rttm(outs["grpc"] / "meeting.rttm")
+    assert len(turns) == len(grpc_seglst)
+    assert (outs["grpc"] / "meeting.txt").read_text().count("\n") == len(grpc_seglst)
+
+
+def test_other_rates_and_channels_are_resampled_to_the_servers_rate(server, audio_files):
+    conv, files = audio_files
+    back = load_audio(files["44k_stereo"], 16000)
+    # 44.1 kHz stereo (right channel at half level) -> 16 kHz mono = 0.75 x the original, band-limited.
+    assert abs(len(back) - len(conv.audio)) <= 1
+    n = min(len(back), len(conv.audio))
+    assert np.corrcoef(back[:n], conv.audio[:n])[0, 1] > 0.99
+    assert abs(float(np.std(back[:n]) / np.std(conv.audio[:n])) - 0.75) < 0.02
+    low = load_audio(files["8k"], 16000)
+    assert abs(len(low) - len(conv.audio)) <= 2
+    client = StreamingClient(server.address("grpc"))
+    for name in ("8k", "44k_stereo", "flac"):
+        transcript = client.transcribe(load_audio(files[name], 16000))
+        assert transcript.seglst and transcript.chunks > 1, name
+
+
+def test_four_jobs_give_the_same_outputs_as_one_at_a_time(server, audio_files, tmp_path):
+    _, files = audio_files
+    inputs = [str(files[k]) for k in ("meeting", "flac", "8k", "44k_stereo")]
+    one, four = tmp_path / "one", tmp_path / "four"
+    assert mtasr("transcribe", *inputs, "--url", server.address("grpc"), "-o", str(one)).returncode == 0
+    assert mtasr("transcribe", *inputs, "--url", server.address("grpc"), "-o", str(four), "--jobs", "4").returncode == 0
+    for path in sorted(one.iterdir()):
+        assert path.read_text() == (four / path.name).read_text(), path.name
+    assert len(list(one.iterdir())) == 12
+
+
+def test_bad_files_are_reported_and_the_good_one_is_still_transcribed(server, audio_files, tmp_path):
+    _, files = audio_files
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00not really a wave file" * 10)
+    unsupported = tmp_path / "notes.mp3"
+    unsupported.write_text("this is text, not audio")
+    out = tmp_path / "out"
+    result = mtasr(
+        "transcribe",
+        str(tmp_path / "missing.wav"),
+        str(empty),
+        str(corrupt),
+        str(files["meeting"]),
+        str(unsupported),
+        "--url",
+        server.address("grpc"),
+        "-o",
+        str(out),
+    )
+    assert result.returncode == 1
+    assert "missing.wav: no such file" in result.stderr
+    assert "empty.wav: the file is empty" in result.stderr
+    assert "corrupt.wav: cannot read it as WAV, FLAC or OGG audio" in result.stderr
+    assert "notes.mp3: cannot read it as WAV, FLAC or OGG audio" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["meeting.rttm", "meeting.seglst.json", "meeting.txt"]
+
+
+def test_audio_errors_name_the_problem(tmp_path):
+    with pytest.raises(AudioError, match="no such file"):
+        load_audio(tmp_path / "nothing.flac", 16000)
+    silent = tmp_path / "zero.wav"
+    soundfile.write(silent, np.zeros((0, 1), np.float32), 16000)
+    with pytest.raises(AudioError, match="no samples"):
+        load_audio(silent, 16000)
+
+
+def test_a_server_that_is_down_is_reported_within_seconds(audio_files):
+    _, files = audio_files
+    port = find_free_port()
+    started = time.monotonic()
+    result = mtasr("transcribe", str(files["meeting"]), "--url", f"127.0.0.1:{port}", "--timeout", "3", timeout=60)
+    assert result.returncode == 2
+    assert "cannot reach a Triton server" in result.stderr
+    assert time.monotonic() - started < 20  # includes the interpreter start
+
+
+def test_a_server_that_dies_mid_stream_raises_with_the_final_words(tiny_checkpoints, audio_files, tmp_path):
+    asr, diarizer = tiny_checkpoints
+    out = tmp_path / "export"
+    assert mtasr("export", "--asr", str(asr), "--diarizer", str(diarizer), "--output", str(out)).returncode == 0
+    conv, _ = audio_files
+    config = ServerConfig(model_repository=out / "model_repository", http_port=0, grpc_port=0, metrics_port=0)
+    server = TritonServer(config).start()
+    client = StreamingClient(server.address("grpc"), timeout_s=5)
+    seen = []
+
+    def kill_after_three(update):
+        seen.append(update)
+        if len(seen) == 3:
+            server.stop(grace_s=0)
+
+    started = time.monotonic()
+    with pytest.raises(StreamError) as failure:
+        client.transcribe(np.tile(conv.audio, 3), on_update=kill_after_three)
+    assert time.monotonic() - started < 60
+    assert failure.value.final_words == [w for u in seen for w in u.words]
+    assert failure.value.final_words, "some words were final before the server went away"
