@@ -283,3 +283,16 @@ def test_abandoned_streams_are_evicted_and_memory_stays_flat(served, conversatio
     # An evicted stream is gone: continuing it is refused, starting it again works.
     assert "START" in send(server, 20_000, chunk[None], False, True)
     assert not isinstance(send(server, 20_000, chunk[None], True, True), str)
+
+
+def test_two_instances_per_stage_keep_each_stream_on_one_instance(tiny_checkpoints, conversations, tmp_path):
+    """State lives in each instance's process: Triton must route a sequence to one instance."""
+    repo = export(tiny_checkpoints, tmp_path / "export", 13, "--stage-instances", "2")
+    size = chunk_samples(repo)
+    streams = {200 + k: chunked(np.roll(conversations[k % 3].audio, 4001 * k), size) for k in range(6)}
+    with triton(repo) as server:
+        grpc = server.address("grpc")
+        alone = {sid: tokens_by_speaker(stream_grpc(grpc, {sid: c})[sid]) for sid, c in streams.items()}
+        together = stream_grpc(grpc, {sid + 1000: c for sid, c in streams.items()})
+    for sid in streams:
+        assert tokens_by_speaker(together[sid + 1000]) == alone[sid]
