@@ -39,9 +39,12 @@ from typing import Literal
 
 import numpy as np
 
+from mtasr.deployment import ENSEMBLE
+from mtasr.stages import AUDIO
+
 VERSION = "2.51.0"
-MODEL_NAME = "multitalker_asr"
-INPUT_NAME = "AUDIO"
+MODEL_NAME = ENSEMBLE
+INPUT_NAME = AUDIO
 ENV_CACHE_DIR = "MTASR_CACHE_DIR"
 # perf_analyzer's sonames that the tritonclient wheel leaves to the system, and where the
 # pytriton wheel keeps them (auditwheel renames them ``<name>-<hash>.so.<ver>``).

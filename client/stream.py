@@ -21,17 +21,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-ENSEMBLE = "multitalker_asr"  # mtasr.deployment.ENSEMBLE; the client does not import the server side
-OUTPUTS = (
-    "TOKEN_IDS",
-    "TOKEN_SPEAKERS",
-    "TOKEN_TIMES",
-    "WORDS",
-    "WORD_SPEAKERS",
-    "WORD_STARTS",
-    "WORD_ENDS",
-    "TRANSCRIPT",
-)
+from mtasr.deployment import ENSEMBLE
+from mtasr.stages import AUDIO, CLIENT_OUTPUTS
+
+OUTPUTS = tuple(name for name, _, _ in CLIENT_OUTPUTS)
 
 
 class StreamError(RuntimeError):
@@ -205,7 +198,7 @@ class StreamingClient:
             start = time.perf_counter()
             for index, (chunk, last) in enumerate(pieces):
                 _pace(start, index, period_s)
-                tensor = grpcclient.InferInput("AUDIO", [1, len(chunk)], "FP32")
+                tensor = grpcclient.InferInput(AUDIO, [1, len(chunk)], "FP32")
                 tensor.set_data_from_numpy(np.ascontiguousarray(chunk, dtype=np.float32)[None])
                 client.async_stream_infer(
                     ENSEMBLE,
@@ -247,7 +240,7 @@ class StreamingClient:
             start = time.perf_counter()
             for index, (chunk, last) in enumerate(pieces):
                 _pace(start, index, period_s)
-                tensor = httpclient.InferInput("AUDIO", [1, len(chunk)], "FP32")
+                tensor = httpclient.InferInput(AUDIO, [1, len(chunk)], "FP32")
                 tensor.set_data_from_numpy(np.ascontiguousarray(chunk, dtype=np.float32)[None], binary_data=True)
                 try:
                     result = client.infer(

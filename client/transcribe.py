@@ -33,11 +33,11 @@ def output_stem(source: str) -> str:
 
 
 def write_outputs(transcript: Transcript, stem: str, out_dir: Path) -> list[Path]:
-    from mtasr.client.formats import readable_transcript, write_rttm, write_seglst
+    from mtasr.client.formats import RTTM_SUFFIX, SEGLST_SUFFIX, readable_transcript, write_rttm, write_seglst
 
     segments = [dict(seg, session_id=stem) for seg in transcript.seglst]
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{stem}.seglst.json", out_dir / f"{stem}.rttm", out_dir / f"{stem}.txt"]
+    paths = [out_dir / f"{stem}{SEGLST_SUFFIX}", out_dir / f"{stem}{RTTM_SUFFIX}", out_dir / f"{stem}.txt"]
     write_seglst(segments, paths[0])
     write_rttm(segments, paths[1])
     paths[2].write_text(readable_transcript(segments))
