@@ -12,7 +12,6 @@ A quick measurement tool; the full benchmark with perf_analyzer is `mtasr bench`
 from __future__ import annotations
 
 import argparse
-import queue
 import sys
 import threading
 import time
@@ -21,56 +20,25 @@ from pathlib import Path
 import numpy as np
 
 
-def _rss_mb(pid: int) -> float:
-    import psutil
-
-    root = psutil.Process(pid)
-    return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20
-
-
-def _stream(address: str, sequence_id: int, chunks: list[np.ndarray], period_s: float, out: list[float]) -> None:
-    import tritonclient.grpc as grpcclient
-
-    from mtasr.deployment import ENSEMBLE
-    from mtasr.stages import AUDIO
-
-    answers: queue.Queue = queue.Queue()
-    client = grpcclient.InferenceServerClient(address)
-    client.start_stream(callback=lambda result, error: answers.put((result, error, time.perf_counter())))
-    try:
-        start = time.perf_counter()
-        for k, chunk in enumerate(chunks):
-            # A live source: chunk k is complete at (k + 1) * period after the stream began.
-            time.sleep(max(0.0, start + (k + 1) * period_s - time.perf_counter()))
-            tensor = grpcclient.InferInput(AUDIO, [1, len(chunk)], "FP32")
-            tensor.set_data_from_numpy(chunk[None])
-            sent = time.perf_counter()
-            client.async_stream_infer(
-                ENSEMBLE, [tensor], sequence_id=sequence_id, sequence_start=k == 0, sequence_end=k == len(chunks) - 1
-            )
-            _, error, received = answers.get(timeout=300)
-            if error is not None:
-                raise RuntimeError(str(error))
-            out.append(received - sent)
-    finally:
-        client.stop_stream()
-        client.close()
+def _stream(client, sequence_id: int, audio: np.ndarray, out: list[float]) -> None:
+    chunk = client.settings().chunk_samples
+    chunks = (audio[i : i + chunk] for i in range(0, len(audio), chunk))
+    out.extend(update.latency_s for update in client.stream(chunks, sequence_id, realtime=True))
 
 
 def measure(repo: Path, streams: int, seconds: float) -> dict[str, float]:
+    from mtasr.client.stream import StreamingClient
+
     from mtasr.deployment import load_manifest, models_to_load
     from mtasr.mixtures import make_conversation
     from mtasr.server import ServerConfig, TritonServer
 
     manifest = load_manifest(repo)
     rate = manifest["asr"]["features"]["sample_rate"]
-    chunk = manifest["asr"]["streaming"]["shift_feature_frames"][1] * manifest["asr"]["features"]["hop_length"]
-    period = chunk / rate
     audios = []
     for k in range(streams):
         audio = make_conversation(2 + k % 2, seed=k).audio
-        audio = np.tile(audio, int(np.ceil(seconds * rate / len(audio))))[: int(seconds * rate)]
-        audios.append([np.ascontiguousarray(audio[i : i + chunk]) for i in range(0, len(audio), chunk)])
+        audios.append(np.tile(audio, int(np.ceil(seconds * rate / len(audio))))[: int(seconds * rate)])
     config = ServerConfig(
         model_repository=repo,
         http_port=0,
@@ -80,20 +48,22 @@ def measure(repo: Path, streams: int, seconds: float) -> dict[str, float]:
         load_models=models_to_load(manifest),  # what `mtasr serve` loads
     )
     with TritonServer(config) as server:
-        idle = _rss_mb(server.pid)
+        client = StreamingClient(server.address("grpc"), timeout_s=60)
+        period = client.settings().chunk_s
+        idle = server.rss_mb()
         latencies: list[list[float]] = [[] for _ in range(streams)]
         threads = [
-            threading.Thread(target=_stream, args=(server.address("grpc"), 1000 + k, audios[k], period, latencies[k]))
-            for k in range(streams)
+            threading.Thread(target=_stream, args=(client, 1000 + k, audios[k], latencies[k])) for k in range(streams)
         ]
         peak = idle
         for t in threads:
             t.start()
         while any(t.is_alive() for t in threads):
-            peak = max(peak, _rss_mb(server.pid))
+            peak = max(peak, server.rss_mb())
             time.sleep(0.5)
     flat = np.array([x for per in latencies for x in per])
-    if len(flat) != sum(len(a) for a in audios):
+    expected = sum(-(-len(a) // client.settings().chunk_samples) for a in audios)
+    if len(flat) != expected:
         raise RuntimeError("a stream failed before the end; see the errors above")
     return {
         "streams": streams,

@@ -52,6 +52,7 @@ class Update:
     token_speakers: list[int]
     words: list[Word]
     seglst: list[dict] | None
+    latency_s: float = 0.0  # from sending the chunk to receiving its answer
 
 
 @dataclass
@@ -75,7 +76,7 @@ class StreamSettings:
         return self.chunk_samples / self.sample_rate
 
 
-def _update(index: int, outputs: dict[str, np.ndarray]) -> Update:
+def _update(index: int, outputs: dict[str, np.ndarray], latency_s: float) -> Update:
     words = [
         Word(f"speaker_{slot}", text.decode(), float(start), float(end))
         for slot, text, start, end in zip(
@@ -93,6 +94,7 @@ def _update(index: int, outputs: dict[str, np.ndarray]) -> Update:
         outputs["TOKEN_SPEAKERS"].tolist(),
         words,
         json.loads(final) if final else None,
+        latency_s,
     )
 
 
@@ -200,6 +202,7 @@ class StreamingClient:
                 _pace(start, index, period_s)
                 tensor = grpcclient.InferInput(AUDIO, [1, len(chunk)], "FP32")
                 tensor.set_data_from_numpy(np.ascontiguousarray(chunk, dtype=np.float32)[None])
+                sent = time.perf_counter()
                 client.async_stream_infer(
                     ENSEMBLE,
                     [tensor],
@@ -214,9 +217,10 @@ class StreamingClient:
                     raise StreamError(
                         f"no answer from {self.url} for chunk {index} within the timeout", words
                     ) from None
+                latency = time.perf_counter() - sent
                 if error is not None:
                     raise StreamError(f"chunk {index} failed: {error}", words)
-                update = _update(index, {name: result.as_numpy(name)[0] for name in OUTPUTS})
+                update = _update(index, {name: result.as_numpy(name)[0] for name in OUTPUTS}, latency)
                 words += update.words
                 yield update
         except StreamError:
@@ -242,6 +246,7 @@ class StreamingClient:
                 _pace(start, index, period_s)
                 tensor = httpclient.InferInput(AUDIO, [1, len(chunk)], "FP32")
                 tensor.set_data_from_numpy(np.ascontiguousarray(chunk, dtype=np.float32)[None], binary_data=True)
+                sent = time.perf_counter()
                 try:
                     result = client.infer(
                         ENSEMBLE,
@@ -253,7 +258,8 @@ class StreamingClient:
                     )
                 except Exception as err:
                     raise StreamError(f"chunk {index} failed: {err}", words) from None
-                update = _update(index, {name: result.as_numpy(name)[0] for name in OUTPUTS})
+                latency = time.perf_counter() - sent
+                update = _update(index, {name: result.as_numpy(name)[0] for name in OUTPUTS}, latency)
                 words += update.words
                 yield update
         finally:

@@ -9,8 +9,6 @@ real one; with random weights the words are noise.
 
 from __future__ import annotations
 
-import json
-import queue
 import sys
 from pathlib import Path
 
@@ -37,58 +35,31 @@ def _conversation() -> np.ndarray:
     return make_conversation(2, seed=2).audio
 
 
-def stream(address: str, audio: np.ndarray, chunk_samples: int, sequence_id: int = 1) -> list[dict]:
-    """Send `audio` chunk by chunk over one gRPC stream; return the responses in order."""
-    import tritonclient.grpc as grpcclient
-
-    from mtasr.deployment import ENSEMBLE
-    from mtasr.stages import AUDIO, CLIENT_OUTPUTS
-
-    names = [name for name, _, _ in CLIENT_OUTPUTS]
-    answers: queue.Queue = queue.Queue()
-    client = grpcclient.InferenceServerClient(address)
-    client.start_stream(callback=lambda result, error: answers.put((result, error)))
-    chunks = [audio[i : i + chunk_samples] for i in range(0, len(audio), chunk_samples)]
-    responses = []
-    try:
-        for k, chunk in enumerate(chunks):
-            tensor = grpcclient.InferInput(AUDIO, [1, len(chunk)], "FP32")
-            tensor.set_data_from_numpy(chunk[None].astype(np.float32))
-            client.async_stream_infer(
-                ENSEMBLE, [tensor], sequence_id=sequence_id, sequence_start=k == 0, sequence_end=k == len(chunks) - 1
-            )
-            result, error = answers.get(timeout=60)
-            if error is not None:
-                raise RuntimeError(str(error))
-            response = {name: result.as_numpy(name)[0] for name in names}
-            words = [
-                f"[{slot}] {word.decode()}"
-                for slot, word in zip(response["WORD_SPEAKERS"].tolist(), response["WORDS"].tolist(), strict=True)
-            ]
-            print(f"chunk {k:3d}: {len(response['TOKEN_IDS'])} tokens; words: {' '.join(words)[:110]}", flush=True)
-            responses.append(response)
-    finally:
-        client.stop_stream()
-        client.close()
-    return responses
+def print_update(update) -> None:
+    """One line per chunk: how many tokens, and the words it completed."""
+    words = " ".join(f"[{w.speaker}] {w.text}" for w in update.words)
+    print(f"chunk {update.index:3d}: {len(update.token_ids)} tokens; words: {words[:110]}", flush=True)
 
 
 def main() -> int:
-    from mtasr.deployment import load_manifest
+    from mtasr.client.stream import StreamingClient
     from mtasr.server import ServerConfig, TritonServer
 
     repo = _export()
     audio = _conversation()
-    manifest = load_manifest(repo)
-    chunk = manifest["asr"]["streaming"]["shift_feature_frames"][1] * manifest["asr"]["features"]["hop_length"]
     config = ServerConfig(model_repository=repo, http_port=0, grpc_port=0, metrics_port=0)
     print(f"starting tritonserver on {repo}", flush=True)
     with TritonServer(config) as server:
-        print(f"streaming a {len(audio) / 16000:.1f} s 2-speaker conversation in {chunk} sample chunks", flush=True)
-        responses = stream(server.address("grpc"), audio, chunk)
-    segments = json.loads(responses[-1]["TRANSCRIPT"][0])
+        client = StreamingClient(server.address("grpc"))
+        settings = client.settings()
+        print(
+            f"streaming a {len(audio) / settings.sample_rate:.1f} s 2-speaker conversation "
+            f"in {settings.chunk_samples} sample chunks",
+            flush=True,
+        )
+        transcript = client.transcribe(audio, on_update=print_update)
     print("\nper-speaker transcript (SegLST):")
-    for seg in segments:
+    for seg in transcript.seglst:
         print(f"  {seg['speaker']} {seg['start_time']:6.2f}-{seg['end_time']:6.2f} s: {seg['words'][:90]}")
     return 0
 

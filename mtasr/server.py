@@ -404,6 +404,15 @@ class TritonServer:
         """PID of the server process (also its process-group id), None before start."""
         return self._popen.pid if self._popen is not None else None
 
+    def rss_mb(self) -> float:
+        """Resident memory of the server and its python-backend stub processes, in MiB."""
+        import psutil
+
+        if self.pid is None:
+            raise RuntimeError("the server is not running")
+        root = psutil.Process(self.pid)
+        return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20
+
     @property
     def log_path(self) -> Path | None:
         """File receiving the server's output; kept after stop for post-mortems."""

@@ -251,13 +251,6 @@ def open_streams(server) -> dict[str, int]:
     return counts
 
 
-def server_rss_mb(server) -> float:
-    import psutil
-
-    root = psutil.Process(server.pid)
-    return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20
-
-
 def test_abandoned_streams_are_evicted_and_memory_stays_flat(served, conversations):
     server, repo = served
     chunk = chunked(conversations[1].audio, chunk_samples(repo))[0]
@@ -278,7 +271,7 @@ def test_abandoned_streams_are_evicted_and_memory_stays_flat(served, conversatio
         assert sum(open_streams(server).values()) > 0
         time.sleep(IDLE_TIMEOUT_S * 2)
         assert open_streams(server) == {stage: 0 for stage in STAGES}
-        rss.append(server_rss_mb(server))
+        rss.append(server.rss_mb())
     assert rss[-1] - rss[0] < 15, f"server memory per wave of 50 abandoned streams: {[round(m) for m in rss]} MB"
     # An evicted stream is gone: continuing it is refused, starting it again works.
     assert "START" in send(server, 20_000, chunk[None], False, True)
