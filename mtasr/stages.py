@@ -10,6 +10,7 @@ in the ASR stage, every active speaker) of the batch.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,9 +80,30 @@ STAGE_IO = {
 }
 
 
-def _fail_all(indices: list[int], results: list, err: Exception) -> None:
-    for i in indices:
-        results[i] = RequestError(f"internal error, request not applied: {err}")
+def _in_waves(
+    requests: list[StageRequest],
+    admit: Callable[[StageRequest], None],
+    run: Callable[[list[int]], dict[int, Result]],
+) -> list[Result]:
+    """The batched stages' loop: per wave (at most one request per stream), `admit` each request
+    (a RequestError answers that request alone), then one `run` over the admitted ones; an
+    exception there (a graph failure) answers that wave's requests only."""
+    results: list[Any] = [None] * len(requests)
+    for wave in waves(requests):
+        ready = []
+        for i in wave:
+            try:
+                admit(requests[i])
+                ready.append(i)
+            except RequestError as err:
+                results[i] = err
+        try:
+            for i, result in run(ready).items():
+                results[i] = result
+        except Exception as err:
+            for i in ready:
+                results[i] = RequestError(f"internal error, request not applied: {err}")
+    return results
 
 
 # ---------------------------------------------------------------------------------------------- features
@@ -178,25 +200,17 @@ class DiarizationStage:
 
     def process(self, requests: list[StageRequest]) -> list[Result]:
         self.streams.evict_idle()
-        results: list[Any] = [None] * len(requests)
-        chunks: dict[int, FeatureChunks] = {}
-        for wave in waves(requests):
-            ready = []
-            for i in wave:
-                request = requests[i]
-                try:
-                    chunks[i] = _chunks_of(request)
-                    self.streams.admit(request, lambda: sortformer_state.init_state(self.params, 1))
-                    ready.append(i)
-                except RequestError as err:
-                    results[i] = err
-            try:
-                self._run(requests, ready, chunks, results)
-            except Exception as err:  # a graph failure answers this wave only
-                _fail_all(ready, results, err)
-        return results
 
-    def _run(self, requests, ready: list[int], chunks: dict[int, FeatureChunks], results: list) -> None:
+        def admit(request: StageRequest) -> None:
+            _chunks_of(request)
+            self.streams.admit(request, lambda: sortformer_state.init_state(self.params, 1))
+
+        return _in_waves(
+            requests, admit, lambda ready: self._run(requests, ready, {i: _chunks_of(requests[i]) for i in ready})
+        )
+
+    def _run(self, requests, ready: list[int], chunks: dict[int, FeatureChunks]) -> dict[int, Result]:
+        results: dict[int, Result] = {}
         probs: dict[int, list[np.ndarray]] = {i: [] for i in ready}
         frames: dict[int, list[int]] = {i: [] for i in ready}
         for r in range(max((len(chunks[i]) for i in ready), default=0)):
@@ -222,15 +236,12 @@ class DiarizationStage:
                 self.streams.start(requests[i].stream, new_state.select([row]))
                 probs[i].append(chunk_preds[row])
                 frames[i].append(int(valid[row]))
-        width = None
         for i in ready:
-            k = len(chunks[i])
-            if k:
-                width = probs[i][0].shape[0]
-            stacked = np.stack(probs[i]) if k else np.zeros((0, width or 0, self.params.n_spk), np.float32)
+            stacked = np.stack(probs[i]) if probs[i] else np.zeros((0, 0, self.params.n_spk), np.float32)
             results[i] = {SPEAKER_PROBS: stacked.astype(np.float32), DIARIZER_FRAMES: np.array(frames[i], np.int64)}
             if requests[i].end:
                 self.streams.end(requests[i].stream)
+        return results
 
 
 # --------------------------------------------------------------------------------------- speaker kernels
@@ -347,31 +358,21 @@ class AsrStage:
 
     def process(self, requests: list[StageRequest]) -> list[Result]:
         self.streams.evict_idle()
-        results: list[Any] = [None] * len(requests)
-        new_tokens: dict[int, list[tuple[int, int, int]]] = {}  # request -> (slot, token, frame)
-        new_words: dict[int, list[Word]] = {}
-        for wave in waves(requests):
-            ready = []
-            for i in wave:
-                request = requests[i]
-                try:
-                    _chunks_of(request)
-                    for name in (ACTIVE_SPEAKERS, SPEAKER_MASKS, BACKGROUND_MASKS):
-                        if name not in request.inputs:
-                            raise RequestError(f"missing input '{name}'")
-                    self.streams.admit(request, _AsrStream)
-                    ready.append(i)
-                    new_tokens[i], new_words[i] = [], []
-                except RequestError as err:
-                    results[i] = err
-            try:
-                self._run(requests, ready, new_tokens, new_words)
-            except Exception as err:  # a graph failure answers this wave only
-                _fail_all(ready, results, err)
-                ready = []
-            for i in ready:
-                results[i] = self._respond(requests[i], new_tokens[i], new_words[i])
-        return results
+
+        def admit(request: StageRequest) -> None:
+            _chunks_of(request)
+            for name in (ACTIVE_SPEAKERS, SPEAKER_MASKS, BACKGROUND_MASKS):
+                if name not in request.inputs:
+                    raise RequestError(f"missing input '{name}'")
+            self.streams.admit(request, _AsrStream)
+
+        def run(ready: list[int]) -> dict[int, Result]:
+            new_tokens: dict[int, list[tuple[int, int, int]]] = {i: [] for i in ready}  # (slot, token, frame)
+            new_words: dict[int, list[Word]] = {i: [] for i in ready}
+            self._run(requests, ready, new_tokens, new_words)
+            return {i: self._respond(requests[i], new_tokens[i], new_words[i]) for i in ready}
+
+        return _in_waves(requests, admit, run)
 
     def _run(self, requests, ready, new_tokens, new_words) -> None:
         n_chunks = {i: len(requests[i].inputs[FEATURE_LENGTHS]) for i in ready}
