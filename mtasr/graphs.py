@@ -18,17 +18,22 @@ class Graph(Protocol):
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
+def cpu_session(path: Path, intra_op_threads: int = 0, inter_op_threads: int = 1):
+    """An ONNX Runtime CPU session with full graph optimisation (0 intra-op threads: all cores)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = inter_op_threads
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
 class OrtGraph:
     """An ONNX file run in this process."""
 
     def __init__(self, path: Path, intra_op_threads: int = 0) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        self._session = cpu_session(path, intra_op_threads)
         self._outputs = [o.name for o in self._session.get_outputs()]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

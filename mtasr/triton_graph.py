@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from mtasr.graphs import cpu_session
+
 _NUMPY_DTYPES = {
     "TYPE_FP32": np.float32,
     "TYPE_INT64": np.int64,
@@ -21,20 +23,14 @@ _NUMPY_DTYPES = {
 }
 
 
-def session_options(parameters: dict[str, Any]):
-    """ONNX Runtime options from the model config's `parameters` (thread counts)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+def _thread_counts(parameters: dict[str, Any]) -> tuple[int, int]:
+    """(intra-op, inter-op) ONNX Runtime threads from the model config's `parameters`."""
 
     def param(key: str, default: int) -> int:
         value = parameters.get(key, {}).get("string_value", "")
         return int(value) if value else default
 
-    options.intra_op_num_threads = param("intra_op_threads", 0)
-    options.inter_op_num_threads = param("inter_op_threads", 1)
-    return options
+    return param("intra_op_threads", 0), param("inter_op_threads", 1)
 
 
 def check_input(name: str, array: np.ndarray, dtype: type, dims: list[int]) -> str | None:
@@ -63,18 +59,12 @@ class TritonPythonModel:
     """Serves `<version>/model.onnx`; tensor names, dtypes and dims come from config.pbtxt."""
 
     def initialize(self, args: dict[str, str]) -> None:
-        import onnxruntime as ort
-
         config = json.loads(args["model_config"])
         # A `reshape` is what the model sees (per-row scalars: dims [1] on the wire, [] here).
         self.inputs = [(i["name"], _NUMPY_DTYPES[i["data_type"]], _model_dims(i)) for i in config["input"]]
         self.outputs = [o["name"] for o in config["output"]]
         graph = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
-        self.session = ort.InferenceSession(
-            str(graph),
-            sess_options=session_options(config.get("parameters", {})),
-            providers=["CPUExecutionProvider"],
-        )
+        self.session = cpu_session(graph, *_thread_counts(config.get("parameters", {})))
 
     def execute(self, requests: list) -> list:
         import triton_python_backend_utils as pb_utils
