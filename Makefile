@@ -16,11 +16,14 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	touch $@
 
 # Debian packages (installed when running as root, as CI does): espeak-ng speaks the test audio;
-# sctk's md-eval.pl is NIST's DER scorer, which the DER tests check `mtasr score` against.
+# flite, festival and its kd voice speak the training corpus; sctk's md-eval.pl is NIST's DER
+# scorer, which the DER tests check `mtasr score` against.
+DEBIAN_PACKAGES := espeak-ng sctk flite festival festvox-kdlpc16k
 system-deps:
-	@{ command -v espeak-ng >/dev/null && test -f /usr/lib/sctk/bin/md-eval.pl; } || { if [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sctk >/dev/null; \
-	else echo "note: install espeak-ng and sctk (apt-get install espeak-ng sctk) to run every test"; fi; }
+	@{ command -v espeak-ng >/dev/null && command -v flite >/dev/null && test -d /usr/share/festival/voices/english/ked_diphone \
+		&& test -f /usr/lib/sctk/bin/md-eval.pl; } || { if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES) >/dev/null; \
+	else echo "note: install them to run every test: apt-get install $(DEBIAN_PACKAGES)"; fi; }
 
 # Main job: export models, start Triton, stream a conversation, print per-speaker transcripts.
 demo: setup system-deps

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from mtasr.export.checkpoints import TOKENIZER_FILES
-from mtasr.export.serving import write_pipeline_models
+from mtasr.export.serving import TEMPLATES, write_pipeline_models
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository" / "templates"
 TRITON_TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "int32": "TYPE_INT32", "float16": "TYPE_FP16"}
 # Files at the repository root (Triton loads only folders as models).
 ROOT_FILES = ("manifest.json", *TOKENIZER_FILES)

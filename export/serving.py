@@ -15,7 +15,8 @@ from mtasr.deployment import ENSEMBLE, STAGES, ServingSettings, chunk_geometry, 
 from mtasr.stages import CLIENT_INPUTS, CLIENT_OUTPUTS, STAGE_IO
 from mtasr.triton_stage import CONTROL_CORRID, CONTROL_END, CONTROL_START
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository" / "templates"
+TEMPLATES = Path(__file__).resolve().parent / "templates"  # the thin model.py files copied into repositories
+
 CONTROL_READY = "READY"
 
 

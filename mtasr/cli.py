@@ -156,9 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
 
     from mtasr.client import score, transcribe
+    from mtasr.training import cli as training_cli
 
     transcribe.add_parser(sub)
     score.add_parser(sub)
+    training_cli.add_parsers(sub)
     return parser
 
 

@@ -1,66 +1,85 @@
-"""README's main job: export models, start Triton, stream a conversation, print per-speaker transcripts.
+"""README's main job: start Triton on the default models, stream a conversation, print per-speaker transcripts.
 
-Until the project trains its default models (issue 6), this builds a random-initialised tiny pair,
-exports it, serves it with the real tritonserver, synthesises a 2-speaker conversation with
-overlap (espeak-ng) and streams it chunk by chunk through the `multitalker_asr` ensemble over
-gRPC, printing each speaker's words as they arrive and the final SegLST. The pipeline is the
-real one; with random weights the words are noise.
+Serves the committed default repository (`model_repository/`: the small model pair the project
+trains itself, `mtasr train defaults`) with the real tritonserver, streams the bundled 3-speaker
+conversation (`mtasr/data/demo_conversation.flac`, with overlapping turns) chunk by chunk through
+the `multitalker_asr` ensemble over gRPC, prints each speaker's words as they arrive, then the
+final per-speaker transcript next to the reference and its cpWER / DER.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
-ARTIFACTS = Path("artifacts/demo")
-
-
-def _export() -> Path:
-    from mtasr.export.pipeline import ExportSettings, run_export
-    from mtasr.random_models import build_random_pair
-
-    # Rebuilt every run (about 10 s): a stale export from older code would mislead.
-    asr_path, diar_path = build_random_pair("tiny", ARTIFACTS / "checkpoints")
-    run_export(asr_path, diar_path, ARTIFACTS / "export", ExportSettings(max_streams_per_batch=2), overwrite=True)
-    return ARTIFACTS / "export" / "model_repository"
-
-
-def _conversation() -> np.ndarray:
-    from mtasr.mixtures import espeak_available, make_conversation
-
-    if not espeak_available():
-        raise SystemExit("the demo speaks its conversation with espeak-ng: apt-get install espeak-ng")
-    return make_conversation(2, seed=2).audio
-
 
 def print_update(update) -> None:
-    """One line per chunk: how many tokens, and the words it completed."""
-    words = " ".join(f"[{w.speaker}] {w.text}" for w in update.words)
-    print(f"chunk {update.index:3d}: {len(update.token_ids)} tokens; words: {words[:110]}", flush=True)
+    """One line per chunk that completed words: the chunk's time and each word with its speaker."""
+    if update.words:
+        words = " ".join(f"[{w.speaker}] {w.text}" for w in update.words)
+        print(f"  chunk {update.index:3d}: {words}", flush=True)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    from mtasr.client.audio import load_audio
+    from mtasr.client.formats import SEGLST_SUFFIX, make_segment, read_seglst, readable_transcript, write_seglst
     from mtasr.client.stream import StreamingClient
+    from mtasr.deployment import load_manifest, models_to_load
     from mtasr.server import ServerConfig, TritonServer
+    from mtasr.training.defaults import DEFAULT_REPOSITORY, DEMO_CONVERSATION
 
-    repo = _export()
-    audio = _conversation()
-    config = ServerConfig(model_repository=repo, http_port=0, grpc_port=0, metrics_port=0)
-    print(f"starting tritonserver on {repo}", flush=True)
+    parser = argparse.ArgumentParser(prog="python -m mtasr.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY)
+    parser.add_argument("--audio", type=Path, default=DEMO_CONVERSATION, help="a conversation (any rate, mono or not)")
+    parser.add_argument("--realtime", action="store_true", help="send one chunk per chunk duration, as a live call")
+    args = parser.parse_args(argv)
+    if not (args.model_repository / "manifest.json").is_file():
+        print(
+            f"error: {args.model_repository} holds no exported models (mtasr train defaults --install)", file=sys.stderr
+        )
+        return 2
+
+    config = ServerConfig(
+        model_repository=args.model_repository,
+        http_port=0,
+        grpc_port=0,
+        metrics_port=0,
+        load_models=tuple(models_to_load(load_manifest(args.model_repository))),
+    )
+    print(f"starting tritonserver on {args.model_repository}", flush=True)
     with TritonServer(config) as server:
         client = StreamingClient(server.address("grpc"))
-        settings = client.settings()
+        audio = load_audio(str(args.audio), client.settings().sample_rate)
         print(
-            f"streaming a {len(audio) / settings.sample_rate:.1f} s 2-speaker conversation "
-            f"in {settings.chunk_samples} sample chunks",
+            f"streaming {args.audio.name} ({len(audio) / client.settings().sample_rate:.1f} s) "
+            f"in {client.settings().chunk_samples / client.settings().sample_rate:.2f} s chunks",
             flush=True,
         )
-        transcript = client.transcribe(audio, on_update=print_update)
-    print("\nper-speaker transcript (SegLST):")
-    for seg in transcript.seglst:
-        print(f"  {seg['speaker']} {seg['start_time']:6.2f}-{seg['end_time']:6.2f} s: {seg['words'][:90]}")
+        transcript = client.transcribe(audio, on_update=print_update, realtime=args.realtime)
+
+    hypothesis = [
+        make_segment("demo", s["speaker"], s["start_time"], s["end_time"], s["words"]) for s in transcript.seglst
+    ]
+    print("\nper-speaker transcript:")
+    print(readable_transcript(hypothesis), end="")
+    reference_path = args.audio.with_suffix(SEGLST_SUFFIX)
+    if reference_path.is_file():
+        from mtasr.client.score import score
+
+        print("\nreference:")
+        print(readable_transcript(read_seglst(reference_path)), end="")
+        work = Path("artifacts/demo")
+        (work / "ref").mkdir(parents=True, exist_ok=True)
+        (work / "hyp").mkdir(parents=True, exist_ok=True)
+        reference = read_seglst(reference_path)
+        write_seglst([{**s, "session_id": "demo"} for s in reference], work / "ref" / f"demo{SEGLST_SUFFIX}")
+        write_seglst(hypothesis, work / "hyp" / f"demo{SEGLST_SUFFIX}")
+        overall = score(work / "hyp", work / "ref").overall
+        print(
+            f"\ncpWER {100 * overall.cpwer.rate:.1f} % ({overall.cpwer.errors}/{overall.cpwer.length} words), "
+            f"DER {100 * overall.der.rate:.1f} %"
+        )
     return 0
 
 

@@ -56,7 +56,7 @@ class Conversation:
     audio: np.ndarray  # float32 [samples], 16 kHz mono mix
     segments: list[Segment]  # in start order
     sources: np.ndarray  # float32 [n_speakers, samples], each speaker's track as mixed
-    voices: list[Voice]  # voice of each speaker
+    voices: list  # voice of each speaker (a Voice here, a training voice name for corpus conversations)
     sample_rate: int = SAMPLE_RATE
 
     @property
@@ -113,6 +113,9 @@ def _sentence(rng: np.random.Generator, n_words: int) -> str:
     return " ".join(_WORDS[start : start + n_words])
 
 
+Turn = tuple[int, str, np.ndarray]  # (speaker index, text, 16 kHz float32 speech)
+
+
 def make_conversation(
     n_speakers: int,
     seed: int,
@@ -123,30 +126,51 @@ def make_conversation(
 ) -> Conversation:
     """A 6–15 s conversation of ``n_speakers`` (1, 2 or 3) espeak-ng voices, deterministic in ``seed``.
 
-    Turns rotate through the speakers (every speaker speaks at least once); each turn of a different
-    speaker starts ``overlap_s`` seconds (uniform, capped at 40 % of either turn) before the previous
-    turn ends, so with two or more speakers every change of speaker is a real overlap. One speaker:
-    turns separated by 0.2–0.6 s pauses. Each turn is normalised to ``level_db`` dBFS RMS.
+    The three most different voices, in a seeded order; short phrases of a fixed word list. See
+    `compose` for the turn layout.
     """
     if n_speakers not in (1, 2, 3):
         raise ValueError(f"n_speakers must be 1, 2 or 3, got {n_speakers}")
     rng = np.random.default_rng(seed)
     target = float(rng.uniform(7.0, 12.0)) if target_s is None else float(target_s)
-    target = min(max(target, MIN_DURATION_S), MAX_DURATION_S)
-    voice_order = rng.permutation(3)  # the three most different voices, in a seeded order
+    voice_order = rng.permutation(3)
     voices = [VOICES[int(i)] for i in voice_order[:n_speakers]]
+
+    def speak(speaker: int) -> Turn:
+        text = _sentence(rng, int(rng.integers(3, 8)))
+        return speaker, text, synthesize(text, voices[speaker])
+
+    return compose(speak, n_speakers, rng, target_s=target, overlap_s=overlap_s, level_db=level_db, voices=voices)
+
+
+def compose(
+    speak,
+    n_speakers: int,
+    rng: np.random.Generator,
+    *,
+    target_s: float | None = None,
+    overlap_s: tuple[float, float] = (0.4, 1.0),
+    level_db: float = -20.0,
+    voices: list | None = None,
+) -> Conversation:
+    """Lay turns out into a 6–15 s conversation; `speak(speaker)` gives each next turn's speech.
+
+    Turns rotate through the speakers (every speaker speaks at least once); each turn of a different
+    speaker starts ``overlap_s`` seconds (uniform, capped at 40 % of either turn) before the previous
+    turn ends, so with two or more speakers every change of speaker is a real overlap. One speaker:
+    turns separated by 0.2–0.6 s pauses. Each turn is normalised to ``level_db`` dBFS RMS.
+    """
+    target = float(rng.uniform(7.0, 12.0)) if target_s is None else float(target_s)
+    target = min(max(target, MIN_DURATION_S), MAX_DURATION_S)
     speaker_order = [int(s) for s in rng.permutation(n_speakers)]
 
     lead = float(rng.uniform(0.3, 0.6))
     tail = 0.4
     segments: list[Segment] = []
     clips: list[np.ndarray] = []
-    cursor = lead
     turn = 0
     while True:
-        speaker = speaker_order[turn % n_speakers]
-        text = _sentence(rng, int(rng.integers(3, 8)))
-        clip = synthesize(text, voices[speaker])
+        speaker, text, clip = speak(speaker_order[turn % n_speakers])
         rms = float(np.sqrt(np.mean(clip.astype(np.float64) ** 2)))
         clip = (clip * (10 ** (level_db / 20) / max(rms, 1e-9))).astype(np.float32)
         dur = clip.shape[0] / SAMPLE_RATE
@@ -159,7 +183,7 @@ def make_conversation(
             else:
                 start = prev.end_s + float(rng.uniform(0.2, 0.6))
         else:
-            start = cursor
+            start = lead
         start = round(start * SAMPLE_RATE) / SAMPLE_RATE
         end = start + dur
         everyone_spoke = len({s.speaker for s in segments}) == n_speakers and len(segments) >= 2
@@ -175,7 +199,7 @@ def make_conversation(
 
     total = max(segments[-1].end_s + tail, MIN_DURATION_S)
     if total > MAX_DURATION_S:
-        raise RuntimeError(f"conversation came out {total:.2f} s long (seed {seed}); expected at most 15 s")
+        raise RuntimeError(f"conversation came out {total:.2f} s long; expected at most {MAX_DURATION_S} s")
     n = int(round(total * SAMPLE_RATE))
     sources = np.zeros((n_speakers, n), dtype=np.float32)
     for seg, clip in zip(segments, clips, strict=True):
@@ -189,5 +213,5 @@ def make_conversation(
         sources *= scale
     ordered = sorted(segments, key=lambda s: (s.start_s, s.speaker))
     return Conversation(
-        audio=np.ascontiguousarray(mix, dtype=np.float32), segments=ordered, sources=sources, voices=voices
+        audio=np.ascontiguousarray(mix, dtype=np.float32), segments=ordered, sources=sources, voices=voices or []
     )

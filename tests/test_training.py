@@ -1,0 +1,161 @@
+"""Training in NeMo: text split, corpus, simulator targets, and a short real training run end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mtasr.training.text import split_sentences, vocabulary
+from mtasr.training.voices import missing_engines
+
+needs_voices = pytest.mark.skipif(
+    bool(missing_engines()), reason="flite/festival not installed (make system-deps installs them)"
+)
+
+
+def test_test_sentences_never_occur_in_training():
+    train, test = split_sentences(2000, 100, seed=3)
+    assert len(set(train)) == 2000 and len(set(test)) == 100
+    assert not set(train) & set(test)
+    # The split is by sentence, not by draw: asking for more training text never moves a test sentence.
+    more_train, same_test = split_sentences(3000, 100, seed=3)
+    assert not set(more_train) & set(test)
+    assert {w for s in train + test for w in s.split()} <= vocabulary()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    from mtasr.training.corpus import CorpusSettings, build_corpus
+
+    if missing_engines():
+        pytest.skip("flite/festival not installed (make system-deps installs them)")
+    settings = CorpusSettings(
+        train_sentences=120, test_sentences=20, train_utterances_per_voice=24, test_utterances_per_voice=4
+    )
+    return build_corpus(tmp_path_factory.mktemp("corpus"), settings)
+
+
+@needs_voices
+def test_corpus_manifests_are_nemo_manifests_of_every_voice(corpus):
+    import soundfile as sf
+    from mtasr.training.corpus import TEST_MANIFEST, TRAIN_MANIFEST, read_manifest
+    from mtasr.training.voices import VOICES
+
+    train, test = read_manifest(corpus / TRAIN_MANIFEST), read_manifest(corpus / TEST_MANIFEST)
+    assert len(train) == 24 * len(VOICES) and len(test) == 4 * len(VOICES)
+    assert {e["speaker_id"] for e in train} == {v.name for v in VOICES}
+    assert not {e["text"] for e in train} & {e["text"] for e in test}
+    for entry in train[::37] + test[::11]:
+        assert set(entry) == {"audio_filepath", "duration", "text", "speaker_id"}
+        audio, rate = sf.read(entry["audio_filepath"])
+        assert rate == 16000 and audio.ndim == 1
+        assert entry["duration"] == pytest.approx(len(audio) / rate, abs=1e-3)
+        assert 0.5 < entry["duration"] < 8
+
+
+@needs_voices
+def test_simulator_speaker_targets_agree_with_the_mixture_rttm(corpus, tmp_path):
+    """NeMo's training targets (arrival-ordered speaker activity per 80 ms frame) equal our RTTM's turns."""
+    from lhotse import CutSet
+    from mtasr.client.formats import read_rttm, write_rttm
+    from mtasr.training.corpus import TRAIN_MANIFEST
+    from mtasr.training.simulation import draw_mixtures, mixture_segments
+    from nemo.collections.asr.data.audio_to_diar_label_lhotse import LhotseAudioToSpeechE2ESpkDiarDataset
+    from omegaconf import OmegaConf
+
+    mixtures = draw_mixtures(corpus / TRAIN_MANIFEST, {1: 2, 2: 4, 3: 4, 4: 2}, seed=5)
+    dataset = LhotseAudioToSpeechE2ESpkDiarDataset(OmegaConf.create({"num_speakers": 4}))
+    frame_s = 0.08
+    for i, mixture in enumerate(mixtures):
+        rttm = tmp_path / f"mix{i}.rttm"
+        write_rttm(mixture_segments(mixture, f"mix{i}"), rttm)
+        turns = read_rttm(rttm)
+        _, _, targets, target_lens = dataset[CutSet.from_cuts([mixture])]
+        targets = targets[0, : int(target_lens[0])].numpy()  # [frames, 4]
+        # The RTTM's speakers in order of first turn = NeMo's arrival-time order of the target columns.
+        order = list(dict.fromkeys(t["speaker"] for t in sorted(turns, key=lambda t: t["start_time"])))
+        n_spk = len({track.cut.supervisions[0].speaker for track in mixture.tracks})
+        assert len(order) == n_spk
+        from_rttm = np.zeros_like(targets)
+        centres = (np.arange(targets.shape[0]) + 0.5) * frame_s
+        for turn in turns:
+            active = (centres >= turn["start_time"]) & (centres < turn["end_time"])
+            from_rttm[active, order.index(turn["speaker"])] = 1
+        assert not targets[:, n_spk:].any(), "no activity beyond the mixture's speakers"
+        # Frames are 80 ms; a turn edge may fall either side of a frame centre.
+        disagree = np.abs(targets - from_rttm).sum(axis=0)
+        assert (disagree <= 2 * np.bincount([order.index(t["speaker"]) for t in turns], minlength=4)).all(), (
+            f"mixture {i}: per-speaker disagreeing frames {disagree}"
+        )
+        assert (targets[:, :n_spk].sum(axis=0) > 0).all()
+
+
+def _train_losses(run_dir: Path) -> list[float]:
+    with open(run_dir / "logs" / "metrics.csv") as f:
+        return [float(r["train_loss"]) for r in csv.DictReader(f) if r.get("train_loss")]
+
+
+@needs_voices
+@pytest.mark.slow
+def test_short_training_run_trains_restores_exports_and_serves(corpus, tmp_path):
+    """A few dozen real NeMo training steps of both recipes on CPU, then export and the served pipeline."""
+    import torch
+    from mtasr.client.stream import StreamingClient
+    from mtasr.export.pipeline import ExportSettings, run_export
+    from mtasr.training.asr import AsrRecipe, train_asr
+    from mtasr.training.corpus import TEST_MANIFEST, read_manifest
+    from mtasr.training.diarizer import DiarizerRecipe, train_diarizer
+    from mtasr.training.evalset import corpus_conversation
+    from mtasr.training.lightning import TrainSettings
+    from nemo.collections.asr.models import SortformerEncLabelModel
+    from nemo.collections.asr.models.multitalker_asr_models import EncDecMultiTalkerRNNTBPEModel
+    from serving_client import chunked, tokens_by_speaker
+
+    from mtasr.local_pipeline import LocalPipeline
+    from mtasr.server import ServerConfig, TritonServer
+
+    steps = TrainSettings(max_steps=24, batch_size=4, val_every_steps=12, lr=2e-3, warmup_steps=4, progress=False)
+    asr_recipe = AsrRecipe(size="tiny", train=steps, validation_mixtures={1: 2, 2: 2})
+    asr_path = train_asr(corpus, tmp_path / "asr", asr_recipe)
+    losses = _train_losses(tmp_path / "asr")
+    assert len(losses) >= 2 and np.mean(losses[-2:]) < 0.7 * losses[0], f"ASR loss did not fall: {losses}"
+
+    # Resume: a longer run in the same folder continues from last.ckpt instead of starting over.
+    longer = AsrRecipe(
+        size="tiny", train=TrainSettings(**{**steps.__dict__, "max_steps": 30}), validation_mixtures={1: 2, 2: 2}
+    )
+    train_asr(corpus, tmp_path / "asr", longer)
+    ckpt = torch.load(tmp_path / "asr" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 30
+
+    restored = EncDecMultiTalkerRNNTBPEModel.restore_from(str(asr_path), map_location="cpu")
+    assert restored.cfg.train_ds is None and restored.tokenizer.vocab_size > 0
+
+    diar_recipe = DiarizerRecipe(
+        size="tiny", train=TrainSettings(**{**steps.__dict__, "max_steps": 16}), validation_mixtures={2: 2, 3: 2}
+    )
+    diar_path = train_diarizer(corpus, tmp_path / "diarizer", diar_recipe)
+    diar_losses = _train_losses(tmp_path / "diarizer")
+    assert np.mean(diar_losses[-2:]) < diar_losses[0], f"diarizer loss did not fall: {diar_losses}"
+    SortformerEncLabelModel.restore_from(str(diar_path), map_location="cpu")
+
+    export_dir = tmp_path / "export"
+    run_export(asr_path, diar_path, export_dir, ExportSettings(max_streams_per_batch=2))
+    repo = export_dir / "model_repository"
+    assert json.loads((repo / "manifest.json").read_text())["checkpoints"]
+
+    # The served pipeline runs the trained weights: its tokens are the in-process pipeline's on this export.
+    audio = corpus_conversation(read_manifest(corpus / TEST_MANIFEST), 2, seed=1).audio
+    with TritonServer(ServerConfig(model_repository=repo, http_port=0, grpc_port=0, metrics_port=0)) as server:
+        client = StreamingClient(server.address("grpc"))
+        chunk = client.settings().chunk_samples
+        updates = list(client.stream(chunked(audio, chunk)))
+    served = {}
+    for update in updates:
+        for slot, token in zip(update.token_speakers, update.token_ids, strict=True):
+            served.setdefault(slot, []).append(token)
+    assert updates[-1].seglst is not None
+    assert served == tokens_by_speaker(LocalPipeline(repo).transcribe(audio, chunk))

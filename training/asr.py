@@ -1,0 +1,146 @@
+"""Recipe: the multitalker ASR model (cache-aware FastConformer RNNT with speaker kernels).
+
+Train from the project's small config, or fine-tune a given `.nemo` along NeMo's tutorial path:
+load the model and its config, point `train_ds`/`validation_ds` at the simulator, `trainer.fit`.
+The model learns each speaker's words from the oracle speaker masks the dataset derives from the
+mixture (`LhotseSpeechToTextSpkBpeDataset`); at serving time the diarizer supplies those masks.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mtasr.training.corpus import TRAIN_MANIFEST, read_manifest
+from mtasr.training.lightning import Stopwatch, TrainSettings, make_trainer, optim_config, resume_path
+from mtasr.training.rnnt_loss import VectorisedRNNTLoss
+from mtasr.training.simulation import simulator_input_cfg, write_validation_cuts
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+CHECKPOINT_NAME = "asr.nemo"
+MONITOR = "val_wer"
+# Attention contexts trained (right context = lookahead frames); the default serving one most often.
+ATT_CONTEXTS = [[70, 13], [70, 6], [70, 1], [70, 0]]
+ATT_CONTEXT_PROBS = [0.55, 0.15, 0.15, 0.15]
+
+
+# The default pair's ASR run (`mtasr train defaults`): single speakers most often, so the recogniser
+# learns words before it must learn to follow one speaker through overlap.
+ASR_TRAIN = TrainSettings(max_steps=1000, batch_size=12, val_every_steps=200, lr=1.5e-3, warmup_steps=200)
+ASR_SPEAKER_WEIGHTS = {1: 0.4, 2: 0.35, 3: 0.2, 4: 0.05}
+
+
+@dataclass(frozen=True)
+class AsrRecipe:
+    size: str = "small"
+    train: TrainSettings = ASR_TRAIN
+    speaker_weights: dict[int, float] = field(default_factory=lambda: dict(ASR_SPEAKER_WEIGHTS))
+    validation_mixtures: dict[int, int] = field(default_factory=lambda: {1: 8, 2: 8, 3: 8})
+    spec_augment: bool = False  # the few steps a CPU affords are better spent on clean input
+
+
+def _data_config(recipe: AsrRecipe, manifest: Path, val_cuts: Path) -> tuple[dict, dict]:
+    common = {
+        "use_lhotse": True,
+        "sample_rate": 16000,
+        "num_speakers": 4,
+        "num_workers": 0,
+        "batch_size": recipe.train.batch_size,
+        "pretokenize": False,
+    }
+    train = {
+        **common,
+        "input_cfg": simulator_input_cfg(manifest, recipe.speaker_weights),
+        "shuffle": True,
+        "shard_seed": recipe.train.seed,
+        "seed": recipe.train.seed,
+    }
+    validation = {**common, "cuts_path": str(val_cuts), "shuffle": False, "force_finite": True}
+    return train, validation
+
+
+def _spec_augment() -> dict:
+    return {
+        "_target_": "nemo.collections.asr.modules.SpectrogramAugmentation",
+        "freq_masks": 2,
+        "freq_width": 20,
+        "time_masks": 2,
+        "time_width": 0.05,
+    }
+
+
+def build_config(recipe: AsrRecipe, tokenizer_dir: Path, manifest: Path, val_cuts: Path) -> DictConfig:
+    """The small multitalker config (export.asr.asr_config) with the simulator as its data."""
+    from mtasr.export.asr import asr_config
+
+    cfg = asr_config(recipe.size, tokenizer_dir)
+    train_ds, validation_ds = _data_config(recipe, manifest, val_cuts)
+    with open_dict(cfg):
+        cfg.train_ds = train_ds
+        cfg.validation_ds = validation_ds
+        cfg.optim = optim_config(recipe.train)
+        cfg.encoder.att_context_size = ATT_CONTEXTS
+        cfg.encoder.att_context_probs = ATT_CONTEXT_PROBS
+        cfg.spec_augment = _spec_augment() if recipe.spec_augment else None
+    return cfg
+
+
+def train_tokenizer(manifest: Path, vocab_size: int, out_dir: Path) -> Path:
+    """A SentencePiece BPE tokenizer over the training texts."""
+    from mtasr.export.tokenizer import train_tokenizer as train_spm
+
+    texts = sorted({entry["text"] for entry in read_manifest(manifest)})
+    return train_spm(texts, vocab_size, out_dir)
+
+
+def train_asr(corpus_dir: Path, out_dir: Path, recipe: AsrRecipe = AsrRecipe(), init_from: Path | None = None) -> Path:
+    """Train (or fine-tune `init_from`) on simulated mixtures of the corpus; returns `out_dir/asr.nemo`.
+
+    Re-running with the same `out_dir` resumes from its `last.ckpt`.
+    """
+    import lightning.pytorch as pl
+    from mtasr.export.asr import ASR_SIZES
+    from nemo.collections.asr.models.multitalker_asr_models import EncDecMultiTalkerRNNTBPEModel
+
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = Path(corpus_dir).resolve() / TRAIN_MANIFEST
+    pl.seed_everything(recipe.train.seed, workers=True)
+    val_cuts = out_dir / "validation_cuts.jsonl.gz"
+    if not val_cuts.is_file():
+        write_validation_cuts(manifest, val_cuts, recipe.validation_mixtures)
+    trainer = make_trainer(out_dir, recipe.train, MONITOR)
+    if init_from is None:
+        tokenizer_dir = out_dir / "tokenizer"
+        if not (tokenizer_dir / "tokenizer.model").is_file():
+            train_tokenizer(manifest, ASR_SIZES[recipe.size].vocab_size, tokenizer_dir)
+        model = EncDecMultiTalkerRNNTBPEModel(
+            cfg=build_config(recipe, tokenizer_dir, manifest, val_cuts), trainer=trainer
+        )
+    else:
+        model = EncDecMultiTalkerRNNTBPEModel.restore_from(str(init_from), trainer=trainer)
+        train_ds, validation_ds = _data_config(recipe, manifest, val_cuts)
+        with open_dict(model.cfg):
+            model.cfg.train_ds, model.cfg.validation_ds = train_ds, validation_ds
+            model.cfg.optim = optim_config(recipe.train)
+        model.setup_training_data(model.cfg.train_ds)
+        model.setup_multiple_validation_data(model.cfg.validation_ds)
+        model.setup_optimization(model.cfg.optim)
+    model.loss = VectorisedRNNTLoss(blank=model.decoder.blank_idx)  # NeMo's CPU loss dominates a step
+    with Stopwatch() as clock:
+        trainer.fit(model, ckpt_path=resume_path(out_dir))
+    best = trainer.checkpoint_callback.best_model_path
+    if best:
+        model = EncDecMultiTalkerRNNTBPEModel.load_from_checkpoint(best, map_location="cpu")
+    with open_dict(model.cfg):  # the checkpoint should not point at this machine's data
+        model.cfg.train_ds = model.cfg.validation_ds = None
+    target = out_dir / CHECKPOINT_NAME
+    model.eval().save_to(str(target))
+    print(
+        f"[asr] trained {trainer.global_step} steps in {clock.seconds:.0f} s; best {MONITOR} "
+        f"{trainer.checkpoint_callback.best_model_score}; wrote {target}",
+        file=sys.stderr,
+    )
+    OmegaConf.save(model.cfg, out_dir / "asr_config.yaml")
+    return target

@@ -1,0 +1,159 @@
+"""`mtasr train ...`: corpus, evaluation set, the two recipes, the default pair, and `mtasr evaluate`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+WORK_DIR = Path("artifacts/training")
+
+
+def _train_settings(args: argparse.Namespace):
+    from mtasr.training.lightning import TrainSettings
+
+    return TrainSettings(
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        val_every_steps=args.val_every,
+        lr=args.lr,
+        warmup_steps=min(args.warmup, args.max_steps),
+        accelerator=args.accelerator,
+        seed=args.seed,
+    )
+
+
+def _add_train_options(p: argparse.ArgumentParser, defaults) -> None:
+    """Options of one recipe; their defaults are the recipe's own (`defaults`: its TrainSettings)."""
+    p.add_argument("--corpus", type=Path, default=WORK_DIR / "corpus", help="corpus folder (mtasr train corpus)")
+    p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, logs, the .nemo; re-run resumes")
+    p.add_argument("--init-from", type=Path, help="fine-tune this .nemo instead of training from the small config")
+    p.add_argument("--max-steps", type=int, default=defaults.max_steps, help="optimizer steps (default %(default)s)")
+    p.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help="mixtures per step (default %(default)s)"
+    )
+    p.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (default %(default)s)")
+    p.add_argument("--warmup", type=int, default=defaults.warmup_steps, help="warm-up steps (default %(default)s)")
+    p.add_argument(
+        "--val-every",
+        type=int,
+        default=defaults.val_every_steps,
+        help="validate and checkpoint every N steps (default %(default)s)",
+    )
+    p.add_argument("--accelerator", default="auto", choices=("auto", "cpu", "gpu"), help="default: a GPU when present")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _corpus(args: argparse.Namespace) -> int:
+    from mtasr.training.corpus import CorpusSettings, build_corpus
+    from mtasr.training.voices import missing_engines
+
+    if missing := missing_engines():
+        print(
+            f"error: {', '.join(missing)} not installed (apt-get install flite festival festvox-kdlpc16k)",
+            file=sys.stderr,
+        )
+        return 2
+    settings = CorpusSettings(
+        train_sentences=args.train_sentences,
+        test_sentences=args.test_sentences,
+        train_utterances_per_voice=args.train_per_voice,
+        test_utterances_per_voice=args.test_per_voice,
+        seed=args.seed,
+    )
+    print(build_corpus(args.out, settings))
+    return 0
+
+
+def _evalset(args: argparse.Namespace) -> int:
+    from mtasr.training.evalset import build_evalset
+
+    print(build_evalset(args.corpus, args.out))
+    return 0
+
+
+def _asr(args: argparse.Namespace) -> int:
+    from mtasr.training.asr import AsrRecipe, train_asr
+
+    train_asr(args.corpus, args.out, AsrRecipe(train=_train_settings(args)), init_from=args.init_from)
+    return 0
+
+
+def _diarizer(args: argparse.Namespace) -> int:
+    from mtasr.training.diarizer import DiarizerRecipe, train_diarizer
+
+    train_diarizer(args.corpus, args.out, DiarizerRecipe(train=_train_settings(args)), init_from=args.init_from)
+    return 0
+
+
+def _defaults(args: argparse.Namespace) -> int:
+    from mtasr.training.defaults import DefaultsSettings, reproduce_defaults
+
+    reproduce_defaults(
+        args.work_dir,
+        DefaultsSettings(asr_steps=args.asr_steps, diarizer_steps=args.diarizer_steps),
+        install=args.install,
+    )
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from mtasr.training.evaluate import evaluate, quality_table
+
+    print(quality_table(evaluate(args.model_repository, args.evalset, args.out, jobs=args.jobs)), end="")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    """Register `train` (with its own subcommands) and `evaluate` on the top-level subparsers."""
+    from mtasr.training.asr import ASR_TRAIN
+    from mtasr.training.diarizer import DIARIZER_TRAIN
+
+    train = sub.add_parser(
+        "train",
+        help="train the models in NeMo on simulated conversations",
+        description="Training in NeMo on simulated multi-speaker mixtures of flite/festival voices.",
+    )
+    steps = train.add_subparsers(dest="step", required=True)
+
+    corpus = steps.add_parser("corpus", help="synthesise the single-speaker corpus (NeMo manifests)")
+    corpus.add_argument("--out", type=Path, default=WORK_DIR / "corpus")
+    corpus.add_argument("--train-sentences", type=int, default=3000)
+    corpus.add_argument("--test-sentences", type=int, default=150)
+    corpus.add_argument("--train-per-voice", type=int, default=700, help="training utterances per voice")
+    corpus.add_argument("--test-per-voice", type=int, default=40, help="held-out utterances per voice")
+    corpus.add_argument("--seed", type=int, default=0)
+    corpus.set_defaults(func=_corpus)
+
+    evalset = steps.add_parser("evalset", help="write the fixed 1/2/3-speaker evaluation set with references")
+    evalset.add_argument("--corpus", type=Path, default=WORK_DIR / "corpus")
+    evalset.add_argument("--out", type=Path, default=WORK_DIR / "evalset")
+    evalset.set_defaults(func=_evalset)
+
+    asr = steps.add_parser("asr", help="train or fine-tune the multitalker RNNT on simulated mixtures")
+    _add_train_options(asr, ASR_TRAIN)
+    asr.set_defaults(func=_asr)
+
+    diar = steps.add_parser("diarizer", help="train or fine-tune the Streaming Sortformer on simulated mixtures")
+    _add_train_options(diar, DIARIZER_TRAIN)
+    diar.set_defaults(func=_diarizer)
+
+    defaults = steps.add_parser(
+        "defaults", help="reproduce the default pair: corpus, both models, export, evaluation; prints wall time"
+    )
+    defaults.add_argument("--work-dir", type=Path, default=WORK_DIR)
+    defaults.add_argument("--asr-steps", type=int, default=ASR_TRAIN.max_steps)
+    defaults.add_argument("--diarizer-steps", type=int, default=DIARIZER_TRAIN.max_steps)
+    defaults.add_argument(
+        "--install",
+        action="store_true",
+        help="replace the committed model_repository/ and demo conversation with the result",
+    )
+    defaults.set_defaults(func=_defaults)
+
+    ev = sub.add_parser("evaluate", help="WER/cpWER/DER of a model repository on the evaluation set (served)")
+    ev.add_argument("model_repository", type=Path)
+    ev.add_argument("--evalset", type=Path, default=WORK_DIR / "evalset")
+    ev.add_argument("--out", type=Path, default=WORK_DIR / "evaluation")
+    ev.add_argument("--jobs", type=int, default=2)
+    ev.set_defaults(func=_evaluate)

@@ -1,0 +1,102 @@
+"""`mtasr train defaults`: reproduce the default model pair the project serves out of the box.
+
+corpus -> ASR and diarizer recipes -> export -> evaluation set -> served evaluation, each step's
+wall time printed. With `install`, the exported repository replaces the committed top-level
+`model_repository/` and the demo conversation is rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from mtasr.training.lightning import Stopwatch
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_REPOSITORY = PROJECT_ROOT / "model_repository"
+DEMO_CONVERSATION = PROJECT_ROOT / "mtasr" / "data" / "demo_conversation.flac"
+DEMO_SPEAKERS, DEMO_SEED = 3, 7
+# Export settings of the committed repository: a handful of streams per batched call is plenty on CPU.
+DEFAULT_MAX_STREAMS = 4
+
+
+@dataclass(frozen=True)
+class DefaultsSettings:
+    asr_steps: int = 1000
+    diarizer_steps: int = 1000
+
+
+def write_demo_conversation(corpus_dir: Path, target: Path = DEMO_CONVERSATION) -> Path:
+    """The bundled demo: a 3-speaker conversation with overlaps, of held-out sentences (FLAC + SegLST)."""
+    import soundfile as sf
+    from mtasr.client.formats import SEGLST_SUFFIX, write_seglst
+    from mtasr.training.corpus import TEST_MANIFEST, read_manifest
+    from mtasr.training.evalset import corpus_conversation, reference_segments
+
+    conversation = corpus_conversation(read_manifest(corpus_dir / TEST_MANIFEST), DEMO_SPEAKERS, DEMO_SEED)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(target, conversation.audio, conversation.sample_rate, format="FLAC", subtype="PCM_16")
+    write_seglst(reference_segments(conversation, "demo_conversation"), target.with_suffix(SEGLST_SUFFIX))
+    return target
+
+
+def install_repository(exported: Path, target: Path = DEFAULT_REPOSITORY) -> None:
+    """Replace `target`'s contents with the exported repository."""
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(exported, target)
+
+
+def reproduce_defaults(work_dir: Path, settings: DefaultsSettings = DefaultsSettings(), install: bool = False) -> dict:
+    """Run every step into `work_dir`; returns {step: seconds} (also written to `wall_times.json`)."""
+    from mtasr.export.pipeline import ExportSettings, run_export
+    from mtasr.training.asr import AsrRecipe, train_asr
+    from mtasr.training.corpus import build_corpus
+    from mtasr.training.diarizer import DiarizerRecipe, train_diarizer
+    from mtasr.training.evalset import build_evalset
+    from mtasr.training.evaluate import evaluate, quality_table
+
+    work_dir = Path(work_dir)
+    times: dict[str, float] = {}
+
+    def step(name: str, fn):
+        print(f"[defaults] {name} ...", file=sys.stderr, flush=True)
+        with Stopwatch() as clock:
+            result = fn()
+        times[name] = round(clock.seconds, 1)
+        print(f"[defaults] {name}: {clock.seconds:.0f} s", file=sys.stderr, flush=True)
+        return result
+
+    corpus = step("corpus", lambda: build_corpus(work_dir / "corpus"))
+    asr_recipe = AsrRecipe()
+    asr_recipe = AsrRecipe(train=_with_steps(asr_recipe.train, settings.asr_steps))
+    diar_recipe = DiarizerRecipe()
+    diar_recipe = DiarizerRecipe(train=_with_steps(diar_recipe.train, settings.diarizer_steps))
+    asr = step("train asr", lambda: train_asr(corpus, work_dir / "asr", asr_recipe))
+    diarizer = step("train diarizer", lambda: train_diarizer(corpus, work_dir / "diarizer", diar_recipe))
+    export_dir = work_dir / "export"
+    step(
+        "export",
+        lambda: run_export(
+            asr, diarizer, export_dir, ExportSettings(max_streams_per_batch=DEFAULT_MAX_STREAMS), overwrite=True
+        ),
+    )
+    evalset = step("evaluation set", lambda: build_evalset(corpus, work_dir / "evalset"))
+    groups = step("evaluate", lambda: evaluate(export_dir / "model_repository", evalset, work_dir / "evaluation"))
+    if install:
+        install_repository(export_dir / "model_repository")
+        write_demo_conversation(corpus)
+    times["total"] = round(sum(times.values()), 1)
+    (work_dir / "wall_times.json").write_text(json.dumps(times, indent=1) + "\n")
+    print(quality_table(groups), end="")
+    print(f"[defaults] wall time: {times['total'] / 60:.1f} min ({json.dumps(times)})", file=sys.stderr)
+    return times
+
+
+def _with_steps(train, steps: int):
+    import dataclasses
+
+    return dataclasses.replace(train, max_steps=steps, warmup_steps=min(train.warmup_steps, steps))

@@ -1,0 +1,84 @@
+"""The Lightning trainer both recipes use: progress bar, checkpoints, resume, CPU or GPU."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+LAST_CHECKPOINT = "last.ckpt"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    max_steps: int = 3000
+    batch_size: int = 16
+    val_every_steps: int = 250
+    lr: float = 2e-3
+    warmup_steps: int = 300
+    accelerator: str = "auto"  # "cpu", "gpu" or "auto" (a GPU when present)
+    seed: int = 0
+    progress: bool = True
+
+
+def make_trainer(out_dir: Path, settings: TrainSettings, monitor: str, mode: str = "min", callbacks: Sequence = ()):
+    """A Trainer writing `out_dir/checkpoints/` (the best by `monitor`, "min" or "max", and `last.ckpt`) and a CSV
+    log; `callbacks` are added to its own."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    checkpoints = ModelCheckpoint(
+        dirpath=out_dir / "checkpoints",
+        filename="step{step}-{" + monitor + ":.4f}",
+        auto_insert_metric_name=False,
+        monitor=monitor,
+        mode=mode,
+        save_top_k=1,
+        save_last=True,
+    )
+    return pl.Trainer(
+        accelerator=settings.accelerator,
+        devices=1,
+        max_steps=settings.max_steps,
+        val_check_interval=settings.val_every_steps,
+        check_val_every_n_epoch=None,
+        limit_train_batches=settings.val_every_steps,  # the simulator is endless: one "epoch" = one validation period
+        num_sanity_val_steps=0,
+        log_every_n_steps=10,
+        gradient_clip_val=1.0,
+        logger=CSVLogger(save_dir=str(out_dir), name="logs", version=""),
+        callbacks=[checkpoints, LearningRateMonitor(logging_interval="step"), *callbacks],
+        enable_progress_bar=settings.progress,
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # lhotse samples itself
+    )
+
+
+def resume_path(out_dir: Path) -> str | None:
+    """`last.ckpt` of an interrupted run in `out_dir`, for `trainer.fit(ckpt_path=...)`."""
+    last = out_dir / "checkpoints" / LAST_CHECKPOINT
+    return str(last) if last.is_file() else None
+
+
+def optim_config(settings: TrainSettings) -> dict:
+    """AdamW with warm-up and cosine decay to 2 % of the peak `settings.lr` at `max_steps`."""
+    return {
+        "name": "adamw",
+        "lr": settings.lr,
+        "betas": [0.9, 0.98],
+        "weight_decay": 1e-3,
+        "sched": {"name": "CosineAnnealing", "warmup_steps": settings.warmup_steps, "min_lr": settings.lr / 50},
+    }
+
+
+class Stopwatch:
+    """Wall time of a block, for the recipes' summaries."""
+
+    def __enter__(self) -> Stopwatch:
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self.start

@@ -1,0 +1,92 @@
+"""Multi-speaker training data: NeMo's `MultiSpeakerMixtureGenerator` (LibriSpeechMix style, "lsmix").
+
+Training reads mixtures straight from the simulator through a lhotse `input_cfg`, as NeMo's
+multitalker tutorial does: one entry per speaker count, weighted. Validation needs a fixed set, so
+`write_validation_cuts` draws a seeded sample from the same simulator into a lhotse cut manifest.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+# Share of training mixtures with 1, 2, 3 and 4 speakers.
+DEFAULT_SPEAKER_WEIGHTS = {1: 0.25, 2: 0.4, 3: 0.25, 4: 0.1}
+MIN_DELAY_S = 0.5  # the simulator starts each next speaker at least this long after the previous one
+
+
+def simulator_input_cfg(manifest: Path, speaker_weights: dict[int, float] = DEFAULT_SPEAKER_WEIGHTS) -> list[dict]:
+    """The lhotse `input_cfg` list that draws lsmix mixtures of the manifest's speakers."""
+    return [
+        {
+            "type": "multi_speaker_simulator",
+            "manifest_filepath": str(manifest),
+            "simulator_type": "lsmix",
+            "num_speakers": n,
+            "min_delay": MIN_DELAY_S,
+            "weight": weight,
+        }
+        for n, weight in sorted(speaker_weights.items())
+    ]
+
+
+def make_generator(manifest: Path, n_speakers: int):
+    """NeMo's simulator for `n_speakers`-speaker mixtures of the manifest's utterances."""
+    from nemo.collections.asr.parts.utils.asr_multispeaker_utils import MultiSpeakerMixtureGenerator
+
+    return MultiSpeakerMixtureGenerator(
+        manifest_filepath=str(manifest),
+        sample_rate=16000,
+        simulator_type="lsmix",
+        min_delay=MIN_DELAY_S,
+        num_speakers=n_speakers,
+    )
+
+
+def draw_mixtures(manifest: Path, counts: dict[int, int], seed: int) -> list:
+    """`counts[n]` lsmix MixedCuts of n speakers each, reproducible from `seed`.
+
+    The simulator draws from Python's global `random`; it is seeded here and restored after.
+    """
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        cuts = []
+        for n, count in sorted(counts.items()):
+            generator = make_generator(manifest, n)
+            cuts += [next(generator) for _ in range(count)]
+        return cuts
+    finally:
+        random.setstate(state)
+
+
+def write_validation_cuts(manifest: Path, out_path: Path, counts: dict[int, int], seed: int = 1234) -> Path:
+    """A fixed lhotse cut manifest (`*.jsonl.gz`) of simulated mixtures for validation."""
+    from lhotse import CutSet
+
+    CutSet.from_cuts(_with_string_ids(cut) for cut in draw_mixtures(manifest, counts, seed)).to_file(str(out_path))
+    return out_path
+
+
+def _with_string_ids(mixture):
+    """The simulator's supervisions carry `uuid.UUID` ids, which lhotse cannot write; stringify them."""
+    from lhotse.utils import fastcopy
+
+    for track in mixture.tracks:
+        track.cut.supervisions = [
+            fastcopy(s, id=str(s.id), recording_id=str(s.recording_id)) for s in track.cut.supervisions
+        ]
+    return mixture
+
+
+def mixture_segments(mixture, session: str) -> list:
+    """A simulated mixture's speaker turns (SegLST segments: who speaks when, and what) for references."""
+    from mtasr.client.formats import make_segment
+
+    segments = []
+    for track in mixture.tracks:
+        for sup in track.cut.supervisions:
+            start = track.offset + max(sup.start, 0.0)
+            end = track.offset + min(sup.end, track.cut.duration)
+            segments.append(make_segment(session, str(sup.speaker), start, end, sup.text or ""))
+    return sorted(segments, key=lambda s: (s["start_time"], s["speaker"]))

@@ -1,0 +1,107 @@
+"""Debian's flite and festival voices: the speakers of the training corpus.
+
+Seven clearly distinct voices. Two are pitch- and rate-shifted flite voices, so that a mixture of
+any two speakers is easy to tell apart by ear. Installed by `make system-deps` (flite, festival,
+festvox-kdlpc16k).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+
+
+@dataclass(frozen=True)
+class Voice:
+    name: str  # the speaker id in manifests
+    engine: str  # "flite" or "festival"
+    voice: str  # flite -voice name, or festival voice function without "voice_"
+    flite_features: tuple[tuple[str, str], ...] = field(default=())  # --setf key=value
+
+
+VOICES: tuple[Voice, ...] = (
+    Voice("awb", "flite", "awb"),  # Scottish male
+    Voice("slt", "flite", "slt"),  # US female
+    Voice("rms", "flite", "rms"),  # US male, low
+    Voice("kal", "flite", "kal16"),  # US male, diphone
+    Voice("ked", "festival", "ked_diphone"),  # US male, diphone, other speaker
+    Voice("sltx", "flite", "slt", (("int_f0_target_mean", "250"), ("duration_stretch", "0.85"))),  # high, fast
+    Voice("rmsx", "flite", "rms", (("int_f0_target_mean", "78"), ("duration_stretch", "1.2"))),  # deeper, slow
+)
+VOICE_BY_NAME = {v.name: v for v in VOICES}
+
+
+class SynthesisError(RuntimeError):
+    pass
+
+
+def missing_engines(voices: tuple[Voice, ...] = VOICES) -> list[str]:
+    """Programs the voices need that are not installed."""
+    return sorted({v.engine for v in voices if shutil.which(v.engine) is None})
+
+
+def _festival_scheme(voice: Voice, jobs: list[tuple[str, Path]]) -> str:
+    lines = [f"(voice_{voice.voice})"]
+    for text, path in jobs:
+        quoted = text.replace("\\", " ").replace('"', " ")
+        lines.append(f'(utt.save.wave (utt.synth (Utterance Text "{quoted}")) "{path}" \'riff)')
+    return "\n".join(lines) + "\n"
+
+
+def _write_raw(voice: Voice, jobs: list[tuple[str, Path]]) -> None:
+    if voice.engine == "flite":
+        for text, path in jobs:
+            cmd = ["flite", "-voice", voice.voice]
+            for key, value in voice.flite_features:
+                cmd += ["--setf", f"{key}={value}"]
+            subprocess.run(cmd + ["-t", text, str(path)], check=True, capture_output=True, timeout=60)
+    elif voice.engine == "festival":
+        # One festival process per batch: its start-up costs more than an utterance.
+        with tempfile.NamedTemporaryFile("w", suffix=".scm") as script:
+            script.write(_festival_scheme(voice, jobs))
+            script.flush()
+            subprocess.run(["festival", "-b", script.name], check=True, capture_output=True, timeout=600)
+    else:
+        raise SynthesisError(f"unknown engine {voice.engine!r}")
+
+
+def trim(audio: np.ndarray, threshold: float = 1e-3) -> np.ndarray:
+    """Cut leading and trailing silence (below `threshold` of the peak)."""
+    loud = np.nonzero(np.abs(audio) > threshold * max(float(np.abs(audio).max()), 1e-9))[0]
+    if loud.size == 0:
+        return audio[:0]
+    return np.ascontiguousarray(audio[loud[0] : loud[-1] + 1])
+
+
+def synthesize_to_files(voice: Voice, jobs: list[tuple[str, Path]]) -> list[float]:
+    """Speak each (text, path) into a 16 kHz mono WAV, silence trimmed; returns the durations in seconds."""
+    import soundfile as sf
+    from scipy.signal import resample_poly
+
+    if missing_engines((voice,)):
+        raise SynthesisError(
+            f"{voice.engine} is not installed: the training corpus needs Debian's flite, festival and "
+            "festvox-kdlpc16k (apt-get install flite festival festvox-kdlpc16k, or `make system-deps` as root)"
+        )
+    _write_raw(voice, jobs)
+    durations = []
+    for text, path in jobs:
+        audio, rate = sf.read(path, dtype="float32")
+        if audio.ndim > 1:
+            audio = audio.mean(axis=1)
+        if rate != SAMPLE_RATE:
+            g = int(np.gcd(int(rate), SAMPLE_RATE))
+            audio = resample_poly(audio, SAMPLE_RATE // g, int(rate) // g).astype(np.float32)
+        audio = trim(audio)
+        if audio.size < SAMPLE_RATE // 10:
+            raise SynthesisError(f"{voice.name} produced no speech for {text!r}")
+        sf.write(path, audio, SAMPLE_RATE, subtype="PCM_16")
+        durations.append(audio.size / SAMPLE_RATE)
+    return durations
