@@ -195,7 +195,7 @@ def _export_into(staging: Path, asr_info, diar_info, settings: ExportSettings, p
         "right_context": settings.right_context,
         "latency_s": round((settings.right_context + 1) * asr_entry["streaming"]["encoder_frame_s"], 3),
         "checkpoints": {
-            role: {"path": str(info.path.resolve()), "sha256": info.sha256, "class": info.target}
+            role: {"file": info.path.name, "sha256": info.sha256, "class": info.target}
             for role, info in (("asr", asr_info), ("diarizer", diar_info))
         },
         "tokenizer": dict(zip(("model", "vocab"), TOKENIZER_FILES, strict=True)),

@@ -21,9 +21,23 @@ def print_update(update) -> None:
         print(f"  chunk {update.index:3d}: {words}", flush=True)
 
 
+def score_against_reference(seglst: list[dict], reference_path: Path, work_dir: Path):
+    """cpWER and DER (`mtasr score`'s overall SessionScore) of one transcript against its SegLST reference."""
+    from mtasr.client.formats import SEGLST_SUFFIX, make_segment, read_seglst, write_seglst
+    from mtasr.client.score import score
+
+    for side in ("hyp", "ref"):
+        (work_dir / side).mkdir(parents=True, exist_ok=True)
+    reference = [{**s, "session_id": "demo"} for s in read_seglst(reference_path)]
+    write_seglst(reference, work_dir / "ref" / f"demo{SEGLST_SUFFIX}")
+    hypothesis = [make_segment("demo", s["speaker"], s["start_time"], s["end_time"], s["words"]) for s in seglst]
+    write_seglst(hypothesis, work_dir / "hyp" / f"demo{SEGLST_SUFFIX}")
+    return score(work_dir / "hyp", work_dir / "ref").overall
+
+
 def main(argv: list[str] | None = None) -> int:
     from mtasr.client.audio import load_audio
-    from mtasr.client.formats import SEGLST_SUFFIX, make_segment, read_seglst, readable_transcript, write_seglst
+    from mtasr.client.formats import SEGLST_SUFFIX, read_seglst, readable_transcript
     from mtasr.client.stream import StreamingClient
     from mtasr.deployment import load_manifest, models_to_load
     from mtasr.server import ServerConfig, TritonServer
@@ -58,24 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         transcript = client.transcribe(audio, on_update=print_update, realtime=args.realtime)
 
-    hypothesis = [
-        make_segment("demo", s["speaker"], s["start_time"], s["end_time"], s["words"]) for s in transcript.seglst
-    ]
     print("\nper-speaker transcript:")
-    print(readable_transcript(hypothesis), end="")
+    print(readable_transcript(transcript.seglst), end="")
     reference_path = args.audio.with_suffix(SEGLST_SUFFIX)
     if reference_path.is_file():
-        from mtasr.client.score import score
-
         print("\nreference:")
         print(readable_transcript(read_seglst(reference_path)), end="")
-        work = Path("artifacts/demo")
-        (work / "ref").mkdir(parents=True, exist_ok=True)
-        (work / "hyp").mkdir(parents=True, exist_ok=True)
-        reference = read_seglst(reference_path)
-        write_seglst([{**s, "session_id": "demo"} for s in reference], work / "ref" / f"demo{SEGLST_SUFFIX}")
-        write_seglst(hypothesis, work / "hyp" / f"demo{SEGLST_SUFFIX}")
-        overall = score(work / "hyp", work / "ref").overall
+        overall = score_against_reference(transcript.seglst, reference_path, Path("artifacts/demo"))
         print(
             f"\ncpWER {100 * overall.cpwer.rate:.1f} % ({overall.cpwer.errors}/{overall.cpwer.length} words), "
             f"DER {100 * overall.der.rate:.1f} %"

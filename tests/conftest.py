@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,15 @@ def tiny_tokenizer_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
-    """A random tiny (ASR .nemo, diarizer .nemo) pair, the project's own builder."""
+    """A random tiny (ASR .nemo, diarizer .nemo) pair, the project's own builder.
+
+    `MTASR_TEST_CHECKPOINTS=ASR.nemo,DIARIZER.nemo` runs the same tests on another pair instead, e.g. the
+    trained default pair: `MTASR_TEST_CHECKPOINTS=artifacts/training/asr/asr.nemo,artifacts/training/
+    diarizer/diarizer.nemo pytest tests/test_serving.py -k nemo` checks parity with NeMo on trained weights.
+    """
+    if override := os.environ.get("MTASR_TEST_CHECKPOINTS"):
+        asr, diarizer = (Path(p).resolve() for p in override.split(","))
+        return asr, diarizer
     from mtasr.random_models import build_random_pair
 
     return build_random_pair("tiny", tmp_path_factory.mktemp("tiny_checkpoints"))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,26 @@ def test_test_sentences_never_occur_in_training():
     more_train, same_test = split_sentences(3000, 100, seed=3)
     assert not set(more_train) & set(test)
     assert {w for s in train + test for w in s.split()} <= vocabulary()
+
+
+def test_vectorised_rnnt_loss_equals_nemo_loss_and_gradient():
+    import torch
+    from mtasr.training.rnnt_loss import VectorisedRNNTLoss
+    from nemo.collections.asr.losses.rnnt import RNNTLoss
+
+    torch.manual_seed(0)
+    vocab = 30  # blank = 29, NeMo's convention (last index)
+    logits = torch.randn(4, 40, 13, vocab, requires_grad=True)
+    labels = torch.randint(0, vocab - 1, (4, 12))
+    frames, label_lengths = torch.tensor([40, 33, 20, 15]), torch.tensor([12, 7, 0, 12])
+    nemo = RNNTLoss(num_classes=vocab - 1, reduction="mean_batch")(
+        log_probs=torch.log_softmax(logits, -1), targets=labels, input_lengths=frames, target_lengths=label_lengths
+    )
+    (nemo_grad,) = torch.autograd.grad(nemo, logits)
+    ours = VectorisedRNNTLoss(blank=vocab - 1)(logits, labels, frames, label_lengths)
+    (our_grad,) = torch.autograd.grad(ours, logits)
+    assert float(ours) == pytest.approx(float(nemo), rel=1e-5)
+    assert torch.allclose(our_grad, nemo_grad, atol=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -58,22 +80,20 @@ def test_corpus_manifests_are_nemo_manifests_of_every_voice(corpus):
 
 @needs_voices
 def test_simulator_speaker_targets_agree_with_the_mixture_rttm(corpus, tmp_path):
-    """NeMo's training targets (arrival-ordered speaker activity per 80 ms frame) equal our RTTM's turns."""
-    from lhotse import CutSet
+    """The diarizer's training targets (NeMo's `speaker_to_target`: arrival-ordered speaker activity per
+    80 ms frame) equal the turns of the RTTM written for the same simulated mixture."""
     from mtasr.client.formats import read_rttm, write_rttm
     from mtasr.training.corpus import TRAIN_MANIFEST
+    from mtasr.training.diarizer import mixture_batch
     from mtasr.training.simulation import draw_mixtures, mixture_segments
-    from nemo.collections.asr.data.audio_to_diar_label_lhotse import LhotseAudioToSpeechE2ESpkDiarDataset
-    from omegaconf import OmegaConf
 
     mixtures = draw_mixtures(corpus / TRAIN_MANIFEST, {1: 2, 2: 4, 3: 4, 4: 2}, seed=5)
-    dataset = LhotseAudioToSpeechE2ESpkDiarDataset(OmegaConf.create({"num_speakers": 4}))
     frame_s = 0.08
     for i, mixture in enumerate(mixtures):
         rttm = tmp_path / f"mix{i}.rttm"
         write_rttm(mixture_segments(mixture, f"mix{i}"), rttm)
         turns = read_rttm(rttm)
-        _, _, targets, target_lens = dataset[CutSet.from_cuts([mixture])]
+        _, _, targets, target_lens = mixture_batch([mixture], 4, 0.01, 8)
         targets = targets[0, : int(target_lens[0])].numpy()  # [frames, 4]
         # The RTTM's speakers in order of first turn = NeMo's arrival-time order of the target columns.
         order = list(dict.fromkeys(t["speaker"] for t in sorted(turns, key=lambda t: t["start_time"])))
@@ -100,7 +120,7 @@ def _train_losses(run_dir: Path) -> list[float]:
 
 @needs_voices
 @pytest.mark.slow
-def test_short_training_run_trains_restores_exports_and_serves(corpus, tmp_path):
+def test_short_training_run_trains_restores_exports_and_serves(corpus, tmp_path, caplog):
     """A few dozen real NeMo training steps of both recipes on CPU, then export and the served pipeline."""
     import torch
     from mtasr.client.stream import StreamingClient
@@ -121,25 +141,24 @@ def test_short_training_run_trains_restores_exports_and_serves(corpus, tmp_path)
     asr_recipe = AsrRecipe(size="tiny", train=steps, validation_mixtures={1: 2, 2: 2})
     asr_path = train_asr(corpus, tmp_path / "asr", asr_recipe)
     losses = _train_losses(tmp_path / "asr")
-    assert len(losses) >= 2 and np.mean(losses[-2:]) < 0.7 * losses[0], f"ASR loss did not fall: {losses}"
+    assert len(losses) >= 2 and losses[-1] < 0.7 * losses[0], f"ASR loss did not fall: {losses}"
 
     # Resume: a longer run in the same folder continues from last.ckpt instead of starting over.
-    longer = AsrRecipe(
-        size="tiny", train=TrainSettings(**{**steps.__dict__, "max_steps": 30}), validation_mixtures={1: 2, 2: 2}
-    )
-    train_asr(corpus, tmp_path / "asr", longer)
+    longer = AsrRecipe(size="tiny", train=replace(steps, max_steps=36), validation_mixtures={1: 2, 2: 2})
+    with caplog.at_level(logging.INFO):
+        train_asr(corpus, tmp_path / "asr", longer)
+    assert any("Restored all states from the checkpoint" in r.getMessage() for r in caplog.records)
     ckpt = torch.load(tmp_path / "asr" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["global_step"] == 30
+    assert ckpt["global_step"] == 36
 
     restored = EncDecMultiTalkerRNNTBPEModel.restore_from(str(asr_path), map_location="cpu")
     assert restored.cfg.train_ds is None and restored.tokenizer.vocab_size > 0
 
-    diar_recipe = DiarizerRecipe(
-        size="tiny", train=TrainSettings(**{**steps.__dict__, "max_steps": 16}), validation_mixtures={2: 2, 3: 2}
-    )
+    diar_steps = replace(steps, max_steps=40, batch_size=8, val_every_steps=20)
+    diar_recipe = DiarizerRecipe(size="tiny", train=diar_steps, validation_mixtures={2: 2, 3: 2})
     diar_path = train_diarizer(corpus, tmp_path / "diarizer", diar_recipe)
     diar_losses = _train_losses(tmp_path / "diarizer")
-    assert np.mean(diar_losses[-2:]) < diar_losses[0], f"diarizer loss did not fall: {diar_losses}"
+    assert np.mean(diar_losses[-2:]) < np.mean(diar_losses[:2]), f"diarizer loss did not fall: {diar_losses}"
     SortformerEncLabelModel.restore_from(str(diar_path), map_location="cpu")
 
     export_dir = tmp_path / "export"

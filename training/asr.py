@@ -12,8 +12,16 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mtasr.training.asr_model import AUX_CTC_WEIGHT_KEY
 from mtasr.training.corpus import TRAIN_MANIFEST, read_manifest
-from mtasr.training.lightning import Stopwatch, TrainSettings, make_trainer, optim_config, resume_path
+from mtasr.training.lightning import (
+    Stopwatch,
+    TrainSettings,
+    apply_threads,
+    make_trainer,
+    optim_config,
+    resume_path,
+)
 from mtasr.training.rnnt_loss import VectorisedRNNTLoss
 from mtasr.training.simulation import simulator_input_cfg, write_validation_cuts
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -27,7 +35,7 @@ ATT_CONTEXT_PROBS = [0.55, 0.15, 0.15, 0.15]
 
 # The default pair's ASR run (`mtasr train defaults`): single speakers most often, so the recogniser
 # learns words before it must learn to follow one speaker through overlap.
-ASR_TRAIN = TrainSettings(max_steps=1000, batch_size=12, val_every_steps=200, lr=1.5e-3, warmup_steps=200)
+ASR_TRAIN = TrainSettings(max_steps=1400, batch_size=12, val_every_steps=200, lr=1.5e-3, warmup_steps=200)
 ASR_SPEAKER_WEIGHTS = {1: 0.4, 2: 0.35, 3: 0.2, 4: 0.05}
 
 
@@ -38,6 +46,7 @@ class AsrRecipe:
     speaker_weights: dict[int, float] = field(default_factory=lambda: dict(ASR_SPEAKER_WEIGHTS))
     validation_mixtures: dict[int, int] = field(default_factory=lambda: {1: 8, 2: 8, 3: 8})
     spec_augment: bool = False  # the few steps a CPU affords are better spent on clean input
+    aux_ctc_weight: float = 0.3  # training only (training.asr_model); 0 trains the plain RNNT
 
 
 def _data_config(recipe: AsrRecipe, manifest: Path, val_cuts: Path) -> tuple[dict, dict]:
@@ -83,6 +92,7 @@ def build_config(recipe: AsrRecipe, tokenizer_dir: Path, manifest: Path, val_cut
         cfg.encoder.att_context_size = ATT_CONTEXTS
         cfg.encoder.att_context_probs = ATT_CONTEXT_PROBS
         cfg.spec_augment = _spec_augment() if recipe.spec_augment else None
+        cfg[AUX_CTC_WEIGHT_KEY] = recipe.aux_ctc_weight
     return cfg
 
 
@@ -101,11 +111,13 @@ def train_asr(corpus_dir: Path, out_dir: Path, recipe: AsrRecipe = AsrRecipe(), 
     """
     import lightning.pytorch as pl
     from mtasr.export.asr import ASR_SIZES
+    from mtasr.training.asr_model import MultiTalkerRNNTWithAuxCTC, with_aux_ctc
     from nemo.collections.asr.models.multitalker_asr_models import EncDecMultiTalkerRNNTBPEModel
 
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = Path(corpus_dir).resolve() / TRAIN_MANIFEST
+    apply_threads(recipe.train)
     pl.seed_everything(recipe.train.seed, workers=True)
     val_cuts = out_dir / "validation_cuts.jsonl.gz"
     if not val_cuts.is_file():
@@ -115,15 +127,14 @@ def train_asr(corpus_dir: Path, out_dir: Path, recipe: AsrRecipe = AsrRecipe(), 
         tokenizer_dir = out_dir / "tokenizer"
         if not (tokenizer_dir / "tokenizer.model").is_file():
             train_tokenizer(manifest, ASR_SIZES[recipe.size].vocab_size, tokenizer_dir)
-        model = EncDecMultiTalkerRNNTBPEModel(
-            cfg=build_config(recipe, tokenizer_dir, manifest, val_cuts), trainer=trainer
-        )
+        model = MultiTalkerRNNTWithAuxCTC(cfg=build_config(recipe, tokenizer_dir, manifest, val_cuts), trainer=trainer)
     else:
-        model = EncDecMultiTalkerRNNTBPEModel.restore_from(str(init_from), trainer=trainer)
+        given = EncDecMultiTalkerRNNTBPEModel.restore_from(str(init_from), map_location="cpu")
         train_ds, validation_ds = _data_config(recipe, manifest, val_cuts)
-        with open_dict(model.cfg):
-            model.cfg.train_ds, model.cfg.validation_ds = train_ds, validation_ds
-            model.cfg.optim = optim_config(recipe.train)
+        with open_dict(given.cfg):
+            given.cfg.train_ds, given.cfg.validation_ds = train_ds, validation_ds
+            given.cfg.optim = optim_config(recipe.train)
+        model = with_aux_ctc(given, recipe.aux_ctc_weight, trainer)
         model.setup_training_data(model.cfg.train_ds)
         model.setup_multiple_validation_data(model.cfg.validation_ds)
         model.setup_optimization(model.cfg.optim)
@@ -132,7 +143,8 @@ def train_asr(corpus_dir: Path, out_dir: Path, recipe: AsrRecipe = AsrRecipe(), 
         trainer.fit(model, ckpt_path=resume_path(out_dir))
     best = trainer.checkpoint_callback.best_model_path
     if best:
-        model = EncDecMultiTalkerRNNTBPEModel.load_from_checkpoint(best, map_location="cpu")
+        model = MultiTalkerRNNTWithAuxCTC.load_from_checkpoint(best, map_location="cpu")
+    model = model.to_plain_model()
     with open_dict(model.cfg):  # the checkpoint should not point at this machine's data
         model.cfg.train_ds = model.cfg.validation_ds = None
     target = out_dir / CHECKPOINT_NAME

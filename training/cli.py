@@ -20,6 +20,7 @@ def _train_settings(args: argparse.Namespace):
         warmup_steps=min(args.warmup, args.max_steps),
         accelerator=args.accelerator,
         seed=args.seed,
+        threads=args.threads,
     )
 
 
@@ -42,6 +43,12 @@ def _add_train_options(p: argparse.ArgumentParser, defaults) -> None:
     )
     p.add_argument("--accelerator", default="auto", choices=("auto", "cpu", "gpu"), help="default: a GPU when present")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (default: all cores; 1 per job when two jobs share the machine)",
+    )
 
 
 def _corpus(args: argparse.Namespace) -> int:

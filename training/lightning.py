@@ -20,6 +20,7 @@ class TrainSettings:
     accelerator: str = "auto"  # "cpu", "gpu" or "auto" (a GPU when present)
     seed: int = 0
     progress: bool = True
+    threads: int = 0  # torch CPU threads; 0 = torch's default (all cores). Two jobs at once: 1 each.
 
 
 def make_trainer(out_dir: Path, settings: TrainSettings, monitor: str, mode: str = "min", callbacks: Sequence = ()):
@@ -54,6 +55,14 @@ def make_trainer(out_dir: Path, settings: TrainSettings, monitor: str, mode: str
         enable_model_summary=False,
         use_distributed_sampler=False,  # lhotse samples itself
     )
+
+
+def apply_threads(settings: TrainSettings) -> None:
+    """Small models on a few cores lose more to thread contention than they gain from threads."""
+    if settings.threads:
+        import torch
+
+        torch.set_num_threads(settings.threads)
 
 
 def resume_path(out_dir: Path) -> str | None:

@@ -1,0 +1,68 @@
+"""The multitalker RNNT with an auxiliary CTC loss on the encoder, for training only.
+
+Trained from scratch on our grammar's very predictable text, the plain RNNT first learns a language
+model in its prediction network and leaves the encoder collapsed (the same output for every
+utterance: 860 steps of blank-only hypotheses in the first default run). A CTC head on the encoder
+output forces it to carry the words from the start, as NeMo's hybrid RNNT-CTC models do (weight 0.3).
+The head is dropped when the checkpoint is saved: `to_plain_model` returns NeMo's own class, which is
+what export and serving read.
+"""
+
+from __future__ import annotations
+
+import torch
+from nemo.collections.asr.models.multitalker_asr_models import EncDecMultiTalkerRNNTBPEModel
+from omegaconf import open_dict
+
+AUX_CTC_WEIGHT_KEY = "aux_ctc_weight"
+HEAD = "aux_ctc_head."
+
+
+class MultiTalkerRNNTWithAuxCTC(EncDecMultiTalkerRNNTBPEModel):
+    def __init__(self, cfg, trainer=None):
+        super().__init__(cfg=cfg, trainer=trainer)
+        self.aux_ctc_weight = float(cfg.get(AUX_CTC_WEIGHT_KEY, 0.3))
+        # blank is the last class, as in the RNNT joint
+        self.aux_ctc_head = torch.nn.Linear(int(cfg.encoder.d_model), self.decoder.blank_idx + 1)
+
+    def training_step(self, batch, batch_nb):
+        signal, signal_len, transcript, transcript_len, spk_targets, bg_spk_targets = batch
+        self.set_speaker_targets(spk_targets, bg_spk_targets)
+        encoded, encoded_len = self.forward(input_signal=signal, input_signal_length=signal_len)
+        decoder, target_length, _ = self.decoder(targets=transcript, target_length=transcript_len)
+        joint = self.joint(encoder_outputs=encoded, decoder_outputs=decoder)
+        rnnt = self.loss(log_probs=joint, targets=transcript, input_lengths=encoded_len, target_lengths=target_length)
+        log_probs = self.aux_ctc_head(encoded.transpose(1, 2)).log_softmax(-1)
+        ctc = torch.nn.functional.ctc_loss(
+            log_probs.transpose(0, 1),
+            transcript,
+            encoded_len,
+            transcript_len,
+            blank=self.decoder.blank_idx,
+            zero_infinity=True,
+        )
+        loss = rnnt + self.aux_ctc_weight * ctc
+        self.log_dict({"train_loss": loss, "train_rnnt_loss": rnnt, "train_ctc_loss": ctc}, on_step=True)
+        return {"loss": loss}
+
+    def to_plain_model(self) -> EncDecMultiTalkerRNNTBPEModel:
+        """NeMo's model class with these weights, without the CTC head."""
+        cfg = self.cfg.copy()
+        with open_dict(cfg):
+            cfg.pop(AUX_CTC_WEIGHT_KEY, None)
+            # NeMo restores the class named here, and only classes of approved (NeMo) modules
+            cfg.target = f"{EncDecMultiTalkerRNNTBPEModel.__module__}.{EncDecMultiTalkerRNNTBPEModel.__name__}"
+        plain = EncDecMultiTalkerRNNTBPEModel(cfg=cfg)
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith(HEAD)}
+        plain.load_state_dict(state)
+        return plain.eval()
+
+
+def with_aux_ctc(model: EncDecMultiTalkerRNNTBPEModel, weight: float, trainer=None) -> MultiTalkerRNNTWithAuxCTC:
+    """A restored NeMo model (fine-tuning) with a fresh CTC head."""
+    cfg = model.cfg.copy()
+    with open_dict(cfg):
+        cfg[AUX_CTC_WEIGHT_KEY] = weight
+    wrapped = MultiTalkerRNNTWithAuxCTC(cfg=cfg, trainer=trainer)
+    wrapped.load_state_dict(model.state_dict(), strict=False)
+    return wrapped

@@ -1,0 +1,207 @@
+"""Recipe: the Streaming Sortformer diarizer (SortformerEncLabelModel, 4 speaker slots in arrival order).
+
+Train from the project's small config (export.sortformer "small"), or fine-tune a given `.nemo`: load the
+model, point `train_ds`/`validation_ds` at the simulator, `trainer.fit`. Targets come from the mixture's
+supervisions (`mixture_batch`: NeMo's diarization dataset, minus what fails on MixedCuts), sorted by arrival
+time as the slots are.
+
+NeMo trains a streaming Sortformer through its own streaming loop (`streaming_mode`: speaker cache, FIFO,
+chunks; no peak normalisation of the audio, as when serving), with long chunks and, for half the batches,
+attention limited to a few frames of right context. As in NeMo's recipe the training chunk is long
+(`train_chunk_len` frames: a whole simulated mixture is one chunk); validation runs at the checkpoint's own
+chunk_len (the 1.12 s serving chunk), so the best checkpoint is picked by its streaming quality.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mtasr.training.corpus import TRAIN_MANIFEST
+from mtasr.training.lightning import (
+    Stopwatch,
+    TrainSettings,
+    apply_threads,
+    make_trainer,
+    optim_config,
+    resume_path,
+)
+from mtasr.training.simulation import DEFAULT_SPEAKER_WEIGHTS, simulator_input_cfg, write_validation_cuts
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+CHECKPOINT_NAME = "diarizer.nemo"
+# NeMo's frame-level F1 of the speaker activities under the best slot permutation (1 - F1 ~ DER).
+MONITOR = "val_f1_acc"
+MONITOR_MODE = "max"
+# The default pair's diarizer run (`mtasr train defaults`): ~0.6-0.9 s per step on 2 CPU cores.
+DIARIZER_TRAIN = TrainSettings(max_steps=2000, batch_size=16, val_every_steps=250, lr=2e-3, warmup_steps=200)
+
+
+@dataclass(frozen=True)
+class DiarizerRecipe:
+    size: str = "small"
+    train: TrainSettings = DIARIZER_TRAIN
+    speaker_weights: dict[int, float] = field(default_factory=lambda: dict(DEFAULT_SPEAKER_WEIGHTS))
+    validation_mixtures: dict[int, int] = field(default_factory=lambda: {1: 16, 2: 16, 3: 16, 4: 16})
+    train_chunk_len: int = 188  # diarizer frames (80 ms) per training chunk: 15 s, longer than any mixture
+
+
+def _data_config(recipe: DiarizerRecipe, manifest: Path, val_cuts: Path, model_cfg: DictConfig) -> tuple[dict, dict]:
+    """Lhotse train/validation configs; targets on the model's own frame grid."""
+    common = {
+        "use_lhotse": True,
+        "sample_rate": int(model_cfg.sample_rate),
+        "num_speakers": int(model_cfg.max_num_of_spks),
+        "window_stride": float(model_cfg.preprocessor.window_stride),
+        "subsampling_factor": int(model_cfg.encoder.subsampling_factor),
+        "num_workers": 0,
+        "batch_size": recipe.train.batch_size,
+    }
+    train = {
+        **common,
+        "input_cfg": simulator_input_cfg(manifest, recipe.speaker_weights),
+        "shuffle": True,
+        "shard_seed": recipe.train.seed,
+        "seed": recipe.train.seed,
+    }
+    validation = {**common, "cuts_path": str(val_cuts), "shuffle": False, "force_finite": True}
+    return train, validation
+
+
+def build_config(recipe: DiarizerRecipe, manifest: Path, val_cuts: Path) -> DictConfig:
+    """The small Sortformer config (export.sortformer.sortformer_config) with the simulator as its data."""
+    from mtasr.export.sortformer import sortformer_config
+
+    cfg = sortformer_config(recipe.size)
+    train_ds, validation_ds = _data_config(recipe, manifest, val_cuts, cfg)
+    with open_dict(cfg):
+        cfg.train_ds = train_ds
+        cfg.validation_ds = validation_ds
+        cfg.optim = optim_config(recipe.train)
+    return cfg
+
+
+def mixture_batch(cuts, num_speakers: int, window_stride: float, subsampling_factor: int) -> tuple:
+    """(audio, audio_lens, targets [B, T, num_speakers], target_lens) of a batch of mono (mixed) cuts.
+
+    What NeMo's `LhotseAudioToSpeechE2ESpkDiarDataset` returns, without its first-channel selection:
+    `with_channels` does not exist on the simulator's MixedCuts. Slots are in arrival order.
+    """
+    import torch
+    from lhotse import CutSet
+    from lhotse.dataset import AudioSamples
+    from lhotse.dataset.collation import collate_matrices
+    from nemo.collections.asr.parts.utils.asr_multispeaker_utils import (
+        get_hidden_length_from_sample_length,
+        speaker_to_target,
+    )
+
+    cuts = CutSet.from_cuts(cuts)
+    samples_per_frame = round(window_stride * cuts[0].sampling_rate)
+    masks = [
+        speaker_to_target(cut, num_speakers, samples_per_frame, subsampling_factor, boundary_segments=True)
+        for cut in cuts
+    ]
+    audio, audio_lens = AudioSamples()(cuts)
+    targets = collate_matrices([m[:, :num_speakers] for m in masks]).to(audio.dtype)
+    target_lens = torch.tensor(
+        [get_hidden_length_from_sample_length(int(n), samples_per_frame, subsampling_factor) for n in audio_lens]
+    )
+    return audio, audio_lens, targets, target_lens
+
+
+class _MixtureDataset:
+    """A lhotse map-style dataset (a CutSet in, a batch out) over `mixture_batch`."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.args = (int(cfg.num_speakers), float(cfg.window_stride), int(cfg.subsampling_factor))
+
+    def __getitem__(self, cuts) -> tuple:
+        return mixture_batch(cuts, *self.args)
+
+
+def _attach_data(model) -> None:
+    """Point the model's train/validation dataloaders at `_MixtureDataset` over its `train_ds`/`validation_ds`."""
+    from nemo.collections.common.data.lhotse import get_lhotse_dataloader_from_config
+
+    def loader(cfg: DictConfig):
+        return get_lhotse_dataloader_from_config(
+            cfg, global_rank=model.global_rank, world_size=model.world_size, dataset=_MixtureDataset(cfg)
+        )
+
+    model._train_dl = loader(model.cfg.train_ds)
+    model._validation_dl = loader(model.cfg.validation_ds)
+
+
+def _set_chunk_len(model, chunk_len: int) -> None:
+    model.sortformer_modules.chunk_len = int(chunk_len)
+
+
+def _recipe_callback(train_chunk_len: int):
+    """Long chunks while training, the checkpoint's chunk_len while validating; `train_loss` logged under the
+    ASR recipe's name (NeMo's Sortformer logs it as `loss`)."""
+    from lightning.pytorch.callbacks import LambdaCallback
+
+    def serving(_trainer, model) -> None:
+        _set_chunk_len(model, model.cfg.sortformer_modules.chunk_len)
+
+    def training(_trainer, model) -> None:
+        _set_chunk_len(model, train_chunk_len)
+
+    def log_loss(_trainer, model, outputs, _batch, _batch_idx) -> None:
+        model.log("train_loss", outputs["loss"].detach(), on_step=True, on_epoch=False)
+
+    return LambdaCallback(
+        on_train_start=training, on_validation_start=serving, on_validation_end=training, on_train_batch_end=log_loss
+    )
+
+
+def train_diarizer(
+    corpus_dir: Path, out_dir: Path, recipe: DiarizerRecipe = DiarizerRecipe(), init_from: Path | None = None
+) -> Path:
+    """Train (or fine-tune `init_from`) on simulated mixtures of the corpus; returns `out_dir/diarizer.nemo`.
+
+    Re-running with the same `out_dir` resumes from its `last.ckpt`.
+    """
+    import lightning.pytorch as pl
+    from nemo.collections.asr.models import SortformerEncLabelModel
+
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = Path(corpus_dir).resolve() / TRAIN_MANIFEST
+    apply_threads(recipe.train)
+    pl.seed_everything(recipe.train.seed, workers=True)
+    val_cuts = out_dir / "validation_cuts.jsonl.gz"
+    if not val_cuts.is_file():
+        write_validation_cuts(manifest, val_cuts, recipe.validation_mixtures)
+    trainer = make_trainer(out_dir, recipe.train, MONITOR, MONITOR_MODE, [_recipe_callback(recipe.train_chunk_len)])
+    if init_from is None:
+        model = SortformerEncLabelModel(cfg=build_config(recipe, manifest, val_cuts), trainer=trainer)
+        _attach_data(model)
+    else:
+        model = SortformerEncLabelModel.restore_from(str(init_from), trainer=trainer)
+        train_ds, validation_ds = _data_config(recipe, manifest, val_cuts, model.cfg)
+        with open_dict(model.cfg):
+            model.cfg.train_ds, model.cfg.validation_ds = train_ds, validation_ds
+            model.cfg.optim = optim_config(recipe.train)
+        _attach_data(model)
+        model.setup_optimization(model.cfg.optim)
+    pl.seed_everything(recipe.train.seed, workers=True)  # the model's __init__ re-seeds `random` (the simulator's)
+    with Stopwatch() as clock:
+        trainer.fit(model, ckpt_path=resume_path(out_dir))
+    best = trainer.checkpoint_callback.best_model_path
+    if best:
+        model = SortformerEncLabelModel.load_from_checkpoint(best, map_location="cpu")
+    _set_chunk_len(model, model.cfg.sortformer_modules.chunk_len)
+    with open_dict(model.cfg):  # the checkpoint should not point at this machine's data
+        model.cfg.train_ds = model.cfg.validation_ds = None
+    target = out_dir / CHECKPOINT_NAME
+    model.eval().save_to(str(target))
+    print(
+        f"[diarizer] trained {trainer.global_step} steps in {clock.seconds:.0f} s; best {MONITOR} "
+        f"{trainer.checkpoint_callback.best_model_score}; wrote {target}",
+        file=sys.stderr,
+    )
+    OmegaConf.save(model.cfg, out_dir / "diarizer_config.yaml")
+    return target
