@@ -137,11 +137,14 @@ def test_short_training_run_trains_restores_exports_and_serves(corpus, tmp_path,
     from mtasr.local_pipeline import LocalPipeline
     from mtasr.server import ServerConfig, TritonServer
 
-    steps = TrainSettings(max_steps=24, batch_size=4, val_every_steps=12, lr=2e-3, warmup_steps=4, progress=False)
+    steps = TrainSettings(
+        max_steps=24, batch_size=4, val_every_steps=12, lr=2e-3, warmup_steps=4, progress=False, log_every_steps=1
+    )
     asr_recipe = AsrRecipe(size="tiny", train=steps, validation_mixtures={1: 2, 2: 2})
     asr_path = train_asr(corpus, tmp_path / "asr", asr_recipe)
     losses = _train_losses(tmp_path / "asr")
-    assert len(losses) >= 2 and losses[-1] < 0.7 * losses[0], f"ASR loss did not fall: {losses}"
+    # Per-step losses vary with the mixtures' lengths: compare the first and last few steps.
+    assert np.mean(losses[-4:]) < 0.5 * np.mean(losses[:4]), f"ASR loss did not fall: {losses}"
 
     # Resume: a longer run in the same folder continues from last.ckpt instead of starting over.
     longer = AsrRecipe(size="tiny", train=replace(steps, max_steps=36), validation_mixtures={1: 2, 2: 2})
@@ -158,7 +161,7 @@ def test_short_training_run_trains_restores_exports_and_serves(corpus, tmp_path,
     diar_recipe = DiarizerRecipe(size="tiny", train=diar_steps, validation_mixtures={2: 2, 3: 2})
     diar_path = train_diarizer(corpus, tmp_path / "diarizer", diar_recipe)
     diar_losses = _train_losses(tmp_path / "diarizer")
-    assert np.mean(diar_losses[-2:]) < np.mean(diar_losses[:2]), f"diarizer loss did not fall: {diar_losses}"
+    assert np.mean(diar_losses[-8:]) < np.mean(diar_losses[:8]), f"diarizer loss did not fall: {diar_losses}"
     SortformerEncLabelModel.restore_from(str(diar_path), map_location="cpu")
 
     export_dir = tmp_path / "export"

@@ -8,23 +8,23 @@ mixture (`LhotseSpeechToTextSpkBpeDataset`); at serving time the diarizer suppli
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtasr.training.asr_model import AUX_CTC_WEIGHT_KEY
-from mtasr.training.corpus import TRAIN_MANIFEST, read_manifest
+from mtasr.training.corpus import read_manifest
 from mtasr.training.lightning import (
     Stopwatch,
     TrainSettings,
-    apply_threads,
     make_trainer,
     optim_config,
+    prepare_run,
     resume_path,
+    save_trained,
 )
 from mtasr.training.rnnt_loss import VectorisedRNNTLoss
-from mtasr.training.simulation import simulator_input_cfg, write_validation_cuts
-from omegaconf import DictConfig, OmegaConf, open_dict
+from mtasr.training.simulation import data_configs
+from omegaconf import DictConfig, open_dict
 
 CHECKPOINT_NAME = "asr.nemo"
 MONITOR = "val_wer"
@@ -58,15 +58,7 @@ def _data_config(recipe: AsrRecipe, manifest: Path, val_cuts: Path) -> tuple[dic
         "batch_size": recipe.train.batch_size,
         "pretokenize": False,
     }
-    train = {
-        **common,
-        "input_cfg": simulator_input_cfg(manifest, recipe.speaker_weights),
-        "shuffle": True,
-        "shard_seed": recipe.train.seed,
-        "seed": recipe.train.seed,
-    }
-    validation = {**common, "cuts_path": str(val_cuts), "shuffle": False, "force_finite": True}
-    return train, validation
+    return data_configs(common, manifest, val_cuts, recipe.speaker_weights, recipe.train.seed)
 
 
 def _spec_augment() -> dict:
@@ -109,19 +101,11 @@ def train_asr(corpus_dir: Path, out_dir: Path, recipe: AsrRecipe = AsrRecipe(), 
 
     Re-running with the same `out_dir` resumes from its `last.ckpt`.
     """
-    import lightning.pytorch as pl
     from mtasr.export.asr import ASR_SIZES
     from mtasr.training.asr_model import MultiTalkerRNNTWithAuxCTC, with_aux_ctc
     from nemo.collections.asr.models.multitalker_asr_models import EncDecMultiTalkerRNNTBPEModel
 
-    out_dir = Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = Path(corpus_dir).resolve() / TRAIN_MANIFEST
-    apply_threads(recipe.train)
-    pl.seed_everything(recipe.train.seed, workers=True)
-    val_cuts = out_dir / "validation_cuts.jsonl.gz"
-    if not val_cuts.is_file():
-        write_validation_cuts(manifest, val_cuts, recipe.validation_mixtures)
+    out_dir, manifest, val_cuts = prepare_run(corpus_dir, out_dir, recipe.train, recipe.validation_mixtures)
     trainer = make_trainer(out_dir, recipe.train, MONITOR)
     if init_from is None:
         tokenizer_dir = out_dir / "tokenizer"
@@ -145,14 +129,4 @@ def train_asr(corpus_dir: Path, out_dir: Path, recipe: AsrRecipe = AsrRecipe(), 
     if best:
         model = MultiTalkerRNNTWithAuxCTC.load_from_checkpoint(best, map_location="cpu")
     model = model.to_plain_model()
-    with open_dict(model.cfg):  # the checkpoint should not point at this machine's data
-        model.cfg.train_ds = model.cfg.validation_ds = None
-    target = out_dir / CHECKPOINT_NAME
-    model.eval().save_to(str(target))
-    print(
-        f"[asr] trained {trainer.global_step} steps in {clock.seconds:.0f} s; best {MONITOR} "
-        f"{trainer.checkpoint_callback.best_model_score}; wrote {target}",
-        file=sys.stderr,
-    )
-    OmegaConf.save(model.cfg, out_dir / "asr_config.yaml")
-    return target
+    return save_trained(model, trainer, out_dir / CHECKPOINT_NAME, clock.seconds)

@@ -14,21 +14,20 @@ chunk_len (the 1.12 s serving chunk), so the best checkpoint is picked by its st
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mtasr.training.corpus import TRAIN_MANIFEST
 from mtasr.training.lightning import (
     Stopwatch,
     TrainSettings,
-    apply_threads,
     make_trainer,
     optim_config,
+    prepare_run,
     resume_path,
+    save_trained,
 )
-from mtasr.training.simulation import DEFAULT_SPEAKER_WEIGHTS, simulator_input_cfg, write_validation_cuts
-from omegaconf import DictConfig, OmegaConf, open_dict
+from mtasr.training.simulation import DEFAULT_SPEAKER_WEIGHTS, data_configs
+from omegaconf import DictConfig, open_dict
 
 CHECKPOINT_NAME = "diarizer.nemo"
 # NeMo's frame-level F1 of the speaker activities under the best slot permutation (1 - F1 ~ DER).
@@ -58,15 +57,7 @@ def _data_config(recipe: DiarizerRecipe, manifest: Path, val_cuts: Path, model_c
         "num_workers": 0,
         "batch_size": recipe.train.batch_size,
     }
-    train = {
-        **common,
-        "input_cfg": simulator_input_cfg(manifest, recipe.speaker_weights),
-        "shuffle": True,
-        "shard_seed": recipe.train.seed,
-        "seed": recipe.train.seed,
-    }
-    validation = {**common, "cuts_path": str(val_cuts), "shuffle": False, "force_finite": True}
-    return train, validation
+    return data_configs(common, manifest, val_cuts, recipe.speaker_weights, recipe.train.seed)
 
 
 def build_config(recipe: DiarizerRecipe, manifest: Path, val_cuts: Path) -> DictConfig:
@@ -164,17 +155,10 @@ def train_diarizer(
 
     Re-running with the same `out_dir` resumes from its `last.ckpt`.
     """
-    import lightning.pytorch as pl
+    import lightning.pytorch
     from nemo.collections.asr.models import SortformerEncLabelModel
 
-    out_dir = Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = Path(corpus_dir).resolve() / TRAIN_MANIFEST
-    apply_threads(recipe.train)
-    pl.seed_everything(recipe.train.seed, workers=True)
-    val_cuts = out_dir / "validation_cuts.jsonl.gz"
-    if not val_cuts.is_file():
-        write_validation_cuts(manifest, val_cuts, recipe.validation_mixtures)
+    out_dir, manifest, val_cuts = prepare_run(corpus_dir, out_dir, recipe.train, recipe.validation_mixtures)
     trainer = make_trainer(out_dir, recipe.train, MONITOR, MONITOR_MODE, [_recipe_callback(recipe.train_chunk_len)])
     if init_from is None:
         model = SortformerEncLabelModel(cfg=build_config(recipe, manifest, val_cuts), trainer=trainer)
@@ -187,21 +171,12 @@ def train_diarizer(
             model.cfg.optim = optim_config(recipe.train)
         _attach_data(model)
         model.setup_optimization(model.cfg.optim)
-    pl.seed_everything(recipe.train.seed, workers=True)  # the model's __init__ re-seeds `random` (the simulator's)
+    # the model's __init__ re-seeds `random`, which the simulator draws from
+    lightning.pytorch.seed_everything(recipe.train.seed, workers=True)
     with Stopwatch() as clock:
         trainer.fit(model, ckpt_path=resume_path(out_dir))
     best = trainer.checkpoint_callback.best_model_path
     if best:
         model = SortformerEncLabelModel.load_from_checkpoint(best, map_location="cpu")
     _set_chunk_len(model, model.cfg.sortformer_modules.chunk_len)
-    with open_dict(model.cfg):  # the checkpoint should not point at this machine's data
-        model.cfg.train_ds = model.cfg.validation_ds = None
-    target = out_dir / CHECKPOINT_NAME
-    model.eval().save_to(str(target))
-    print(
-        f"[diarizer] trained {trainer.global_step} steps in {clock.seconds:.0f} s; best {MONITOR} "
-        f"{trainer.checkpoint_callback.best_model_score}; wrote {target}",
-        file=sys.stderr,
-    )
-    OmegaConf.save(model.cfg, out_dir / "diarizer_config.yaml")
-    return target
+    return save_trained(model, trainer, out_dir / CHECKPOINT_NAME, clock.seconds)

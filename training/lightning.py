@@ -20,6 +20,7 @@ class TrainSettings:
     accelerator: str = "auto"  # "cpu", "gpu" or "auto" (a GPU when present)
     seed: int = 0
     progress: bool = True
+    log_every_steps: int = 10
     threads: int = 0  # torch CPU threads; 0 = torch's default (all cores). Two jobs at once: 1 each.
 
 
@@ -47,7 +48,7 @@ def make_trainer(out_dir: Path, settings: TrainSettings, monitor: str, mode: str
         check_val_every_n_epoch=None,
         limit_train_batches=settings.val_every_steps,  # the simulator is endless: one "epoch" = one validation period
         num_sanity_val_steps=0,
-        log_every_n_steps=10,
+        log_every_n_steps=settings.log_every_steps,
         gradient_clip_val=1.0,
         logger=CSVLogger(save_dir=str(out_dir), name="logs", version=""),
         callbacks=[checkpoints, LearningRateMonitor(logging_interval="step"), *callbacks],
@@ -63,6 +64,44 @@ def apply_threads(settings: TrainSettings) -> None:
         import torch
 
         torch.set_num_threads(settings.threads)
+
+
+def prepare_run(corpus_dir: Path, out_dir: Path, settings: TrainSettings, validation_mixtures: dict[int, int]):
+    """A recipe's common start: threads, seeds, the run folder and its fixed validation mixtures.
+
+    Returns (run folder, training manifest, validation cut manifest)."""
+    import lightning.pytorch as pl
+    from mtasr.training.corpus import TRAIN_MANIFEST
+    from mtasr.training.simulation import write_validation_cuts
+
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = Path(corpus_dir).resolve() / TRAIN_MANIFEST
+    apply_threads(settings)
+    pl.seed_everything(settings.seed, workers=True)
+    val_cuts = out_dir / "validation_cuts.jsonl.gz"
+    if not val_cuts.is_file():
+        write_validation_cuts(manifest, val_cuts, validation_mixtures)
+    return out_dir, manifest, val_cuts
+
+
+def save_trained(model, trainer, target: Path, seconds: float) -> Path:
+    """Save the trained NeMo model as `target` (.nemo) and its config beside it; print a one-line summary."""
+    import sys
+
+    from omegaconf import OmegaConf, open_dict
+
+    with open_dict(model.cfg):  # the checkpoint should not point at this machine's data
+        model.cfg.train_ds = model.cfg.validation_ds = None
+    model.eval().save_to(str(target))
+    OmegaConf.save(model.cfg, target.with_suffix(".yaml"))
+    callback = trainer.checkpoint_callback
+    print(
+        f"[{target.stem}] trained {trainer.global_step} steps in {seconds:.0f} s; best {callback.monitor} "
+        f"{callback.best_model_score}; wrote {target}",
+        file=sys.stderr,
+    )
+    return target
 
 
 def resume_path(out_dir: Path) -> str | None:

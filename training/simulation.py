@@ -30,6 +30,21 @@ def simulator_input_cfg(manifest: Path, speaker_weights: dict[int, float] = DEFA
     ]
 
 
+def data_configs(
+    common: dict, manifest: Path, val_cuts: Path, speaker_weights: dict[int, float], seed: int
+) -> tuple[dict, dict]:
+    """A recipe's lhotse `train_ds` (the simulator, endless) and `validation_ds` (the fixed cuts)."""
+    train = {
+        **common,
+        "input_cfg": simulator_input_cfg(manifest, speaker_weights),
+        "shuffle": True,
+        "shard_seed": seed,
+        "seed": seed,
+    }
+    validation = {**common, "cuts_path": str(val_cuts), "shuffle": False, "force_finite": True}
+    return train, validation
+
+
 def make_generator(manifest: Path, n_speakers: int):
     """NeMo's simulator for `n_speakers`-speaker mixtures of the manifest's utterances."""
     from nemo.collections.asr.parts.utils.asr_multispeaker_utils import MultiSpeakerMixtureGenerator
