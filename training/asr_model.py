@@ -33,14 +33,18 @@ class MultiTalkerRNNTWithAuxCTC(EncDecMultiTalkerRNNTBPEModel):
         joint = self.joint(encoder_outputs=encoded, decoder_outputs=decoder)
         rnnt = self.loss(log_probs=joint, targets=transcript, input_lengths=encoded_len, target_lengths=target_length)
         log_probs = self.aux_ctc_head(encoded.transpose(1, 2)).log_softmax(-1)
-        ctc = torch.nn.functional.ctc_loss(
-            log_probs.transpose(0, 1),
-            transcript,
-            encoded_len,
-            transcript_len,
-            blank=self.decoder.blank_idx,
-            zero_infinity=True,
-        )
+        ctc = (
+            torch.nn.functional.ctc_loss(
+                log_probs.transpose(0, 1),
+                transcript,
+                encoded_len,
+                transcript_len,
+                blank=self.decoder.blank_idx,
+                reduction="sum",
+                zero_infinity=True,
+            )
+            / transcript.shape[0]
+        )  # per utterance, as NeMo's hybrid CTC and the RNNT loss: per token it would be ~9x weaker
         loss = rnnt + self.aux_ctc_weight * ctc
         self.log_dict({"train_loss": loss, "train_rnnt_loss": rnnt, "train_ctc_loss": ctc}, on_step=True)
         return {"loss": loss}
