@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from mtasr.deployment import STAGES, ServingSettings, build_stage, load_manifest, local_graphs
-from mtasr.stages import STAGE_IO, RequestError
+from mtasr.stages import DIARIZER_FRAMES, SPEAKER_PROBS, STAGE_IO, RequestError
 from mtasr.streams import StageRequest
 
 
@@ -24,6 +24,11 @@ class LocalPipeline:
 
     def step(self, requests: list[tuple[int, np.ndarray, bool, bool]]) -> list[dict[str, np.ndarray] | RequestError]:
         """One batch of (stream, audio, start, end) through every stage, as one Triton batch would go."""
+        _, outputs = STAGE_IO["asr"]
+        return [r if isinstance(r, RequestError) else {n: r[n] for n, _, _ in outputs} for r in self.run(requests)]
+
+    def run(self, requests: list[tuple[int, np.ndarray, bool, bool]]) -> list[dict[str, Any] | RequestError]:
+        """Like `step`, with every stage's outputs (the diarizer's SPEAKER_PROBS, the masks, ...)."""
         tensors: list[dict[str, Any]] = [{"AUDIO": audio} for _, audio, _, _ in requests]
         failed: list[RequestError | None] = [None] * len(requests)
         for name in STAGES:
@@ -38,15 +43,25 @@ class LocalPipeline:
                     failed[i] = result
                 else:
                     tensors[i].update(result)
-        _, outputs = STAGE_IO["asr"]
-        return [failed[i] or {n: tensors[i][n] for n, _, _ in outputs} for i in range(len(requests))]
+        return [failed[i] or tensors[i] for i in range(len(requests))]
 
     def transcribe(self, audio: np.ndarray, chunk_samples: int, stream: int = 1) -> list[dict[str, np.ndarray]]:
         """Stream one utterance in chunks of `chunk_samples`; the END request carries the last piece."""
+        return self._stream(self.step, audio, chunk_samples, stream)
+
+    def speaker_activity(self, audio: np.ndarray, chunk_samples: int, stream: int = 1) -> np.ndarray:
+        """The streaming diarizer's speaker probabilities [frames, slots], as the served stage computes them."""
+        chunks = self._stream(self.run, audio, chunk_samples, stream)
+        return np.concatenate(
+            [c[SPEAKER_PROBS][0, : int(c[DIARIZER_FRAMES][0])] for c in chunks if int(c[DIARIZER_FRAMES][0])]
+        )
+
+    @staticmethod
+    def _stream(step, audio: np.ndarray, chunk_samples: int, stream: int) -> list[dict[str, Any]]:
         pieces = [audio[i : i + chunk_samples] for i in range(0, len(audio), chunk_samples)] or [audio[:0]]
         results = []
         for k, piece in enumerate(pieces):
-            (result,) = self.step([(stream, piece, k == 0, k == len(pieces) - 1)])
+            (result,) = step([(stream, piece, k == 0, k == len(pieces) - 1)])
             if isinstance(result, RequestError):
                 raise result
             results.append(result)

@@ -78,39 +78,75 @@ def test_corpus_manifests_are_nemo_manifests_of_every_voice(corpus):
         assert 0.5 < entry["duration"] < 8
 
 
+FRAME_S = 0.08  # one diarizer target frame
+
+
+def assert_targets_match_turns(targets: np.ndarray, turns: list[dict], window: tuple[float, float], what: str):
+    """`targets` [frames, 4] (NeMo's arrival-ordered speaker activity of a cut spanning `window` seconds of
+    its recording) against RTTM turns of that recording: same speakers, same order, same frames up to
+    the frame each turn edge falls in."""
+    start, end = window
+    turns = [t for t in turns if t["end_time"] > start and t["start_time"] < end]
+    order = list(dict.fromkeys(t["speaker"] for t in sorted(turns, key=lambda t: t["start_time"])))
+    from_rttm = np.zeros_like(targets)
+    centres = start + (np.arange(targets.shape[0]) + 0.5) * FRAME_S
+    for turn in turns:
+        active = (centres >= turn["start_time"]) & (centres < turn["end_time"])
+        from_rttm[active, order.index(turn["speaker"])] = 1
+    assert not targets[:, len(order) :].any(), f"{what}: activity beyond the recording's speakers"
+    assert (targets[:, : len(order)].sum(axis=0) > 0).all(), f"{what}: a speaker of the RTTM has no target"
+    disagree = np.abs(targets - from_rttm).sum(axis=0)
+    edges = 2 * np.bincount([order.index(t["speaker"]) for t in turns], minlength=4)
+    assert (disagree <= edges).all(), f"{what}: per-speaker disagreeing frames {disagree} (allowed {edges})"
+
+
 @needs_voices
 def test_simulator_speaker_targets_agree_with_the_mixture_rttm(corpus, tmp_path):
-    """The diarizer's training targets (NeMo's `speaker_to_target`: arrival-ordered speaker activity per
-    80 ms frame) equal the turns of the RTTM written for the same simulated mixture."""
+    """The diarizer's training targets (NeMo's `speaker_to_target` on lsmix mixtures) equal the turns of
+    the RTTM written for the same simulated mixture."""
     from mtasr.client.formats import read_rttm, write_rttm
     from mtasr.training.corpus import TRAIN_MANIFEST
     from mtasr.training.diarizer import mixture_batch
     from mtasr.training.simulation import draw_mixtures, mixture_segments
 
-    mixtures = draw_mixtures(corpus / TRAIN_MANIFEST, {1: 2, 2: 4, 3: 4, 4: 2}, seed=5)
-    frame_s = 0.08
-    for i, mixture in enumerate(mixtures):
+    for i, mixture in enumerate(draw_mixtures(corpus / TRAIN_MANIFEST, {1: 2, 2: 4, 3: 4, 4: 2}, seed=5)):
         rttm = tmp_path / f"mix{i}.rttm"
         write_rttm(mixture_segments(mixture, f"mix{i}"), rttm)
-        turns = read_rttm(rttm)
-        _, _, targets, target_lens = mixture_batch([mixture], 4, 0.01, 8)
-        targets = targets[0, : int(target_lens[0])].numpy()  # [frames, 4]
-        # The RTTM's speakers in order of first turn = NeMo's arrival-time order of the target columns.
-        order = list(dict.fromkeys(t["speaker"] for t in sorted(turns, key=lambda t: t["start_time"])))
-        n_spk = len({track.cut.supervisions[0].speaker for track in mixture.tracks})
-        assert len(order) == n_spk
-        from_rttm = np.zeros_like(targets)
-        centres = (np.arange(targets.shape[0]) + 0.5) * frame_s
-        for turn in turns:
-            active = (centres >= turn["start_time"]) & (centres < turn["end_time"])
-            from_rttm[active, order.index(turn["speaker"])] = 1
-        assert not targets[:, n_spk:].any(), "no activity beyond the mixture's speakers"
-        # Frames are 80 ms; a turn edge may fall either side of a frame centre.
-        disagree = np.abs(targets - from_rttm).sum(axis=0)
-        assert (disagree <= 2 * np.bincount([order.index(t["speaker"]) for t in turns], minlength=4)).all(), (
-            f"mixture {i}: per-speaker disagreeing frames {disagree}"
+        _, _, targets, lengths = mixture_batch([mixture], 4, 0.01, 8)
+        assert len({t.cut.supervisions[0].speaker for t in mixture.tracks}) == len(
+            {t["speaker"] for t in read_rttm(rttm)}
         )
-        assert (targets[:, :n_spk].sum(axis=0) > 0).all()
+        assert_targets_match_turns(targets[0, : int(lengths[0])].numpy(), read_rttm(rttm), (0.0, 1e9), f"mix{i}")
+
+
+@needs_voices
+def test_conversation_simulator_targets_agree_with_the_conversation_rttm(corpus, tmp_path):
+    """NeMo's `mixture_loader` cuts stretches out of our conversations; its targets equal the session RTTM
+    over that stretch, a returning speaker keeping its slot."""
+    import random
+
+    from mtasr.client.formats import read_rttm
+    from mtasr.training.corpus import TRAIN_MANIFEST
+    from mtasr.training.diarizer import mixture_batch
+    from mtasr.training.evalset import REFERENCE_DIR, write_conversations
+    from nemo.collections.asr.parts.utils.asr_multispeaker_utils import MultiSpeakerMixtureGenerator
+
+    sessions = write_conversations(corpus / TRAIN_MANIFEST, tmp_path, 6, {2: 0.5, 3: 0.5}, seed=3)
+    generator = MultiSpeakerMixtureGenerator(
+        manifest_filepath=str(sessions), sample_rate=16000, simulator_type="mixture_loader", min_duration=6.0
+    )
+    random.seed(11)
+    returning = 0
+    for i in range(8):
+        cut = next(generator)
+        session = cut.supervisions[0].recording_id
+        turns = read_rttm(tmp_path / REFERENCE_DIR / f"{session}.rttm")
+        _, _, targets, lengths = mixture_batch([cut], 4, 0.01, 8)
+        targets = targets[0, : int(lengths[0])].numpy()
+        assert_targets_match_turns(targets, turns, (cut.start, cut.start + cut.duration), f"cut {i}")
+        starts = np.flatnonzero(np.diff(np.concatenate([[0], targets[:, 0]])) > 0)
+        returning += len(starts) > 1
+    assert returning, "some stretch should have a speaker who pauses and comes back"
 
 
 def _train_losses(run_dir: Path) -> list[float]:

@@ -80,9 +80,10 @@ def _evalset(args: argparse.Namespace) -> int:
 
 
 def _asr(args: argparse.Namespace) -> int:
-    from mtasr.training.asr import AsrRecipe, train_asr
+    from mtasr.training.asr import SINGLE_SPEAKER, AsrRecipe, train_asr
 
-    train_asr(args.corpus, args.out, AsrRecipe(train=_train_settings(args)), init_from=args.init_from)
+    weights = {"speaker_weights": dict(SINGLE_SPEAKER)} if args.single_speaker else {}
+    train_asr(args.corpus, args.out, AsrRecipe(train=_train_settings(args), **weights), init_from=args.init_from)
     return 0
 
 
@@ -107,13 +108,14 @@ def _defaults(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from mtasr.training.evaluate import evaluate, quality_table
 
-    print(quality_table(evaluate(args.model_repository, args.evalset, args.out, jobs=args.jobs)), end="")
+    result = evaluate(args.model_repository, args.evalset, args.out, jobs=args.jobs)
+    print(quality_table(result["served"], result["diarizer"]), end="")
     return 0
 
 
 def add_parsers(sub) -> None:
     """Register `train` (with its own subcommands) and `evaluate` on the top-level subparsers."""
-    from mtasr.training.asr import ASR_TRAIN
+    from mtasr.training.asr import ASR_FINE_TUNE, ASR_TRAIN
     from mtasr.training.diarizer import DIARIZER_TRAIN
 
     train = sub.add_parser(
@@ -139,6 +141,12 @@ def add_parsers(sub) -> None:
 
     asr = steps.add_parser("asr", help="train or fine-tune the multitalker RNNT on simulated mixtures")
     _add_train_options(asr, ASR_TRAIN)
+    asr.add_argument(
+        "--single-speaker",
+        action="store_true",
+        help="train on single speakers only (stage 1 of the default curriculum; stage 2 is --init-from its "
+        "asr.nemo on mixtures)",
+    )
     asr.set_defaults(func=_asr)
 
     diar = steps.add_parser("diarizer", help="train or fine-tune the Streaming Sortformer on simulated mixtures")
@@ -149,8 +157,13 @@ def add_parsers(sub) -> None:
         "defaults", help="reproduce the default pair: corpus, both models, export, evaluation; prints wall time"
     )
     defaults.add_argument("--work-dir", type=Path, default=WORK_DIR)
-    defaults.add_argument("--asr-steps", type=int, default=ASR_TRAIN.max_steps)
-    defaults.add_argument("--diarizer-steps", type=int, default=DIARIZER_TRAIN.max_steps)
+    defaults.add_argument(
+        "--asr-steps",
+        type=int,
+        help="steps of each ASR stage (default: the recipes' own, "
+        f"{ASR_TRAIN.max_steps} single-speaker + {ASR_FINE_TUNE.max_steps} on mixtures)",
+    )
+    defaults.add_argument("--diarizer-steps", type=int, help=f"default: {DIARIZER_TRAIN.max_steps}")
     defaults.add_argument(
         "--install",
         action="store_true",

@@ -25,7 +25,7 @@ DEFAULT_MAX_STREAMS = 4
 
 @dataclass(frozen=True)
 class DefaultsSettings:
-    asr_steps: int | None = None  # None: the recipe's own (ASR_TRAIN, DIARIZER_TRAIN)
+    asr_steps: int | None = None  # each ASR stage's steps; None: the recipes' own (ASR_TRAIN, ASR_FINE_TUNE)
     diarizer_steps: int | None = None
 
 
@@ -84,24 +84,41 @@ def reproduce_defaults(work_dir: Path, settings: DefaultsSettings = DefaultsSett
         write_demo_conversation(corpus)
     times["total"] = round(sum(times.values()), 1)
     (work_dir / "wall_times.json").write_text(json.dumps(times, indent=1) + "\n")
-    print(quality_table(groups), end="")
+    print(quality_table(groups["served"], groups["diarizer"]), end="")
     print(f"[defaults] wall time: {times['total'] / 60:.1f} min ({json.dumps(times)})", file=sys.stderr)
     return times
 
 
-def _train_one(which: str, corpus: Path, out_dir: Path, steps: int | None, threads: int) -> Path:
+def _settings(train, steps: int | None, threads: int):
+    """A recipe's TrainSettings with `steps` (None: its own), `threads`, no progress bar (two jobs share stderr)."""
     import dataclasses
 
-    from mtasr.training.asr import AsrRecipe, train_asr
-    from mtasr.training.diarizer import DiarizerRecipe, train_diarizer
-
-    recipe_type, train = (AsrRecipe, train_asr) if which == "asr" else (DiarizerRecipe, train_diarizer)
-    defaults = recipe_type().train
-    steps = steps or defaults.max_steps
-    settings = dataclasses.replace(
-        defaults, max_steps=steps, warmup_steps=min(defaults.warmup_steps, steps), threads=threads, progress=False
+    steps = steps or train.max_steps
+    return dataclasses.replace(
+        train, max_steps=steps, warmup_steps=min(train.warmup_steps, steps), threads=threads, progress=False
     )
-    return train(corpus, out_dir, recipe_type(train=settings))
+
+
+def _train_asr(corpus: Path, out_dir: Path, steps: int | None, threads: int) -> Path:
+    from mtasr.training.asr import ASR_FINE_TUNE, ASR_TRAIN, SINGLE_SPEAKER, AsrRecipe, train_asr_curriculum
+
+    first = AsrRecipe(train=_settings(ASR_TRAIN, steps, threads), speaker_weights=dict(SINGLE_SPEAKER))
+    second = AsrRecipe(train=_settings(ASR_FINE_TUNE, steps, threads))
+    return train_asr_curriculum(corpus, out_dir, first, second)
+
+
+def _train_diarizer(corpus: Path, out_dir: Path, steps: int | None, threads: int) -> Path:
+    from mtasr.training.diarizer import (
+        CONVERSATIONS,
+        DIARIZER_FINE_TUNE,
+        DIARIZER_TRAIN,
+        DiarizerRecipe,
+        train_diarizer_curriculum,
+    )
+
+    first = DiarizerRecipe(train=_settings(DIARIZER_TRAIN, steps, threads))
+    second = DiarizerRecipe(train=_settings(DIARIZER_FINE_TUNE, steps, threads), conversations=CONVERSATIONS)
+    return train_diarizer_curriculum(corpus, out_dir, first, second)
 
 
 def train_pair(corpus: Path, work_dir: Path, settings: DefaultsSettings) -> tuple[Path, Path]:
@@ -113,6 +130,6 @@ def train_pair(corpus: Path, work_dir: Path, settings: DefaultsSettings) -> tupl
 
     threads = max(1, (os.cpu_count() or 2) // 2)
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        asr = pool.submit(_train_one, "asr", corpus, work_dir / "asr", settings.asr_steps, threads)
-        diarizer = pool.submit(_train_one, "diarizer", corpus, work_dir / "diarizer", settings.diarizer_steps, threads)
+        asr = pool.submit(_train_asr, corpus, work_dir / "asr", settings.asr_steps, threads)
+        diarizer = pool.submit(_train_diarizer, corpus, work_dir / "diarizer", settings.diarizer_steps, threads)
         return asr.result(), diarizer.result()

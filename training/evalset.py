@@ -68,7 +68,8 @@ def corpus_conversation(test_entries: list[dict], n_speakers: int, seed: int) ->
 
 def reference_segments(conversation: Conversation, session: str) -> list:
     return [
-        make_segment(session, conversation.voices[s.speaker], s.start_s, s.end_s, s.text) for s in conversation.segments
+        make_segment(session, conversation.voices[s.speaker], round(s.start_s, 4), round(s.end_s, 4), s.text)
+        for s in conversation.segments
     ]
 
 
@@ -86,6 +87,39 @@ def write_session(conversation: Conversation, session: str, out_dir: Path) -> Pa
     write_stm(segments, ref.with_name(session + STM_SUFFIX))
     write_rttm(segments, ref.with_name(session + RTTM_SUFFIX))
     return audio_path
+
+
+def write_conversations(
+    corpus_manifest: Path, out_dir: Path, count: int, speakers: dict[int, float], seed: int
+) -> Path:
+    """`count` training conversations (speakers drawn by weight) for NeMo's `mixture_loader` simulator:
+    WAV + SegLST each, and `sessions.json` (audio_filepath, seglst_filepath, session_id, duration).
+
+    Unlike lsmix mixtures (one utterance per speaker), speakers here pause and come back, which a
+    streaming diarizer must learn to keep in the same slot."""
+    import json as json_module
+
+    out_dir = Path(out_dir).resolve()
+    entries = read_manifest(Path(corpus_manifest))
+    rng = np.random.default_rng(seed)
+    counts, weights = zip(*sorted(speakers.items()), strict=True)
+    rows = []
+    for index in range(count):
+        n = int(rng.choice(counts, p=np.asarray(weights) / sum(weights)))
+        session = f"conv{n}-{index:05d}"
+        conversation = corpus_conversation(entries, n, seed * 100003 + index)
+        audio_path = write_session(conversation, session, out_dir)
+        rows.append(
+            {
+                "audio_filepath": str(audio_path),
+                "seglst_filepath": str(out_dir / REFERENCE_DIR / f"{session}{SEGLST_SUFFIX}"),
+                "session_id": session,
+                "duration": round(conversation.duration_s, 4),
+            }
+        )
+    manifest = out_dir / "sessions.json"
+    manifest.write_text("".join(json_module.dumps(r) + "\n" for r in rows))
+    return manifest
 
 
 def build_evalset(corpus_dir: Path, out_dir: Path, settings: EvalSetSettings = EvalSetSettings()) -> Path:

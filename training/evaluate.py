@@ -11,6 +11,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 from mtasr.training.evalset import AUDIO_DIR, REFERENCE_DIR
 
 
@@ -45,19 +46,57 @@ def transcribe_evalset(repo: Path, evalset_dir: Path, hyp_dir: Path, jobs: int =
                 bar.update(1)
 
 
+def activity_segments(probs, frame_s: float, session: str, threshold: float = 0.5) -> list[dict]:
+    """Speaker turns from per-frame slot probabilities: runs above `threshold`, one speaker per slot."""
+    from mtasr.client.formats import make_segment
+
+    segments = []
+    active = probs > threshold
+    for slot in range(active.shape[1]):
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], active[:, slot].astype(int), [0]])))
+        for start, end in zip(edges[::2], edges[1::2], strict=True):
+            segments.append(
+                make_segment(session, f"speaker_{slot}", round(start * frame_s, 3), round(end * frame_s, 3))
+            )
+    return sorted(segments, key=lambda s: s["start_time"])
+
+
+def diarize_evalset(repo: Path, evalset_dir: Path, hyp_dir: Path) -> None:
+    """The streaming diarizer alone, exactly as the served diarization stage runs it (in process), per session:
+    `<session>.rttm` and a word-less `<session>.seglst.json` (so `mtasr score` reports its DER)."""
+    import soundfile as sf
+    from mtasr.client.formats import RTTM_SUFFIX, SEGLST_SUFFIX, write_rttm, write_seglst
+
+    from mtasr.deployment import load_manifest
+    from mtasr.local_pipeline import LocalPipeline
+
+    manifest = load_manifest(Path(repo))
+    chunk = manifest["asr"]["streaming"]["shift_feature_frames"][1] * manifest["asr"]["features"]["hop_length"]
+    frame_s = manifest["diarizer"]["geometry"]["frame_len_s"]
+    pipeline = LocalPipeline(Path(repo))
+    hyp_dir.mkdir(parents=True, exist_ok=True)
+    for wav in sorted((Path(evalset_dir) / AUDIO_DIR).glob("*.wav")):
+        audio, _ = sf.read(wav, dtype="float32")
+        segments = activity_segments(pipeline.speaker_activity(audio, chunk), frame_s, wav.stem)
+        write_seglst(segments, hyp_dir / f"{wav.stem}{SEGLST_SUFFIX}")
+        write_rttm(segments, hyp_dir / f"{wav.stem}{RTTM_SUFFIX}")
+
+
 def score_by_speaker_count(hyp_dir: Path, evalset_dir: Path) -> dict[str, dict]:
     """`mtasr score` overall figures per group of sessions with 1, 2 and 3 speakers."""
+    from mtasr.client.formats import RTTM_SUFFIX, SEGLST_SUFFIX
     from mtasr.client.score import score
 
     groups: dict[str, dict] = {}
     ref_dir = Path(evalset_dir) / REFERENCE_DIR
     for prefix in sorted({p.name.split("-")[0] for p in ref_dir.iterdir()}):
-        with_prefix = Path(hyp_dir).parent / f"_score_{prefix}"
+        with_prefix = Path(hyp_dir).parent / f"_score_{Path(hyp_dir).name}_{prefix}"
         for side, folder in (("hyp", hyp_dir), ("ref", ref_dir)):
             target = with_prefix / side
             target.mkdir(parents=True, exist_ok=True)
-            for f in Path(folder).glob(f"{prefix}-*"):
-                (target / f.name).write_bytes(f.read_bytes())
+            for suffix in (SEGLST_SUFFIX, RTTM_SUFFIX):  # the STM would repeat the SegLST's words
+                for f in Path(folder).glob(f"{prefix}-*{suffix}"):
+                    (target / f.name).write_bytes(f.read_bytes())
         report = score(with_prefix / "hyp", with_prefix / "ref")
         overall = report.overall.to_dict()
         groups[prefix] = {
@@ -68,26 +107,37 @@ def score_by_speaker_count(hyp_dir: Path, evalset_dir: Path) -> dict[str, dict]:
     return groups
 
 
-def quality_table(groups: dict[str, dict]) -> str:
-    """Markdown: speakers, sessions, reference words, (cp)WER, DER."""
-    lines = ["| speakers | sessions | ref words | cpWER (= WER for 1 speaker) | DER |", "|---|---|---|---|---|"]
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def quality_table(groups: dict[str, dict], diarizer: dict[str, dict] | None = None) -> str:
+    """Markdown: speakers, sessions, reference words, (cp)WER and DER of the served transcripts, and the DER
+    of the streaming diarizer alone (its own turns, not the words')."""
+    lines = [
+        "| speakers | sessions | ref words | cpWER (= WER for 1 speaker) | DER (words' turns) | DER (diarizer alone) |",
+        "|---|---|---|---|---|---|",
+    ]
     for prefix, g in groups.items():
-        cp, der = g["cpwer"], g["der"]
-        der_rate = der.get("error_rate") if der else None
+        der = (g["der"] or {}).get("error_rate")
+        alone = ((diarizer or {}).get(prefix, {}).get("der") or {}).get("error_rate")
         lines.append(
-            f"| {prefix.removeprefix('spk')} | {g['sessions']} | {cp['length']} | {100 * cp['error_rate']:.1f} % "
-            f"| {'-' if der_rate is None else f'{100 * der_rate:.1f} %'} |"
+            f"| {prefix.removeprefix('spk')} | {g['sessions']} | {g['cpwer']['length']} | "
+            f"{_percent(g['cpwer']['error_rate'])} | {_percent(der)} | {_percent(alone)} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def evaluate(repo: Path, evalset_dir: Path, out_dir: Path, jobs: int = 2) -> dict[str, dict]:
-    """Transcribe and score; writes `out_dir/hyp/`, `quality.json` and `quality.md`."""
+    """Transcribe and score; diarize and score; writes `out_dir/hyp/`, `diarizer/`, `quality.json`, `quality.md`."""
     out_dir = Path(out_dir)
     hyp_dir = out_dir / "hyp"
     hyp_dir.mkdir(parents=True, exist_ok=True)
     transcribe_evalset(repo, evalset_dir, hyp_dir, jobs)
     groups = score_by_speaker_count(hyp_dir, evalset_dir)
-    (out_dir / "quality.json").write_text(json.dumps(groups, indent=1) + "\n")
-    (out_dir / "quality.md").write_text(quality_table(groups))
-    return groups
+    diarizer_dir = out_dir / "diarizer"
+    diarize_evalset(repo, evalset_dir, diarizer_dir)
+    diarizer = score_by_speaker_count(diarizer_dir, evalset_dir)
+    (out_dir / "quality.json").write_text(json.dumps({"served": groups, "diarizer": diarizer}, indent=1) + "\n")
+    (out_dir / "quality.md").write_text(quality_table(groups, diarizer))
+    return {"served": groups, "diarizer": diarizer}

@@ -30,6 +30,18 @@ def simulator_input_cfg(manifest: Path, speaker_weights: dict[int, float] = DEFA
     ]
 
 
+def conversation_input_cfg(sessions_manifest: Path, weight: float, min_duration_s: float = 6.0) -> dict:
+    """An `input_cfg` entry drawing stretches of at least `min_duration_s` from whole conversations
+    (NeMo's `mixture_loader` simulator over a SegLST session manifest)."""
+    return {
+        "type": "multi_speaker_simulator",
+        "manifest_filepath": str(sessions_manifest),
+        "simulator_type": "mixture_loader",
+        "min_duration": min_duration_s,
+        "weight": weight,
+    }
+
+
 def data_configs(
     common: dict, manifest: Path, val_cuts: Path, speaker_weights: dict[int, float], seed: int
 ) -> tuple[dict, dict]:
