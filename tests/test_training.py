@@ -180,7 +180,7 @@ def test_short_training_run_trains_restores_exports_and_serves(corpus, tmp_path,
     asr_path = train_asr(corpus, tmp_path / "asr", asr_recipe)
     losses = _train_losses(tmp_path / "asr")
     # Per-step losses vary with the mixtures' lengths: compare the first and last few steps.
-    assert np.mean(losses[-4:]) < 0.5 * np.mean(losses[:4]), f"ASR loss did not fall: {losses}"
+    assert np.mean(losses[-4:]) < 0.75 * np.mean(losses[:4]), f"ASR loss did not fall: {losses}"
 
     # Resume: a longer run in the same folder continues from last.ckpt instead of starting over.
     longer = AsrRecipe(size="tiny", train=replace(steps, max_steps=36), validation_mixtures={1: 2, 2: 2})
@@ -200,8 +200,21 @@ def test_short_training_run_trains_restores_exports_and_serves(corpus, tmp_path,
     assert np.mean(diar_losses[-8:]) < np.mean(diar_losses[:8]), f"diarizer loss did not fall: {diar_losses}"
     SortformerEncLabelModel.restore_from(str(diar_path), map_location="cpu")
 
+    # Stage 2 of both curricula: NeMo's fine-tuning path from a .nemo (the diarizer's with conversations).
+    short = replace(steps, max_steps=4, val_every_steps=4, warmup_steps=1)
+    tuned_asr = train_asr(corpus, tmp_path / "asr_tuned", replace(asr_recipe, train=short), init_from=asr_path)
+    tuned_diar = train_diarizer(
+        corpus, tmp_path / "diar_tuned", replace(diar_recipe, train=short, conversations=4), init_from=diar_path
+    )
+    before = EncDecMultiTalkerRNNTBPEModel.restore_from(str(asr_path), map_location="cpu").state_dict()
+    after = EncDecMultiTalkerRNNTBPEModel.restore_from(str(tuned_asr), map_location="cpu").state_dict()
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before), "fine-tuning changed nothing"
+    assert (tmp_path / "diar_tuned" / "conversations" / "sessions.json").is_file()
+    SortformerEncLabelModel.restore_from(str(tuned_diar), map_location="cpu")
+
     export_dir = tmp_path / "export"
-    run_export(asr_path, diar_path, export_dir, ExportSettings(max_streams_per_batch=2))
+    run_export(tuned_asr, tuned_diar, export_dir, ExportSettings(max_streams_per_batch=2))
     repo = export_dir / "model_repository"
     assert json.loads((repo / "manifest.json").read_text())["checkpoints"]
 

@@ -108,7 +108,6 @@ def train_asr(corpus_dir: Path, out_dir: Path, recipe: AsrRecipe = AsrRecipe(), 
     """
     from mtasr.export.asr import ASR_SIZES
     from mtasr.training.asr_model import MultiTalkerRNNTWithAuxCTC, with_aux_ctc
-    from nemo.collections.asr.models.multitalker_asr_models import EncDecMultiTalkerRNNTBPEModel
 
     out_dir, manifest, val_cuts = prepare_run(corpus_dir, out_dir, recipe.train, recipe.validation_mixtures)
     trainer = make_trainer(out_dir, recipe.train, MONITOR)
@@ -118,12 +117,9 @@ def train_asr(corpus_dir: Path, out_dir: Path, recipe: AsrRecipe = AsrRecipe(), 
             train_tokenizer(manifest, ASR_SIZES[recipe.size].vocab_size, tokenizer_dir)
         model = MultiTalkerRNNTWithAuxCTC(cfg=build_config(recipe, tokenizer_dir, manifest, val_cuts), trainer=trainer)
     else:
-        given = EncDecMultiTalkerRNNTBPEModel.restore_from(str(init_from), map_location="cpu")
         train_ds, validation_ds = _data_config(recipe, manifest, val_cuts)
-        with open_dict(given.cfg):
-            given.cfg.train_ds, given.cfg.validation_ds = train_ds, validation_ds
-            given.cfg.optim = optim_config(recipe.train)
-        model = with_aux_ctc(given, recipe.aux_ctc_weight, trainer)
+        changes = {"train_ds": train_ds, "validation_ds": validation_ds, "optim": optim_config(recipe.train)}
+        model = with_aux_ctc(init_from, changes, recipe.aux_ctc_weight, out_dir / "tokenizer", trainer)
         model.setup_training_data(model.cfg.train_ds)
         model.setup_multiple_validation_data(model.cfg.validation_ds)
         model.setup_optimization(model.cfg.optim)

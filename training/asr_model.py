@@ -10,6 +10,9 @@ what export and serving read.
 
 from __future__ import annotations
 
+import tarfile
+from pathlib import Path
+
 import torch
 from nemo.collections.asr.models.multitalker_asr_models import EncDecMultiTalkerRNNTBPEModel
 from omegaconf import open_dict
@@ -62,11 +65,33 @@ class MultiTalkerRNNTWithAuxCTC(EncDecMultiTalkerRNNTBPEModel):
         return plain.eval()
 
 
-def with_aux_ctc(model: EncDecMultiTalkerRNNTBPEModel, weight: float, trainer=None) -> MultiTalkerRNNTWithAuxCTC:
-    """A restored NeMo model (fine-tuning) with a fresh CTC head."""
-    cfg = model.cfg.copy()
+def unpack_tokenizer(nemo_path: Path, out_dir: Path) -> Path:
+    """The `.nemo`'s SentencePiece files as a plain tokenizer folder (`tokenizer.model`, `vocab.txt`).
+
+    A restored model's config names its tokenizer by archive reference (`nemo:...`), which only
+    resolves while restoring; a model built anew from that config needs real files."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(nemo_path) as archive:
+        for member in archive.getmembers():
+            for name in ("tokenizer.model", "vocab.txt"):
+                if member.name.endswith("_" + name) or Path(member.name).name == name:
+                    (out_dir / name).write_bytes(archive.extractfile(member).read())
+    if not (out_dir / "tokenizer.model").is_file():
+        raise ValueError(f"{nemo_path} holds no SentencePiece tokenizer.model")
+    return out_dir
+
+
+def with_aux_ctc(nemo_path: Path, cfg_changes: dict, weight: float, tokenizer_dir: Path, trainer=None):
+    """The `.nemo` model (fine-tuning) as MultiTalkerRNNTWithAuxCTC with a fresh CTC head; `cfg_changes`
+    (data, optimizer) applied to its config."""
+    given = EncDecMultiTalkerRNNTBPEModel.restore_from(str(nemo_path), map_location="cpu")
+    cfg = given.cfg.copy()
     with open_dict(cfg):
+        cfg.update(cfg_changes)
         cfg[AUX_CTC_WEIGHT_KEY] = weight
+        cfg.tokenizer = {"dir": str(unpack_tokenizer(Path(nemo_path), tokenizer_dir)), "type": "bpe"}
     wrapped = MultiTalkerRNNTWithAuxCTC(cfg=cfg, trainer=trainer)
-    wrapped.load_state_dict(model.state_dict(), strict=False)
+    missing, unexpected = wrapped.load_state_dict(given.state_dict(), strict=False)
+    if unexpected or any(not k.startswith(HEAD) for k in missing):
+        raise ValueError(f"{nemo_path} does not fit the model: missing {missing}, unexpected {unexpected}")
     return wrapped
