@@ -47,7 +47,7 @@ def install_repository(exported: Path, target: Path = DEFAULT_REPOSITORY) -> Non
     """Replace `target`'s contents with the exported repository."""
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(exported, target)
+    shutil.copytree(exported, target, ignore=shutil.ignore_patterns("__pycache__"))
 
 
 def reproduce_defaults(work_dir: Path, settings: DefaultsSettings = DefaultsSettings(), install: bool = False) -> dict:
