@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from dataclasses import replace
@@ -150,8 +149,9 @@ def test_conversation_simulator_targets_agree_with_the_conversation_rttm(corpus,
 
 
 def _train_losses(run_dir: Path) -> list[float]:
-    with open(run_dir / "logs" / "metrics.csv") as f:
-        return [float(r["train_loss"]) for r in csv.DictReader(f) if r.get("train_loss")]
+    from mtasr.training.lightning import training_log
+
+    return [float(r["train_loss"]) for r in training_log(run_dir) if r.get("train_loss")]
 
 
 @needs_voices
@@ -189,6 +189,7 @@ def test_short_training_run_trains_restores_exports_and_serves(corpus, tmp_path,
     assert any("Restored all states from the checkpoint" in r.getMessage() for r in caplog.records)
     ckpt = torch.load(tmp_path / "asr" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 36
+    assert len(_train_losses(tmp_path / "asr")) == 36, "the resumed run keeps the first run's curve"
 
     restored = EncDecMultiTalkerRNNTBPEModel.restore_from(str(asr_path), map_location="cpu")
     assert restored.cfg.train_ds is None and restored.tokenizer.vocab_size > 0

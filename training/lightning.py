@@ -50,7 +50,8 @@ def make_trainer(out_dir: Path, settings: TrainSettings, monitor: str, mode: str
         num_sanity_val_steps=0,
         log_every_n_steps=settings.log_every_steps,
         gradient_clip_val=1.0,
-        logger=CSVLogger(save_dir=str(out_dir), name="logs", version=""),
+        # one folder per run (logs/version_N): a resumed run must not overwrite the earlier curve
+        logger=CSVLogger(save_dir=str(out_dir), name="logs"),
         callbacks=[checkpoints, LearningRateMonitor(logging_interval="step"), *callbacks],
         enable_progress_bar=settings.progress,
         enable_model_summary=False,
@@ -102,6 +103,18 @@ def save_trained(model, trainer, target: Path, seconds: float) -> Path:
         file=sys.stderr,
     )
     return target
+
+
+def training_log(out_dir: Path) -> list[dict]:
+    """Every row of every run's `metrics.csv` in `out_dir/logs`, oldest run first."""
+    import csv
+
+    runs = sorted((Path(out_dir) / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name[8:]))
+    rows: list[dict] = []
+    for path in runs:
+        with open(path) as f:
+            rows += list(csv.DictReader(f))
+    return rows
 
 
 def resume_path(out_dir: Path) -> str | None:
