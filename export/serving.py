@@ -108,4 +108,6 @@ def write_pipeline_models(manifest: dict[str, Any], repo_dir: Path, graph_backen
         shutil.copy2(TEMPLATES / "stage.py", repo_dir / name / "1" / "model.py")
         (repo_dir / name / "config.pbtxt").write_text(stage_config(name, manifest, graph_backend))
     (repo_dir / ENSEMBLE / "1").mkdir(parents=True, exist_ok=True)
+    # Triton needs the version folder although an ensemble has no files; git keeps no empty folders.
+    (repo_dir / ENSEMBLE / "1" / ".keep").write_text("")
     (repo_dir / ENSEMBLE / "config.pbtxt").write_text(ensemble_config(manifest))
