@@ -231,3 +231,17 @@ def test_short_training_run_trains_restores_exports_and_serves(corpus, tmp_path,
             served.setdefault(slot, []).append(token)
     assert updates[-1].seglst is not None
     assert served == tokens_by_speaker(LocalPipeline(repo).transcribe(audio, chunk))
+
+
+def test_the_command_line_does_not_load_the_training_stack():
+    """`mtasr transcribe`, `serve`, `score` run where only the serve extra is installed: building the parser
+    (which lists `train`'s defaults) must not import NeMo, omegaconf, torch or lightning."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from mtasr.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('nemo', 'omegaconf', 'torch', 'lightning') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mtasr.training.asr_model import AUX_CTC_WEIGHT_KEY
 from mtasr.training.corpus import read_manifest
 from mtasr.training.lightning import (
     Stopwatch,
@@ -22,11 +22,13 @@ from mtasr.training.lightning import (
     resume_path,
     save_trained,
 )
-from mtasr.training.rnnt_loss import VectorisedRNNTLoss
 from mtasr.training.simulation import data_configs
-from omegaconf import DictConfig, open_dict
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 CHECKPOINT_NAME = "asr.nemo"
+AUX_CTC_WEIGHT_KEY = "aux_ctc_weight"  # config key of the training-only CTC head (training.asr_model)
 MONITOR = "val_wer"
 # Attention contexts trained (right context = lookahead frames); the default serving one most often.
 ATT_CONTEXTS = [[70, 13], [70, 6], [70, 1], [70, 0]]
@@ -79,6 +81,7 @@ def _spec_augment() -> dict:
 def build_config(recipe: AsrRecipe, tokenizer_dir: Path, manifest: Path, val_cuts: Path) -> DictConfig:
     """The small multitalker config (export.asr.asr_config) with the simulator as its data."""
     from mtasr.export.asr import asr_config
+    from omegaconf import open_dict
 
     cfg = asr_config(recipe.size, tokenizer_dir)
     train_ds, validation_ds = _data_config(recipe, manifest, val_cuts)
@@ -108,6 +111,7 @@ def train_asr(corpus_dir: Path, out_dir: Path, recipe: AsrRecipe = AsrRecipe(), 
     """
     from mtasr.export.asr import ASR_SIZES
     from mtasr.training.asr_model import MultiTalkerRNNTWithAuxCTC, with_aux_ctc
+    from mtasr.training.rnnt_loss import VectorisedRNNTLoss
 
     out_dir, manifest, val_cuts = prepare_run(corpus_dir, out_dir, recipe.train, recipe.validation_mixtures)
     trainer = make_trainer(out_dir, recipe.train, MONITOR)

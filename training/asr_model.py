@@ -14,10 +14,10 @@ import tarfile
 from pathlib import Path
 
 import torch
+from mtasr.training.asr import AUX_CTC_WEIGHT_KEY
 from nemo.collections.asr.models.multitalker_asr_models import EncDecMultiTalkerRNNTBPEModel
 from omegaconf import open_dict
 
-AUX_CTC_WEIGHT_KEY = "aux_ctc_weight"
 HEAD = "aux_ctc_head."
 
 

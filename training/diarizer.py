@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mtasr.training.lightning import (
     Stopwatch,
@@ -27,7 +28,9 @@ from mtasr.training.lightning import (
     save_trained,
 )
 from mtasr.training.simulation import DEFAULT_SPEAKER_WEIGHTS, data_configs
-from omegaconf import DictConfig, open_dict
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 CHECKPOINT_NAME = "diarizer.nemo"
 # NeMo's frame-level F1 of the speaker activities under the best slot permutation (1 - F1 ~ DER).
@@ -87,6 +90,7 @@ def _data_config(recipe: DiarizerRecipe, manifest: Path, val_cuts: Path, model_c
 def build_config(recipe: DiarizerRecipe, manifest: Path, val_cuts: Path) -> DictConfig:
     """The small Sortformer config (export.sortformer.sortformer_config) with the simulator as its data."""
     from mtasr.export.sortformer import sortformer_config
+    from omegaconf import open_dict
 
     cfg = sortformer_config(recipe.size)
     train_ds, validation_ds = _data_config(recipe, manifest, val_cuts, cfg)
@@ -181,6 +185,7 @@ def train_diarizer(
     """
     import lightning.pytorch
     from nemo.collections.asr.models import SortformerEncLabelModel
+    from omegaconf import open_dict
 
     out_dir, manifest, val_cuts = prepare_run(corpus_dir, out_dir, recipe.train, recipe.validation_mixtures)
     trainer = make_trainer(out_dir, recipe.train, MONITOR, MONITOR_MODE, [_recipe_callback(recipe.train_chunk_len)])
