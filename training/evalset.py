@@ -5,7 +5,9 @@ Built from the corpus's test utterances (sentences never seen in training), laid
 deterministically from a seed instead of committed as audio. Writes
 
     audio/<session>.wav
-    ref/<session>.seglst.json, ref/<session>.stm, ref/<session>.rttm
+    ref/<session>.seglst.json, ref/<session>.rttm
+    stm/<session>.stm        (the same words for STM tools; beside the SegLST, `mtasr score` would
+                              refuse a session given twice)
 
 so that `mtasr transcribe audio/*.wav -o hyp/ && mtasr score hyp/ ref/` scores a model.
 """
@@ -32,6 +34,7 @@ from mtasr.mixtures import Conversation, compose
 
 AUDIO_DIR = "audio"
 REFERENCE_DIR = "ref"
+STM_DIR = "stm"
 
 
 @dataclass(frozen=True)
@@ -74,18 +77,18 @@ def reference_segments(conversation: Conversation, session: str) -> list:
 
 
 def write_session(conversation: Conversation, session: str, out_dir: Path) -> Path:
-    """The session's WAV and its SegLST/STM/RTTM references; returns the WAV path."""
+    """The session's WAV and its SegLST/RTTM (and STM) references; returns the WAV path."""
     import soundfile as sf
 
     audio_path = out_dir / AUDIO_DIR / f"{session}.wav"
-    ref = out_dir / REFERENCE_DIR / session
-    audio_path.parent.mkdir(parents=True, exist_ok=True)
-    ref.parent.mkdir(parents=True, exist_ok=True)
+    ref, stm = out_dir / REFERENCE_DIR / session, out_dir / STM_DIR / session
+    for folder in (audio_path.parent, ref.parent, stm.parent):
+        folder.mkdir(parents=True, exist_ok=True)
     sf.write(audio_path, conversation.audio, conversation.sample_rate, subtype="PCM_16")
     segments = reference_segments(conversation, session)
     write_seglst(segments, ref.with_name(session + SEGLST_SUFFIX))
-    write_stm(segments, ref.with_name(session + STM_SUFFIX))
     write_rttm(segments, ref.with_name(session + RTTM_SUFFIX))
+    write_stm(segments, stm.with_name(session + STM_SUFFIX))
     return audio_path
 
 

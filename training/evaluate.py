@@ -83,27 +83,15 @@ def diarize_evalset(repo: Path, evalset_dir: Path, hyp_dir: Path) -> None:
 
 
 def score_by_speaker_count(hyp_dir: Path, evalset_dir: Path) -> dict[str, dict]:
-    """`mtasr score` overall figures per group of sessions with 1, 2 and 3 speakers."""
-    from mtasr.client.formats import RTTM_SUFFIX, SEGLST_SUFFIX
-    from mtasr.client.score import score
+    """`mtasr score` of the whole set, summed per group of sessions with 1, 2 and 3 speakers."""
+    from mtasr.client.score import ScoreReport, score
 
+    report = score(Path(hyp_dir), Path(evalset_dir) / REFERENCE_DIR)
     groups: dict[str, dict] = {}
-    ref_dir = Path(evalset_dir) / REFERENCE_DIR
-    for prefix in sorted({p.name.split("-")[0] for p in ref_dir.iterdir()}):
-        with_prefix = Path(hyp_dir).parent / f"_score_{Path(hyp_dir).name}_{prefix}"
-        for side, folder in (("hyp", hyp_dir), ("ref", ref_dir)):
-            target = with_prefix / side
-            target.mkdir(parents=True, exist_ok=True)
-            for suffix in (SEGLST_SUFFIX, RTTM_SUFFIX):  # the STM would repeat the SegLST's words
-                for f in Path(folder).glob(f"{prefix}-*{suffix}"):
-                    (target / f.name).write_bytes(f.read_bytes())
-        report = score(with_prefix / "hyp", with_prefix / "ref")
-        overall = report.overall.to_dict()
-        groups[prefix] = {
-            "sessions": len(report.sessions),
-            "cpwer": overall["cpwer"],
-            "der": overall["der"],
-        }
+    for prefix in sorted({s.session.split("-")[0] for s in report.sessions}):
+        sessions = [s for s in report.sessions if s.session.split("-")[0] == prefix]
+        overall = ScoreReport(sessions).overall.to_dict()
+        groups[prefix] = {"sessions": len(sessions), "cpwer": overall["cpwer"], "der": overall["der"]}
     return groups
 
 
