@@ -29,9 +29,9 @@ def _stream(client, sequence_id: int, audio: np.ndarray, out: list[float]) -> No
 def measure(repo: Path, streams: int, seconds: float) -> dict[str, float]:
     from mtasr.client.stream import StreamingClient
 
-    from mtasr.deployment import load_manifest, models_to_load
+    from mtasr.deployment import load_manifest, local_server_config
     from mtasr.mixtures import make_conversation
-    from mtasr.server import ServerConfig, TritonServer
+    from mtasr.server import TritonServer
 
     manifest = load_manifest(repo)
     rate = manifest["asr"]["features"]["sample_rate"]
@@ -39,15 +39,7 @@ def measure(repo: Path, streams: int, seconds: float) -> dict[str, float]:
     for k in range(streams):
         audio = make_conversation(2 + k % 2, seed=k).audio
         audios.append(np.tile(audio, int(np.ceil(seconds * rate / len(audio))))[: int(seconds * rate)])
-    config = ServerConfig(
-        model_repository=repo,
-        http_port=0,
-        grpc_port=0,
-        metrics_port=0,
-        startup_timeout_s=600,
-        load_models=models_to_load(manifest),  # what `mtasr serve` loads
-    )
-    with TritonServer(config) as server:
+    with TritonServer(local_server_config(repo, startup_timeout_s=600)) as server:
         client = StreamingClient(server.address("grpc"), timeout_s=60)
         period = client.settings().chunk_s
         idle = server.rss_mb()

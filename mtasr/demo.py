@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     from mtasr.client.audio import load_audio
     from mtasr.client.formats import SEGLST_SUFFIX, read_seglst, readable_transcript
     from mtasr.client.stream import StreamingClient
-    from mtasr.deployment import load_manifest, models_to_load
-    from mtasr.server import ServerConfig, TritonServer
+    from mtasr.deployment import local_server_config
+    from mtasr.server import TritonServer
     from mtasr.training.defaults import DEFAULT_REPOSITORY, DEMO_CONVERSATION
 
     parser = argparse.ArgumentParser(prog="python -m mtasr.demo", description=__doc__.splitlines()[0])
@@ -54,15 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
-    config = ServerConfig(
-        model_repository=args.model_repository,
-        http_port=0,
-        grpc_port=0,
-        metrics_port=0,
-        load_models=tuple(models_to_load(load_manifest(args.model_repository))),
-    )
     print(f"starting tritonserver on {args.model_repository}", flush=True)
-    with TritonServer(config) as server:
+    with TritonServer(local_server_config(args.model_repository)) as server:
         client = StreamingClient(server.address("grpc"))
         audio = load_audio(str(args.audio), client.settings().sample_rate)
         print(

@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mtasr.chunker import ChunkGeometry
 from mtasr.features import FeatureConfig
@@ -19,6 +19,9 @@ from mtasr.graphs import Graph, OrtGraph
 from mtasr.rnnt import DecoderGeometry
 from mtasr.sortformer_state import SortformerParams
 from mtasr.stages import AsrStage, CacheShapes, DiarizationStage, FeatureStage, SpeakerKernelStage
+
+if TYPE_CHECKING:
+    from mtasr.server import ServerConfig
 
 MANIFEST = "manifest.json"
 STAGES = ("features", "diarization", "speaker_kernels", "asr")
@@ -84,12 +87,26 @@ def chunk_geometry(manifest: Mapping[str, Any]) -> ChunkGeometry:
     return ChunkGeometry.from_manifest(manifest["asr"]["streaming"])
 
 
+def chunk_samples(manifest: Mapping[str, Any]) -> int:
+    """The audio of one streaming chunk, in samples: what clients send per request."""
+    return chunk_geometry(manifest).shift_frames[1] * manifest["asr"]["features"]["hop_length"]
+
+
 def max_chunk_samples(manifest: Mapping[str, Any], settings: ServingSettings) -> int:
     features = manifest["asr"]["features"]
     if settings.max_chunk_s > 0:
         return int(round(settings.max_chunk_s * features["sample_rate"]))
-    chunk = chunk_geometry(manifest).shift_frames[1] * features["hop_length"]
-    return max(2 * chunk, int(features["sample_rate"]))
+    return max(2 * chunk_samples(manifest), int(features["sample_rate"]))
+
+
+def local_server_config(repo_dir: Path, **overrides: Any) -> ServerConfig:
+    """What `mtasr serve` runs for an exported repository, on free local ports (tools, demo, tests)."""
+    from mtasr.server import ServerConfig
+
+    settings = {"http_port": 0, "grpc_port": 0, "metrics_port": 0, **overrides}
+    return ServerConfig(
+        model_repository=Path(repo_dir), load_models=models_to_load(load_manifest(repo_dir)), **settings
+    )
 
 
 GraphFactory = Callable[[str], Graph]

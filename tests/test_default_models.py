@@ -31,19 +31,12 @@ def test_default_models_serve_the_demo_conversation_and_diarize_it(tmp_path):
     from mtasr.training.evaluate import activity_segments
 
     from mtasr.demo import score_against_reference
-    from mtasr.deployment import load_manifest, models_to_load
+    from mtasr.deployment import load_manifest, local_server_config
     from mtasr.local_pipeline import LocalPipeline
-    from mtasr.server import ServerConfig, TritonServer
+    from mtasr.server import TritonServer
 
     manifest = load_manifest(DEFAULT_REPOSITORY)
-    config = ServerConfig(
-        model_repository=DEFAULT_REPOSITORY,
-        http_port=0,
-        grpc_port=0,
-        metrics_port=0,
-        load_models=tuple(models_to_load(manifest)),
-    )
-    with TritonServer(config) as server:
+    with TritonServer(local_server_config(DEFAULT_REPOSITORY)) as server:
         client = StreamingClient(server.address("grpc"))
         chunk = client.settings().chunk_samples
         transcript = client.transcribe(load_audio(str(DEMO_CONVERSATION), client.settings().sample_rate))

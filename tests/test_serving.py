@@ -15,6 +15,7 @@ from nemo_reference import load_models, run_nemo_multitalker
 from serving_client import OUTPUT_NAMES, chunked, stream_grpc, stream_http, tokens_by_speaker
 
 from mtasr.deployment import STAGES, ServingSettings, load_manifest
+from mtasr.deployment import chunk_samples as deployment_chunk_samples
 from mtasr.local_pipeline import LocalPipeline
 from mtasr.mixtures import espeak_available, make_conversation
 from mtasr.server import ServerConfig, TritonServer
@@ -44,8 +45,7 @@ def triton(repo: Path) -> TritonServer:
 
 def chunk_samples(repo: Path) -> int:
     """The deployment's chunk in samples (what clients are told to send)."""
-    manifest = load_manifest(repo)
-    return manifest["asr"]["streaming"]["shift_feature_frames"][1] * manifest["asr"]["features"]["hop_length"]
+    return deployment_chunk_samples(load_manifest(repo))
 
 
 @pytest.fixture(scope="module")

@@ -21,20 +21,13 @@ def transcribe_evalset(repo: Path, evalset_dir: Path, hyp_dir: Path, jobs: int =
     from mtasr.client.transcribe import transcribe_file
     from tqdm import tqdm
 
-    from mtasr.deployment import load_manifest, models_to_load
-    from mtasr.server import ServerConfig, TritonServer
+    from mtasr.deployment import local_server_config
+    from mtasr.server import TritonServer
 
     sources = sorted((Path(evalset_dir) / AUDIO_DIR).glob("*.wav"))
     if not sources:
         raise FileNotFoundError(f"no evaluation audio under {evalset_dir / AUDIO_DIR}")
-    config = ServerConfig(
-        model_repository=Path(repo),
-        http_port=0,
-        grpc_port=0,
-        metrics_port=0,
-        load_models=tuple(models_to_load(load_manifest(Path(repo)))),
-    )
-    with TritonServer(config) as server:
+    with TritonServer(local_server_config(repo)) as server:
         client = StreamingClient(server.address("grpc"))
         with (
             ThreadPoolExecutor(max_workers=jobs) as pool,
@@ -67,11 +60,11 @@ def diarize_evalset(repo: Path, evalset_dir: Path, hyp_dir: Path) -> None:
     import soundfile as sf
     from mtasr.client.formats import RTTM_SUFFIX, SEGLST_SUFFIX, write_rttm, write_seglst
 
-    from mtasr.deployment import load_manifest
+    from mtasr.deployment import chunk_samples, load_manifest
     from mtasr.local_pipeline import LocalPipeline
 
     manifest = load_manifest(Path(repo))
-    chunk = manifest["asr"]["streaming"]["shift_feature_frames"][1] * manifest["asr"]["features"]["hop_length"]
+    chunk = chunk_samples(manifest)
     frame_s = manifest["diarizer"]["geometry"]["frame_len_s"]
     pipeline = LocalPipeline(Path(repo))
     hyp_dir.mkdir(parents=True, exist_ok=True)
