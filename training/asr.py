@@ -124,9 +124,6 @@ def train_asr(corpus_dir: Path, out_dir: Path, recipe: AsrRecipe = AsrRecipe(), 
         train_ds, validation_ds = _data_config(recipe, manifest, val_cuts)
         changes = {"train_ds": train_ds, "validation_ds": validation_ds, "optim": optim_config(recipe.train)}
         model = with_aux_ctc(init_from, changes, recipe.aux_ctc_weight, out_dir / "tokenizer", trainer)
-        model.setup_training_data(model.cfg.train_ds)
-        model.setup_multiple_validation_data(model.cfg.validation_ds)
-        model.setup_optimization(model.cfg.optim)
     model.loss = VectorisedRNNTLoss(blank=model.decoder.blank_idx)  # NeMo's CPU loss dominates a step
     with Stopwatch() as clock:
         trainer.fit(model, ckpt_path=resume_path(out_dir))
@@ -137,12 +134,13 @@ def train_asr(corpus_dir: Path, out_dir: Path, recipe: AsrRecipe = AsrRecipe(), 
     return save_trained(model, trainer, out_dir / CHECKPOINT_NAME, clock.seconds)
 
 
-def train_asr_curriculum(
-    corpus_dir: Path, out_dir: Path, first: AsrRecipe | None = None, second: AsrRecipe | None = None
-) -> Path:
-    """Stage 1: single speakers from scratch (`out_dir/single_speaker`); stage 2: fine-tune on
-    mixtures (`out_dir/mixtures`). Returns stage 2's `asr.nemo`; each stage resumes on its own."""
-    first = first or AsrRecipe(speaker_weights=dict(SINGLE_SPEAKER))
-    second = second or AsrRecipe(train=ASR_FINE_TUNE)
+# The default pair's two stages: single speakers from scratch, then fine-tuning on mixtures.
+ASR_CURRICULUM = (AsrRecipe(speaker_weights=dict(SINGLE_SPEAKER)), AsrRecipe(train=ASR_FINE_TUNE))
+
+
+def train_asr_curriculum(corpus_dir: Path, out_dir: Path, stages: tuple = ASR_CURRICULUM) -> Path:
+    """Stage 1 (`out_dir/single_speaker`) from scratch, stage 2 (`out_dir/mixtures`) fine-tuned from it.
+    Returns stage 2's `asr.nemo`; each stage resumes on its own."""
+    first, second = stages
     single = train_asr(corpus_dir, Path(out_dir) / "single_speaker", first)
     return train_asr(corpus_dir, Path(out_dir) / "mixtures", second, init_from=single)

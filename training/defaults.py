@@ -99,26 +99,18 @@ def _settings(train, steps: int | None, threads: int):
     )
 
 
-def _train_asr(corpus: Path, out_dir: Path, steps: int | None, threads: int) -> Path:
-    from mtasr.training.asr import ASR_FINE_TUNE, ASR_TRAIN, SINGLE_SPEAKER, AsrRecipe, train_asr_curriculum
+def _train_curriculum(which: str, corpus: Path, out_dir: Path, steps: int | None, threads: int) -> Path:
+    """One model's default curriculum, each stage's steps and threads set (in a worker process)."""
+    import dataclasses
 
-    first = AsrRecipe(train=_settings(ASR_TRAIN, steps, threads), speaker_weights=dict(SINGLE_SPEAKER))
-    second = AsrRecipe(train=_settings(ASR_FINE_TUNE, steps, threads))
-    return train_asr_curriculum(corpus, out_dir, first, second)
-
-
-def _train_diarizer(corpus: Path, out_dir: Path, steps: int | None, threads: int) -> Path:
-    from mtasr.training.diarizer import (
-        CONVERSATIONS,
-        DIARIZER_FINE_TUNE,
-        DIARIZER_TRAIN,
-        DiarizerRecipe,
-        train_diarizer_curriculum,
-    )
-
-    first = DiarizerRecipe(train=_settings(DIARIZER_TRAIN, steps, threads))
-    second = DiarizerRecipe(train=_settings(DIARIZER_FINE_TUNE, steps, threads), conversations=CONVERSATIONS)
-    return train_diarizer_curriculum(corpus, out_dir, first, second)
+    if which == "asr":
+        from mtasr.training.asr import ASR_CURRICULUM as stages
+        from mtasr.training.asr import train_asr_curriculum as train
+    else:
+        from mtasr.training.diarizer import DIARIZER_CURRICULUM as stages
+        from mtasr.training.diarizer import train_diarizer_curriculum as train
+    tuned = tuple(dataclasses.replace(r, train=_settings(r.train, steps, threads)) for r in stages)
+    return train(corpus, out_dir, tuned)
 
 
 def train_pair(corpus: Path, work_dir: Path, settings: DefaultsSettings) -> tuple[Path, Path]:
@@ -130,6 +122,8 @@ def train_pair(corpus: Path, work_dir: Path, settings: DefaultsSettings) -> tupl
 
     threads = max(1, (os.cpu_count() or 2) // 2)
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        asr = pool.submit(_train_asr, corpus, work_dir / "asr", settings.asr_steps, threads)
-        diarizer = pool.submit(_train_diarizer, corpus, work_dir / "diarizer", settings.diarizer_steps, threads)
+        asr = pool.submit(_train_curriculum, "asr", corpus, work_dir / "asr", settings.asr_steps, threads)
+        diarizer = pool.submit(
+            _train_curriculum, "diarizer", corpus, work_dir / "diarizer", settings.diarizer_steps, threads
+        )
         return asr.result(), diarizer.result()

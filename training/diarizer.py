@@ -43,6 +43,7 @@ DIARIZER_TRAIN = TrainSettings(max_steps=2000, batch_size=16, val_every_steps=25
 # confusion), so it is fine-tuned with conversations mixed in.
 DIARIZER_FINE_TUNE = TrainSettings(max_steps=1500, batch_size=16, val_every_steps=250, lr=1e-3, warmup_steps=100)
 CONVERSATIONS = 600
+CONVERSATION_SPEAKERS = {1: 0.2, 2: 0.4, 3: 0.3, 4: 0.1}  # share of conversations with n speakers
 
 
 @dataclass(frozen=True)
@@ -77,9 +78,7 @@ def _data_config(recipe: DiarizerRecipe, manifest: Path, val_cuts: Path, model_c
         folder = val_cuts.parent / "conversations"
         sessions = folder / "sessions.json"
         if not sessions.is_file():
-            write_conversations(
-                manifest, folder, recipe.conversations, {1: 0.2, 2: 0.4, 3: 0.3, 4: 0.1}, recipe.train.seed
-            )
+            write_conversations(manifest, folder, recipe.conversations, CONVERSATION_SPEAKERS, recipe.train.seed)
         lsmix_share = 1.0 - recipe.conversation_weight
         for entry in train["input_cfg"]:
             entry["weight"] *= lsmix_share
@@ -199,7 +198,6 @@ def train_diarizer(
             model.cfg.train_ds, model.cfg.validation_ds = train_ds, validation_ds
             model.cfg.optim = optim_config(recipe.train)
         _attach_data(model)
-        model.setup_optimization(model.cfg.optim)
     # the model's __init__ re-seeds `random`, which the simulator draws from
     lightning.pytorch.seed_everything(recipe.train.seed, workers=True)
     with Stopwatch() as clock:
@@ -211,12 +209,13 @@ def train_diarizer(
     return save_trained(model, trainer, out_dir / CHECKPOINT_NAME, clock.seconds)
 
 
-def train_diarizer_curriculum(
-    corpus_dir: Path, out_dir: Path, first: DiarizerRecipe | None = None, second: DiarizerRecipe | None = None
-) -> Path:
-    """Stage 1: lsmix mixtures from scratch (`out_dir/mixtures`); stage 2: fine-tune with conversations
-    mixed in (`out_dir/conversations`). Returns stage 2's `diarizer.nemo`."""
-    first = first or DiarizerRecipe()
-    second = second or DiarizerRecipe(train=DIARIZER_FINE_TUNE, conversations=CONVERSATIONS)
+# The default pair's two stages: lsmix mixtures from scratch, then fine-tuning with conversations.
+DIARIZER_CURRICULUM = (DiarizerRecipe(), DiarizerRecipe(train=DIARIZER_FINE_TUNE, conversations=CONVERSATIONS))
+
+
+def train_diarizer_curriculum(corpus_dir: Path, out_dir: Path, stages: tuple = DIARIZER_CURRICULUM) -> Path:
+    """Stage 1 (`out_dir/mixtures`) from scratch, stage 2 (`out_dir/conversations`) fine-tuned from it.
+    Returns stage 2's `diarizer.nemo`."""
+    first, second = stages
     mixtures = train_diarizer(corpus_dir, Path(out_dir) / "mixtures", first)
     return train_diarizer(corpus_dir, Path(out_dir) / "conversations", second, init_from=mixtures)

@@ -109,7 +109,10 @@ def training_log(out_dir: Path) -> list[dict]:
     """Every row of every run's `metrics.csv` in `out_dir/logs`, oldest run first."""
     import csv
 
-    runs = sorted((Path(out_dir) / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name[8:]))
+    runs = sorted(
+        (Path(out_dir) / "logs").glob("version_*/metrics.csv"),
+        key=lambda p: int(p.parent.name.removeprefix("version_")),
+    )
     rows: list[dict] = []
     for path in runs:
         with open(path) as f:

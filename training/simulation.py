@@ -45,7 +45,11 @@ def conversation_input_cfg(sessions_manifest: Path, weight: float, min_duration_
 def data_configs(
     common: dict, manifest: Path, val_cuts: Path, speaker_weights: dict[int, float], seed: int
 ) -> tuple[dict, dict]:
-    """A recipe's lhotse `train_ds` (the simulator, endless) and `validation_ds` (the fixed cuts)."""
+    """A recipe's lhotse `train_ds` (the simulator, endless) and `validation_ds` (the fixed cuts).
+
+    `defer_setup`: NeMo builds the loaders when `trainer.fit` starts, not in the model's constructor,
+    so a recipe that supplies its own (the diarizer) or only restores a checkpoint builds none twice."""
+    common = {**common, "defer_setup": True}
     train = {
         **common,
         "input_cfg": simulator_input_cfg(manifest, speaker_weights),
