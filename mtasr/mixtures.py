@@ -124,16 +124,16 @@ def make_conversation(
     overlap_s: tuple[float, float] = (0.4, 1.0),
     level_db: float = -20.0,
 ) -> Conversation:
-    """A 6–15 s conversation of ``n_speakers`` (1, 2 or 3) espeak-ng voices, deterministic in ``seed``.
+    """A 6–15 s conversation of ``n_speakers`` (1 to 4) espeak-ng voices, deterministic in ``seed``.
 
-    The three most different voices, in a seeded order; short phrases of a fixed word list. See
-    `compose` for the turn layout.
+    Up to three speakers: the three most different voices, in a seeded order; four: the first four.
+    Short phrases of a fixed word list. See `compose` for the turn layout.
     """
-    if n_speakers not in (1, 2, 3):
-        raise ValueError(f"n_speakers must be 1, 2 or 3, got {n_speakers}")
+    if n_speakers not in (1, 2, 3, 4):
+        raise ValueError(f"n_speakers must be 1, 2, 3 or 4, got {n_speakers}")
     rng = np.random.default_rng(seed)
     target = float(rng.uniform(7.0, 12.0)) if target_s is None else float(target_s)
-    voice_order = rng.permutation(3)
+    voice_order = rng.permutation(max(3, n_speakers))
     voices = [VOICES[int(i)] for i in voice_order[:n_speakers]]
 
     def speak(speaker: int) -> Turn:

@@ -356,6 +356,10 @@ class AsrStage:
         out = self.joint.run(dict(zip(graph_io.JOINT_INPUTS, (frames, prediction), strict=True)))
         return out[graph_io.JOINT_OUTPUTS[0]]
 
+    def speaker_states(self) -> int:
+        """Speaker instances held across every open stream (each one encoder cache and hypothesis)."""
+        return sum(len(stream.speakers) for stream in self.streams.states())
+
     def process(self, requests: list[StageRequest]) -> list[Result]:
         self.streams.evict_idle()
 

@@ -44,6 +44,11 @@ class StreamTable(Generic[State]):
     def __contains__(self, stream: int) -> bool:
         return stream in self._states
 
+    def states(self) -> list[State]:
+        """Every held stream's state (a snapshot)."""
+        with self._lock:
+            return [state for state, _ in self._states.values()]
+
     def start(self, stream: int, state: State) -> State:
         """A new stream, or a restart: a second START on a live sequence begins it afresh."""
         with self._lock:

@@ -19,8 +19,10 @@ from mtasr.stages import STAGE_IO, RequestError
 from mtasr.streams import StageRequest
 
 CONTROL_START, CONTROL_END, CONTROL_CORRID = "START", "END", "CORRID"
-# Prometheus gauge on Triton's metrics port: streams whose state a stage holds, per stage.
+# Prometheus gauges on Triton's metrics port: streams whose state a stage holds, per stage, and
+# the speaker instances (encoder caches and hypotheses) the asr stage holds across its streams.
 OPEN_STREAMS_METRIC = "mtasr_open_streams"
+SPEAKER_STATES_METRIC = "mtasr_speaker_states"
 
 
 def _control(request, name: str) -> int:
@@ -52,7 +54,16 @@ class TritonPythonModel:
             description="streams whose state this pipeline stage holds",
             kind=pb_utils.MetricFamily.GAUGE,
         )
-        self._open_streams = family.Metric(labels={"stage": self.stage_name, "instance": args["model_instance_name"]})
+        labels = {"stage": self.stage_name, "instance": args["model_instance_name"]}
+        self._open_streams = family.Metric(labels=labels)
+        self._speaker_states = None
+        if hasattr(self.stage, "speaker_states"):
+            self._speaker_family = pb_utils.MetricFamily(
+                name=SPEAKER_STATES_METRIC,
+                description="speaker instances (encoder cache, hypothesis) the asr stage holds",
+                kind=pb_utils.MetricFamily.GAUGE,
+            )
+            self._speaker_states = self._speaker_family.Metric(labels=labels)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         period = max(0.5, min(10.0, settings.sequence_idle_s / 4))
@@ -63,7 +74,12 @@ class TritonPythonModel:
         while not self._stop.wait(period):
             with self._lock:
                 self.stage.streams.evict_idle()
-                self._open_streams.set(len(self.stage.streams))
+                self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        self._open_streams.set(len(self.stage.streams))
+        if self._speaker_states is not None:
+            self._speaker_states.set(self.stage.speaker_states())
 
     def _parse(self, request) -> StageRequest | RequestError:
         import triton_python_backend_utils as pb_utils
@@ -93,7 +109,7 @@ class TritonPythonModel:
         valid = [p for p in parsed if isinstance(p, StageRequest)]
         with self._lock:
             results = iter(self.stage.process(valid))
-            self._open_streams.set(len(self.stage.streams))
+            self._update_gauges()
         responses = []
         for item in parsed:
             result = next(results) if isinstance(item, StageRequest) else item

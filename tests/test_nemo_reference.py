@@ -1,4 +1,4 @@
-"""The NeMo side of the serving-parity comparison (tests/nemo_reference.py) on the tiny random models,
+"""The NeMo side of the serving-parity comparison (mtasr/nemo_streaming.py) on the tiny random models,
 and NeMo 3.0.0's background-mask bug shown on its own code."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ pytest.importorskip("torch")
 pytest.importorskip("nemo.collections.asr")
 
 import torch  # noqa: E402
-from nemo_reference import (  # noqa: E402
+from mtasr.nemo_streaming import (  # noqa: E402
     background_bug_can_matter,
     corrected_background_masks,
     load_models,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from nemo_reference import load_models, run_nemo_multitalker
+from mtasr.nemo_streaming import load_models, run_nemo_multitalker
 from serving_client import OUTPUT_NAMES, chunked, stream_grpc, stream_http, tokens_by_speaker
 
 from mtasr.deployment import STAGES, ServingSettings, load_manifest

@@ -17,6 +17,12 @@ from mtasr.training.lightning import Stopwatch
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REPOSITORY = PROJECT_ROOT / "model_repository"
+# The checkpoints DEFAULT_REPOSITORY was exported from (its manifest records their hashes): what
+# `mtasr bench` runs NeMo on, and what re-exports at other latency settings start from.
+DEFAULT_CHECKPOINTS = {
+    "asr": PROJECT_ROOT / "default_checkpoints" / "asr.nemo",
+    "diarizer": PROJECT_ROOT / "default_checkpoints" / "diarizer.nemo",
+}
 DEMO_CONVERSATION = PROJECT_ROOT / "mtasr" / "data" / "demo_conversation.flac"
 DEMO_SPEAKERS, DEMO_SEED = 3, 7
 # Export settings of the committed repository: a handful of streams per batched call is plenty on CPU.
@@ -43,11 +49,15 @@ def write_demo_conversation(corpus_dir: Path, target: Path = DEMO_CONVERSATION) 
     return target
 
 
-def install_repository(exported: Path, target: Path = DEFAULT_REPOSITORY) -> None:
-    """Replace `target`'s contents with the exported repository."""
+def install_repository(exported: Path, target: Path = DEFAULT_REPOSITORY, checkpoints: dict | None = None) -> None:
+    """Replace `target`'s contents with the exported repository, and the default checkpoints with
+    `checkpoints` ({"asr": path, "diarizer": path}, the pair it was exported from) when given."""
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(exported, target, ignore=shutil.ignore_patterns("__pycache__"))
+    for name, source in (checkpoints or {}).items():
+        DEFAULT_CHECKPOINTS[name].parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, DEFAULT_CHECKPOINTS[name])
 
 
 def reproduce_defaults(work_dir: Path, settings: DefaultsSettings = DefaultsSettings(), install: bool = False) -> dict:
@@ -80,7 +90,7 @@ def reproduce_defaults(work_dir: Path, settings: DefaultsSettings = DefaultsSett
     evalset = step("evaluation set", lambda: build_evalset(corpus, work_dir / "evalset"))
     groups = step("evaluate", lambda: evaluate(export_dir / "model_repository", evalset, work_dir / "evaluation"))
     if install:
-        install_repository(export_dir / "model_repository")
+        install_repository(export_dir / "model_repository", checkpoints={"asr": asr, "diarizer": diarizer})
         write_demo_conversation(corpus)
     times["total"] = round(sum(times.values()), 1)
     (work_dir / "wall_times.json").write_text(json.dumps(times, indent=1) + "\n")

@@ -1,8 +1,9 @@
-"""NeMo's own streaming multitalker inference, re-run in-process for one audio array.
+"""NeMo's own streaming multitalker inference, re-run in-process on a batch of audio arrays.
 
-This is the reference side of the serving-parity tests. It follows NeMo's example script
-``examples/asr/asr_cache_aware_streaming/speech_to_text_multitalker_streaming_infer.py`` (not part of
-the wheel) in its parallel-speaker mode (``launch_parallel_streaming``), with speaker kernels on
+It is the reference side of the serving-parity tests and the NeMo side of `mtasr bench`. It follows
+NeMo's example script
+``examples/asr/asr_cache_aware_streaming/speech_to_text_multitalker_streaming_infer.py`` (not part
+of the wheel) in its parallel-speaker mode (``launch_parallel_streaming``), with speaker kernels on
 (``masked_asr=False``), in fp32 on CPU:
 
 - both ``.nemo`` files restored on CPU; the ASR encoder set to ``[left, right_context]`` (the left
@@ -13,6 +14,8 @@ the wheel) in its parallel-speaker mode (``launch_parallel_streaming``), with sp
 - features from ``CacheAwareStreamingAudioBuffer.append_audio`` (the path of ``append_audio_file``
   minus reading the file: the buffer's own preprocessor with dither 0, pad_to 0);
 - ``SpeakerTaggedASR`` with the script's config defaults except the overrides in ``_config``;
+- the script's batching: every stream of a batch appended to one streaming buffer, all stepped
+  together (``batch_size`` streams per step);
 - the script's loop: ``drop_extra_pre_encoded`` 0 on step 0, else the encoder's streaming value;
   ``keep_all_outputs`` = the buffer is empty after the chunk was taken; under ``torch.inference_mode``.
 
@@ -98,6 +101,7 @@ _SCRIPT_DEFAULTS: dict[str, Any] = {
 class NemoResult:
     """What NeMo's parallel streaming loop produced for one stream."""
 
+    # Stream 0 of the batch (the parity tests run one stream):
     tokens: dict[int, list[int]]  # speaker slot -> token ids (every slot NeMo created; [] if never decoded)
     texts: dict[int, str]  # speaker slot -> detokenised text
     active_per_chunk: list[list[int]]  # `_find_active_speakers` result for each chunk (stream 0)
@@ -115,7 +119,9 @@ class NemoResult:
     diar_preds: np.ndarray | None = None  # [frames, speakers] diarizer output of the whole stream
     fix_background_mask: bool = False
     diar_async_streaming: bool = True
-    wall_s: float = 0.0
+    wall_s: float = 0.0  # the whole loop, every stream of the batch
+    step_s: list[float] = field(default_factory=list)  # wall time of each step (one chunk of every stream)
+    batch_size: int = 1
 
 
 def supported_right_contexts(asr_model) -> list[int]:
@@ -175,7 +181,7 @@ def background_bug_can_matter(active_per_chunk: Sequence[Sequence[int]]) -> bool
     return any(len(a) >= 2 and list(a) != list(range(len(a))) for a in active_per_chunk)
 
 
-def _config(right_context_ctx: list[int], max_num_of_spks: int):
+def _config(right_context_ctx: list[int], max_num_of_spks: int, batch_size: int):
     from omegaconf import OmegaConf
 
     cfg = dict(_SCRIPT_DEFAULTS)
@@ -190,7 +196,7 @@ def _config(right_context_ctx: list[int], max_num_of_spks: int):
             "max_num_of_spks": max_num_of_spks,
             "deploy_mode": True,  # no manifest / audio file
             "generate_realtime_scripts": False,
-            "batch_size": 1,
+            "batch_size": batch_size,
             "att_context_size": list(right_context_ctx),
             "log": False,
         }
@@ -204,9 +210,12 @@ def load_models(asr_nemo: Path, diar_nemo: Path):
     from nemo.collections.asr.models import ASRModel
     from nemo.collections.asr.models.sortformer_diar_models import SortformerEncLabelModel
 
+    from nemo.utils import logging as nemo_logging
+
     cpu = torch.device("cpu")
-    diar_model = SortformerEncLabelModel.restore_from(restore_path=str(diar_nemo), map_location=cpu)
-    asr_model = ASRModel.restore_from(restore_path=str(asr_nemo), map_location=cpu)
+    with nemo_logging.temp_verbosity(nemo_logging.WARNING):
+        diar_model = SortformerEncLabelModel.restore_from(restore_path=str(diar_nemo), map_location=cpu)
+        asr_model = ASRModel.restore_from(restore_path=str(asr_nemo), map_location=cpu)
     return asr_model.eval(), diar_model.eval()
 
 
@@ -229,7 +238,7 @@ def _configure(asr_model, diar_model, right_context: int) -> list[int]:
 def run_nemo_multitalker(
     asr_nemo: Path,
     diar_nemo: Path,
-    audio: np.ndarray,
+    audio: np.ndarray | Sequence[np.ndarray],
     right_context: int,
     *,
     fix_background_mask: bool = False,
@@ -239,6 +248,9 @@ def run_nemo_multitalker(
     quiet: bool = True,
 ) -> NemoResult:
     """Run NeMo's parallel multitalker streaming loop on ``audio`` (16 kHz mono float32).
+
+    ``audio`` is one stream or a list of streams, run as one batch the way the script batches a
+    manifest; the result's tokens, masks and diarizer output are stream 0's.
 
     ``fix_background_mask`` replaces NeMo's background mask (built from list positions) by the one
     built from the other active speaker ids, for this call only (an attribute of this call's
@@ -261,8 +273,9 @@ def run_nemo_multitalker(
     """
     from nemo.utils import logging as nemo_logging
 
-    audio = np.ascontiguousarray(np.asarray(audio, dtype=np.float32).reshape(-1))
-    if audio.size == 0:
+    batch = [audio] if isinstance(audio, np.ndarray) else list(audio)
+    batch = [np.ascontiguousarray(np.asarray(a, dtype=np.float32).reshape(-1)) for a in batch]
+    if not batch or any(a.size == 0 for a in batch):
         raise ValueError("empty audio")
 
     with nemo_logging.temp_verbosity(nemo_logging.WARNING) if quiet else nullcontext():
@@ -276,7 +289,12 @@ def run_nemo_multitalker(
         diar_model.async_streaming = use_async
         try:
             result = _parallel_streaming(
-                asr_model, diar_model, audio, _config(ctx, max_num_of_spks), fix_background_mask, use_async
+                asr_model,
+                diar_model,
+                batch,
+                _config(ctx, max_num_of_spks, len(batch)),
+                fix_background_mask,
+                use_async,
             )
         finally:
             diar_model.async_streaming = checkpoint_async
@@ -286,7 +304,9 @@ def run_nemo_multitalker(
     return result
 
 
-def _parallel_streaming(asr_model, diar_model, audio, cfg, fix_background_mask: bool, use_async: bool) -> NemoResult:
+def _parallel_streaming(
+    asr_model, diar_model, batch: list[np.ndarray], cfg, fix_background_mask: bool, use_async: bool
+) -> NemoResult:
     """The script's stream set-up and ``launch_parallel_streaming`` loop, observed."""
     import torch
     from nemo.collections.asr.parts.utils.multispk_transcribe_utils import SpeakerTaggedASR
@@ -295,7 +315,8 @@ def _parallel_streaming(asr_model, diar_model, audio, cfg, fix_background_mask: 
     streaming_buffer = CacheAwareStreamingAudioBuffer(
         model=asr_model, online_normalization=False, pad_and_drop_preencoded=False
     )
-    streaming_buffer.append_audio(audio, stream_id=-1)  # append_audio_file minus reading the file
+    for audio in batch:
+        streaming_buffer.append_audio(audio, stream_id=-1)  # append_audio_file minus reading the file
     feature_frames = int(streaming_buffer.streams_length[0])
 
     streamer = SpeakerTaggedASR(cfg, asr_model, diar_model)
@@ -351,9 +372,11 @@ def _parallel_streaming(asr_model, diar_model, audio, cfg, fix_background_mask: 
     autocast = torch.amp.autocast(asr_model.device.type, enabled=cfg.use_amp)
     start = time.perf_counter()
     n_chunks = 0
+    step_s: list[float] = []
     for step_num, (chunk_audio, chunk_lengths) in enumerate(iter(streaming_buffer)):
         drop_extra_pre_encoded = 0 if step_num == 0 else asr_model.encoder.streaming_cfg.drop_extra_pre_encoded
         chunk_lengths_seen.append(int(chunk_lengths[0]))
+        step_start = time.perf_counter()
         with torch.inference_mode(), autocast, torch.no_grad():
             streamer.perform_parallel_streaming_stt_spk(
                 step_num=step_num,
@@ -362,6 +385,7 @@ def _parallel_streaming(asr_model, diar_model, audio, cfg, fix_background_mask: 
                 is_buffer_empty=streaming_buffer.is_buffer_empty(),
                 drop_extra_pre_encoded=drop_extra_pre_encoded,
             )
+        step_s.append(time.perf_counter() - step_start)
         n_chunks += 1
     wall = time.perf_counter() - start
 
@@ -392,4 +416,6 @@ def _parallel_streaming(asr_model, diar_model, audio, cfg, fix_background_mask: 
         fix_background_mask=fix_background_mask,
         diar_async_streaming=use_async,
         wall_s=wall,
+        step_s=step_s,
+        batch_size=len(batch),
     )

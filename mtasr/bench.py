@@ -1,0 +1,524 @@
+"""`mtasr bench`: the served pipeline under perf_analyzer, side by side with NeMo's PyTorch loop.
+
+For each model set and latency setting (chunk 0.16 / 0.56 / 1.12 s = encoder right context
+1 / 6 / 13) the run
+
+1. exports the checkpoints at that right context (cached under OUT/work/exports),
+2. serves the export, reads the idle server's memory, and runs NVIDIA's perf_analyzer with real
+   multi-speaker mixtures as sequences (one sequence = one stream, one request = one chunk): a
+   concurrency sweep over gRPC streaming and over HTTP; at 1.12 s it then holds streams open to
+   measure memory per stream and per speaker instance,
+3. runs NeMo's own streaming multitalker loop (`mtasr.nemo_streaming`) in PyTorch on the same
+   checkpoints and audio, B streams batched per step the way NeMo's script batches a manifest,
+
+and writes OUT/report.md, OUT/latency.png and OUT/results.json (`mtasr.bench_report`).
+
+Served and NeMo figures of one setting come from the same machine in the same run, one after the
+other (never concurrently), so their ratio is meaningful even on a noisy host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+ENCODER_FRAME_S = 0.08  # FastConformer 8x subsampling of 10 ms features
+SAMPLE_RATE = 16000
+MODEL_SETS = ("tiny", "full", "default")
+
+
+def right_context_for(latency_s: float) -> int:
+    """The encoder right context whose chunk is `latency_s` long (0.16 s -> 1, 1.12 s -> 13)."""
+    frames = round(latency_s / ENCODER_FRAME_S)
+    if frames < 1 or abs(frames * ENCODER_FRAME_S - latency_s) > 1e-6:
+        raise ValueError(f"latency {latency_s} s is not a whole number of {ENCODER_FRAME_S} s encoder frames")
+    return frames - 1
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """What one `mtasr bench` run measures."""
+
+    mode: str
+    models: tuple[str, ...]
+    latencies_s: tuple[float, ...]
+    concurrency: tuple[int, ...]  # perf_analyzer concurrent streams, gRPC streaming and HTTP
+    nemo_batches: tuple[int, ...]  # NeMo streams per batch
+    speakers: int = 4  # speakers in every benchmark stream
+    stream_s: float = 12.0  # audio per stream
+    memory_streams: tuple[int, ...] = (1, 2, 4, 8)  # streams held open for the memory figures
+    memory_latency_s: float = 1.12
+    measurement_ms: int = 8000  # perf_analyzer window
+    max_trials: int = 6
+    stability_percentage: float = 25.0
+    int8: bool = False  # also bench the int8-quantised export of every model set
+
+    def __post_init__(self) -> None:
+        unknown = set(self.models) - set(MODEL_SETS)
+        if unknown:
+            raise ValueError(f"unknown model sets {sorted(unknown)}; choose from {', '.join(MODEL_SETS)}")
+        for latency in self.latencies_s:
+            right_context_for(latency)
+        if min(self.concurrency + self.nemo_batches + self.memory_streams) < 1:
+            raise ValueError("concurrency, batch and stream counts must be >= 1")
+        if not 1 <= self.speakers <= 4:
+            raise ValueError("speakers must be 1..4")
+
+    @property
+    def streams(self) -> int:
+        """Distinct conversations in the input data: one per concurrent stream at most."""
+        return max(self.concurrency + self.nemo_batches + self.memory_streams)
+
+
+PLANS = {
+    # The suite's: tiny random models, one latency, two concurrency levels; about two minutes.
+    "quick": BenchPlan(
+        "quick",
+        models=("tiny",),
+        latencies_s=(1.12,),
+        concurrency=(1, 2),
+        nemo_batches=(1, 2),
+        stream_s=4.0,
+        memory_streams=(1, 2),
+        measurement_ms=1500,
+        max_trials=4,
+        stability_percentage=100.0,
+    ),
+    # The headline: full-size architecture and the default models at the three latency settings.
+    "full": BenchPlan(
+        "full",
+        models=("full", "default"),
+        latencies_s=(0.16, 0.56, 1.12),
+        concurrency=(1, 2, 4, 8),
+        nemo_batches=(1, 2, 4, 8),
+    ),
+}
+
+
+# ------------------------------------------------------------------------------------------ results
+
+
+@dataclass
+class LoadPoint:
+    """One row of the table: a system at one concurrency (served) or batch size (NeMo)."""
+
+    model: str
+    latency_s: float  # the setting: chunk length
+    system: str  # "gRPC stream", "HTTP", "NeMo PyTorch"
+    concurrency: int
+    chunks_per_s: float
+    audio_s_per_s: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+
+    @property
+    def rtf(self) -> float:
+        """Processing time per second of audio for each stream: concurrency / audio seconds per second."""
+        return self.concurrency / self.audio_s_per_s if self.audio_s_per_s > 0 else float("inf")
+
+    @property
+    def realtime(self) -> bool:
+        """Every stream keeps up (RTF < 1) and 99 % of chunks are answered within a chunk length."""
+        return self.rtf < 1 and self.p99_ms < 1000 * self.latency_s
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "rtf": self.rtf, "realtime": self.realtime}
+
+
+@dataclass
+class MemoryPoint:
+    streams: int
+    speaker_states: int
+    rss_mb: float
+
+
+@dataclass
+class Memory:
+    model: str
+    idle_mb: float  # the server after start, before any request
+    after_load_mb: float  # after the sweep, every stream closed
+    points: list[MemoryPoint]
+    per_stream_mb: float | None
+    per_speaker_mb: float | None  # measured, when the run separates it from per stream
+    speaker_state_mb: float  # encoder cache bytes of one speaker instance, from the manifest's shapes
+
+
+@dataclass
+class BenchResult:
+    plan: BenchPlan
+    points: list[LoadPoint] = field(default_factory=list)
+    memory: list[Memory] = field(default_factory=list)
+    active_speakers: dict[str, float] = field(default_factory=dict)  # "model @ latency" -> mean per chunk
+    setup: dict[str, str] = field(default_factory=dict)  # machine, versions
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "plan": asdict(self.plan),
+            "points": [p.to_dict() for p in self.points],
+            "memory": [asdict(m) for m in self.memory],
+            "active_speakers": self.active_speakers,
+            "setup": self.setup,
+            "seconds": self.seconds,
+        }
+
+
+def _log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------- preparing
+
+
+def checkpoints_for(model: str, work_dir: Path) -> tuple[Path, Path]:
+    """The (.nemo ASR, .nemo diarizer) of a model set; random pairs are built once into work_dir."""
+    if model == "default":
+        from mtasr.training.defaults import DEFAULT_CHECKPOINTS
+
+        asr, diarizer = DEFAULT_CHECKPOINTS["asr"], DEFAULT_CHECKPOINTS["diarizer"]
+        missing = [str(p) for p in (asr, diarizer) if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"the default checkpoints are missing: {', '.join(missing)}")
+        return asr, diarizer
+    folder = work_dir / "checkpoints" / model
+    asr, diarizer = folder / "asr.nemo", folder / "diarizer.nemo"
+    if not (asr.is_file() and diarizer.is_file()):
+        from mtasr.random_models import build_random_pair
+
+        _log(f"building the random {model} pair in {folder}")
+        build_random_pair(model, folder)
+    return asr, diarizer
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_for(asr: Path, diarizer: Path, right_context: int, max_streams: int, int8: bool, out_dir: Path) -> Path:
+    """An export at `right_context`, reused when the checkpoints and settings match (a subprocess:
+    the export's torch memory is returned when it ends)."""
+    key = {
+        "asr": _sha256(asr),
+        "diarizer": _sha256(diarizer),
+        "right_context": right_context,
+        "max_streams": max_streams,
+        "int8": int8,
+    }
+    key_file = out_dir / "bench-key.json"
+    repo = out_dir / "model_repository"
+    if key_file.is_file() and json.loads(key_file.read_text()) == key and (repo / "manifest.json").is_file():
+        return repo
+    cmd = [sys.executable, "-m", "mtasr.cli", "export", "--asr", str(asr), "--diarizer", str(diarizer)]
+    cmd += ["--output", str(out_dir), "--right-context", str(right_context), "--max-streams", str(max_streams)]
+    cmd += ["--overwrite", *(["--int8"] if int8 else [])]
+    _log(f"exporting {out_dir.name} ...")
+    started = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"export failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
+    key_file.write_text(json.dumps(key, indent=1) + "\n")
+    _log(f"exported {out_dir.name} in {time.monotonic() - started:.0f} s")
+    return repo
+
+
+def bench_audio(plan: BenchPlan) -> list[np.ndarray]:
+    """One real mixture of `plan.speakers` espeak-ng voices per stream, repeated to `plan.stream_s`."""
+    from mtasr.mixtures import make_conversation
+
+    samples = int(round(plan.stream_s * SAMPLE_RATE))
+    out = []
+    for k in range(plan.streams):
+        audio = make_conversation(plan.speakers, seed=100 + k).audio
+        out.append(np.tile(audio, -(-samples // len(audio)))[:samples].astype(np.float32))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ served
+
+
+def _metric(url: str, name: str) -> float:
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+def _wait_streams_closed(server, timeout_s: float = 30.0) -> None:
+    from mtasr.triton_stage import OPEN_STREAMS_METRIC
+
+    deadline = time.monotonic() + timeout_s
+    while _metric(server.url("metrics"), OPEN_STREAMS_METRIC) > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def sweep(server, plan: BenchPlan, model: str, latency_s: float, data: Path, chunk_s: float, work: Path):
+    """perf_analyzer at every concurrency, gRPC streaming then HTTP; one LoadPoint each."""
+    from mtasr.client import perf_analyzer as pa
+
+    binary = pa.provision()
+    points = []
+    for protocol, streaming, system in (("grpc", True, "gRPC stream"), ("http", False, "HTTP")):
+        for concurrency in plan.concurrency:
+            _log(f"{model} @ {latency_s:.2f} s: perf_analyzer {system}, {concurrency} stream(s)")
+            result = pa.run(
+                binary,
+                server.address(protocol),
+                protocol,
+                data,
+                concurrency,
+                streaming=streaming,
+                measurement_ms=plan.measurement_ms,
+                csv_path=work / f"perf-{protocol}-c{concurrency}.csv",
+                percentile=None,  # stabilise on the mean; p99 of a few dozen chunks is too noisy to
+                stability_percentage=plan.stability_percentage,
+                max_trials=plan.max_trials,
+            )
+            (work / f"perf-{protocol}-c{concurrency}.txt").write_text(result.stdout)
+            ms = result.latency_ms
+            points.append(
+                LoadPoint(
+                    model,
+                    latency_s,
+                    system,
+                    concurrency,
+                    result.throughput,
+                    result.throughput * chunk_s,
+                    ms["p50"],
+                    ms["p90"],
+                    ms["p99"],
+                )
+            )
+            _wait_streams_closed(server)
+    return points
+
+
+def measure_memory(server, repo: Path, plan: BenchPlan, model: str, idle_mb: float) -> Memory:
+    """Hold 1..N streams open (three chunks sent, no END) and read the server's memory and speaker
+    instances at each step; fit memory = base + a * streams + b * speakers."""
+    import itertools
+
+    from mtasr.client.stream import StreamingClient
+    from mtasr.deployment import load_manifest
+    from mtasr.mixtures import make_conversation
+    from mtasr.stages import CacheShapes
+    from mtasr.triton_stage import SPEAKER_STATES_METRIC
+
+    _wait_streams_closed(server)
+    after_load = server.rss_mb()
+    client = StreamingClient(server.address("grpc"), timeout_s=120)
+    chunk = client.settings().chunk_samples
+    points = [MemoryPoint(0, int(_metric(server.url("metrics"), SPEAKER_STATES_METRIC)), after_load)]
+    opened = 0
+    # Streams of 1, 2, 3, 4 speakers in turn, so that speaker instances do not grow in step with streams.
+    audios = [make_conversation(1 + k % 4, seed=200 + k).audio for k in range(max(plan.memory_streams))]
+    for target in sorted(plan.memory_streams):
+        while opened < target:
+            audio = audios[opened]
+            chunks = (audio[i : i + chunk] for i in itertools.count(0, chunk))  # never the last: stays open
+            for _ in itertools.islice(client.stream(chunks, 50_000 + opened), 3):
+                pass
+            opened += 1
+        time.sleep(0.5)
+        speakers = int(_metric(server.url("metrics"), SPEAKER_STATES_METRIC))
+        points.append(MemoryPoint(opened, speakers, server.rss_mb()))
+        _log(f"{model}: {opened} open stream(s), {speakers} speaker instance(s), {points[-1].rss_mb:.0f} MB")
+    shapes = CacheShapes.from_manifest(load_manifest(repo)["asr"]["streaming"])
+    state_mb = 4 * (np.prod(shapes.channel) + np.prod(shapes.time)) / 2**20
+    per_stream, per_speaker = fit_memory(points)
+    return Memory(model, idle_mb, after_load, points, per_stream, per_speaker, float(state_mb))
+
+
+def fit_memory(points: list[MemoryPoint]) -> tuple[float | None, float | None]:
+    """(MB per stream, MB per speaker instance) by least squares; per speaker only when the points
+    vary speakers independently of streams (else streams absorb their speakers' memory)."""
+    if len(points) < 2:
+        return None, None
+    rss = np.array([p.rss_mb for p in points])
+    streams = np.array([p.streams for p in points], float)
+    speakers = np.array([p.speaker_states for p in points], float)
+    both = np.stack([np.ones_like(streams), streams, speakers], 1)
+    if len(points) >= 4 and np.linalg.matrix_rank(both) == 3 and np.linalg.cond(both) < 1e3:
+        coef = np.linalg.lstsq(both, rss, rcond=None)[0]
+        return float(coef[1]), float(coef[2])
+    coef = np.linalg.lstsq(both[:, :2], rss, rcond=None)[0]
+    return float(coef[1]), None
+
+
+# -------------------------------------------------------------------------------------------- NeMo
+
+
+def nemo_points(
+    models, asr: Path, diarizer: Path, audios: list[np.ndarray], plan: BenchPlan, model: str, latency_s: float
+) -> tuple[list[LoadPoint], float]:
+    """NeMo's loop at every batch size; also the mean active speakers per chunk (batch 1, stream 0)."""
+    from mtasr.nemo_streaming import run_nemo_multitalker
+
+    rc = right_context_for(latency_s)
+    # Warm-up: NeMo's first pass through a stream is several times slower (lazy set-up).
+    run_nemo_multitalker(asr, diarizer, audios[0], rc, models=models)
+    points, active = [], float("nan")
+    for batch in plan.nemo_batches:
+        _log(f"{model} @ {latency_s:.2f} s: NeMo PyTorch, {batch} stream(s) per batch")
+        result = run_nemo_multitalker(asr, diarizer, audios[:batch], rc, models=models)
+        steps_ms = 1000 * np.array(result.step_s)
+        audio_s = sum(len(a) for a in audios[:batch]) / SAMPLE_RATE
+        points.append(
+            LoadPoint(
+                model,
+                latency_s,
+                "NeMo PyTorch",
+                batch,
+                batch * result.n_chunks / result.wall_s,
+                audio_s / result.wall_s,
+                *(float(np.percentile(steps_ms, q)) for q in (50, 90, 99)),
+            )
+        )
+        if batch == plan.nemo_batches[0]:
+            active = float(np.mean([len(a) for a in result.active_per_chunk]))
+    return points, active
+
+
+# --------------------------------------------------------------------------------------------- run
+
+
+def machine_setup() -> dict[str, str]:
+    import os
+    import platform
+
+    import onnxruntime
+
+    cpu = "unknown"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    setup = {"cpu": cpu, "cores": str(os.cpu_count()), "python": platform.python_version()}
+    setup["onnxruntime"] = onnxruntime.__version__
+    try:
+        import torch
+
+        setup["torch"] = f"{torch.__version__} ({torch.get_num_threads()} threads)"
+    except ImportError:
+        pass
+    return setup
+
+
+def run_bench(plan: BenchPlan, out_dir: Path, progress: Callable[[str], None] = _log) -> BenchResult:
+    """Everything the plan asks, in order; writes the report folder and returns the figures."""
+    from mtasr import bench_report
+    from mtasr.client import perf_analyzer as pa
+    from mtasr.deployment import chunk_samples, load_manifest, local_server_config
+    from mtasr.nemo_streaming import load_models
+    from mtasr.server import TritonServer
+
+    started = time.monotonic()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = out_dir / "work"
+    result = BenchResult(plan, setup=machine_setup())
+    pa.provision()
+    audios = bench_audio(plan)
+    variants = [(m, False) for m in plan.models] + ([(m, True) for m in plan.models] if plan.int8 else [])
+    for model, int8 in variants:
+        name = model + (" int8" if int8 else "")
+        asr, diarizer = checkpoints_for(model, work)
+        repos = {}
+        for latency in plan.latencies_s:
+            rc = right_context_for(latency)
+            folder = work / "exports" / f"{model}{'-int8' if int8 else ''}-rc{rc}"
+            repos[latency] = export_for(asr, diarizer, rc, max(8, *plan.concurrency), int8, folder)
+        for latency, repo in repos.items():
+            manifest = load_manifest(repo)
+            chunk = chunk_samples(manifest)
+            streams = [pa.split_chunks(a, chunk) for a in audios]
+            run_dir = work / "runs" / f"{name.replace(' ', '-')}-{latency:.2f}s"
+            data = pa.write_input_data(streams, run_dir / "input.json")
+            mean_chunk_s = float(np.mean([len(c) for s in streams for c in s])) / SAMPLE_RATE
+            with TritonServer(local_server_config(repo, startup_timeout_s=600)) as server:
+                idle = server.rss_mb()
+                progress(f"{name} @ {latency:.2f} s: server up, {idle:.0f} MB idle")
+                result.points += sweep(server, plan, name, latency, data, mean_chunk_s, run_dir)
+                if latency == plan.memory_latency_s or (
+                    plan.memory_latency_s not in plan.latencies_s and latency == plan.latencies_s[-1]
+                ):
+                    result.memory.append(measure_memory(server, repo, plan, name, idle))
+        if int8:
+            continue  # NeMo runs the checkpoints: the same figures as the fp32 variant
+        models = load_models(asr, diarizer)
+        for latency in plan.latencies_s:
+            points, active = nemo_points(models, asr, diarizer, audios, plan, name, latency)
+            result.points += points
+            result.active_speakers[f"{name} @ {latency:.2f} s"] = active
+        del models
+    result.seconds = time.monotonic() - started
+    bench_report.write(result, out_dir)
+    progress(f"done in {result.seconds / 60:.1f} min: {out_dir / bench_report.REPORT}")
+    return result
+
+
+def with_overrides(plan: BenchPlan, **overrides) -> BenchPlan:
+    """The plan with the given fields replaced (None values ignored)."""
+    return replace(plan, **{k: v for k, v in overrides.items() if v is not None})
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(","))
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(","))
+
+
+def add_parser(sub) -> None:
+    parser = sub.add_parser(
+        "bench",
+        help="benchmark the served pipeline (perf_analyzer) against NeMo's PyTorch streaming loop",
+        description="Export each model set at each latency setting, serve it, sweep concurrent streams with "
+        "perf_analyzer over gRPC streaming and HTTP, measure server memory, run NeMo's streaming multitalker "
+        "loop on the same checkpoints and audio, and write OUTPUT/report.md, OUTPUT/latency.png and "
+        "OUTPUT/results.json. Exports and random checkpoints are kept in OUTPUT/work and reused. "
+        "--mode full takes about 40 minutes on 2 CPU cores; --mode quick (tiny models) about 2.",
+    )
+    parser.add_argument("--mode", choices=sorted(PLANS), default="full", help="preset (default: full)")
+    parser.add_argument("--output", "-o", type=Path, default=None, help="report folder (default: bench-MODE)")
+    parser.add_argument("--models", type=lambda s: tuple(s.split(",")), help=f"model sets: {', '.join(MODEL_SETS)}")
+    parser.add_argument("--latencies", type=_floats, help="chunk lengths in seconds, e.g. 0.16,0.56,1.12")
+    parser.add_argument("--concurrency", type=_ints, help="concurrent streams to sweep, e.g. 1,2,4,8")
+    parser.add_argument("--nemo-batches", type=_ints, help="NeMo streams per batch, e.g. 1,2,4,8")
+    parser.add_argument("--stream-seconds", type=float, help="audio per stream")
+    parser.add_argument("--int8", action="store_true", default=None, help="also bench int8-quantised exports")
+    parser.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    try:
+        plan = with_overrides(
+            PLANS[args.mode],
+            models=args.models,
+            latencies_s=args.latencies,
+            concurrency=args.concurrency,
+            nemo_batches=args.nemo_batches,
+            stream_s=args.stream_seconds,
+            int8=args.int8,
+        )
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = args.output or Path(f"bench-{plan.mode}")
+    run_bench(plan, out)
+    print((out / "report.md").read_text())
+    return 0

@@ -1,0 +1,234 @@
+"""The `mtasr bench` report folder: report.md (tables), latency.png (plot), results.json (figures)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mtasr.bench import BenchResult, LoadPoint
+
+REPORT, PLOT, RESULTS = "report.md", "latency.png", "results.json"
+SERVED, NEMO = "gRPC stream", "NeMo PyTorch"
+SYSTEMS = (SERVED, "HTTP", NEMO)
+# The issue's targets, checked on the full-size architecture.
+TARGET_SPEEDUP = 3.0
+TARGET_LATENCY_S = 1.12
+
+
+def _settings(result: BenchResult) -> list[tuple[str, float]]:
+    seen: dict[tuple[str, float], None] = {}
+    for p in result.points:
+        seen[(p.model, p.latency_s)] = None
+    return list(seen)
+
+
+def _select(result: BenchResult, model: str, latency: float, system: str) -> list[LoadPoint]:
+    rows = [p for p in result.points if (p.model, p.latency_s, p.system) == (model, latency, system)]
+    return sorted(rows, key=lambda p: p.concurrency)
+
+
+def max_realtime_streams(points: list[LoadPoint]) -> int:
+    """The most concurrent streams measured that all stay real time (0: not even one)."""
+    return max((p.concurrency for p in points if p.realtime), default=0)
+
+
+def best_throughput(points: list[LoadPoint]) -> float:
+    return max((p.audio_s_per_s for p in points), default=0.0)
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b > 0 else "n/a"
+
+
+def summary_rows(result: BenchResult) -> list[dict]:
+    rows = []
+    for model, latency in _settings(result):
+        grpc, http, nemo = (_select(result, model, latency, s) for s in SYSTEMS)
+        one = {p.system: p for p in grpc[:1] + nemo[:1] if p.concurrency == 1}
+        rows.append(
+            {
+                "model": model,
+                "latency_s": latency,
+                "served_audio_s_per_s": best_throughput(grpc),
+                "http_audio_s_per_s": best_throughput(http),
+                "nemo_audio_s_per_s": best_throughput(nemo),
+                "speedup": best_throughput(grpc) / best_throughput(nemo) if best_throughput(nemo) else None,
+                "realtime_grpc": max_realtime_streams(grpc),
+                "realtime_http": max_realtime_streams(http),
+                "realtime_nemo": max_realtime_streams(nemo),
+                "one_stream": {k: v.to_dict() for k, v in one.items()},
+            }
+        )
+    return rows
+
+
+def _fmt(value: float, digits: int = 1) -> str:
+    return f"{value:.{digits}f}"
+
+
+def render(result: BenchResult) -> str:
+    plan = result.plan
+    lines = [
+        f"# mtasr bench ({plan.mode})",
+        "",
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; wall time {result.seconds / 60:.1f} min.",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in result.setup.items()) + ".",
+        "",
+        f"Every stream is a {plan.speakers}-speaker espeak-ng conversation with overlaps, {plan.stream_s:g} s long; "
+        "one perf_analyzer sequence is one stream and one request one chunk, sent as soon as the previous "
+        "answer arrived (`--serial-sequences`), so a row's latency is the service time under that load. "
+        "NeMo runs `B` streams batched in its own streaming loop (PyTorch, CPU, fp32); its latency is "
+        "the wall time of one step (one chunk of every stream in the batch).",
+        "",
+        "RTF per stream = streams / audio seconds processed per second. A row is *real time* when RTF < 1 "
+        "and p99 latency < the chunk length.",
+        "",
+        "## Summary",
+        "",
+        "| model | latency (chunk) | served gRPC audio s/s | HTTP audio s/s | NeMo audio s/s | served / NeMo "
+        "| real-time streams gRPC / HTTP / NeMo |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    summary = summary_rows(result)
+    for row in summary:
+        speed = "n/a" if row["speedup"] is None else f"{row['speedup']:.2f}x"
+        lines.append(
+            f"| {row['model']} | {row['latency_s']:.2f} s | {_fmt(row['served_audio_s_per_s'], 2)} "
+            f"| {_fmt(row['http_audio_s_per_s'], 2)} | {_fmt(row['nemo_audio_s_per_s'], 2)} | {speed} "
+            f"| {row['realtime_grpc']} / {row['realtime_http']} / {row['realtime_nemo']} |"
+        )
+    lines += ["", *_targets(result, summary), "", "## Served against NeMo at the same number of streams", ""]
+    lines += [
+        "| model | latency | streams | throughput served/NeMo | p50 served/NeMo | p99 served/NeMo |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model, latency in _settings(result):
+        nemo = {p.concurrency: p for p in _select(result, model, latency, NEMO)}
+        for p in _select(result, model, latency, SERVED):
+            q = nemo.get(p.concurrency)
+            if q is not None:
+                lines.append(
+                    f"| {model} | {latency:.2f} s | {p.concurrency} | {_ratio(p.chunks_per_s, q.chunks_per_s)} "
+                    f"| {_ratio(p.p50_ms, q.p50_ms)} | {_ratio(p.p99_ms, q.p99_ms)} |"
+                )
+    lines += ["", "## All measurements", ""]
+    lines += [
+        "| model | latency | system | streams | chunks/s | audio s/s | p50 ms | p90 ms | p99 ms | RTF/stream "
+        "| real time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model, latency in _settings(result):
+        for system in SYSTEMS:
+            for p in _select(result, model, latency, system):
+                lines.append(
+                    f"| {model} | {latency:.2f} s | {system} | {p.concurrency} | {_fmt(p.chunks_per_s, 2)} "
+                    f"| {_fmt(p.audio_s_per_s, 2)} | {_fmt(p.p50_ms, 0)} | {_fmt(p.p90_ms, 0)} "
+                    f"| {_fmt(p.p99_ms, 0)} | {_fmt(p.rtf, 3)} | {'yes' if p.realtime else 'no'} |"
+                )
+    if result.active_speakers:
+        lines += ["", "Mean active speakers per chunk (the diarizer's choice on stream 0, NeMo batch 1):", ""]
+        lines += [f"- {k}: {v:.2f}" for k, v in result.active_speakers.items()]
+    lines += ["", "## Server memory (resident: tritonserver and its python-backend processes)", ""]
+    lines += [
+        "| model | idle | after the sweep | per open stream | per speaker instance (measured) "
+        "| per speaker instance (encoder cache) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in result.memory:
+        per_stream = "n/a" if m.per_stream_mb is None else f"{m.per_stream_mb:.1f} MB"
+        per_speaker = "not separable" if m.per_speaker_mb is None else f"{m.per_speaker_mb:.1f} MB"
+        lines.append(
+            f"| {m.model} | {m.idle_mb:.0f} MB | {m.after_load_mb:.0f} MB | {per_stream} | {per_speaker} "
+            f"| {m.speaker_state_mb:.2f} MB |"
+        )
+    lines.append("")
+    for m in result.memory:
+        points = "; ".join(f"{p.streams} / {p.speaker_states}: {p.rss_mb:.0f} MB" for p in m.points)
+        lines.append(f"- {m.model}, open streams / speaker instances: {points}")
+    lines += [
+        "",
+        "Per open stream and per speaker come from a least-squares fit of memory against streams and speaker "
+        "instances held open (three chunks sent, no END); where every stream holds the same number of speakers "
+        "the two cannot be told apart and per stream includes its speakers.",
+        "",
+        f"![latency against concurrency]({PLOT})",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _targets(result: BenchResult, summary: list[dict]) -> list[str]:
+    rows = [r for r in summary if r["model"] == "full"]
+    if not rows:
+        return ["Targets are checked on the full-size architecture, which this run did not include."]
+    out = ["Targets (full-size architecture):", ""]
+    for row in rows:
+        speed = row["speedup"]
+        verdict = "met" if speed is not None and speed >= TARGET_SPEEDUP else "not met"
+        shown = "n/a" if speed is None else f"{speed:.2f}x"
+        out.append(f"- served throughput >= {TARGET_SPEEDUP:g}x NeMo at {row['latency_s']:.2f} s: {shown}, {verdict}")
+    one = [p for p in _select(result, "full", TARGET_LATENCY_S, SERVED) if p.concurrency == 1]
+    if one:
+        p = one[0]
+        verdict = "met" if p.realtime else "not met"
+        out.append(
+            f"- one {result.plan.speakers}-speaker stream in real time at {TARGET_LATENCY_S} s: RTF {p.rtf:.3f}, "
+            f"p99 {p.p99_ms:.0f} ms against a {1000 * TARGET_LATENCY_S:.0f} ms chunk, {verdict}"
+        )
+    return out
+
+
+def plot(result: BenchResult, path: Path) -> Path:
+    """p50 (solid) and p99 (dashed) chunk latency against concurrent streams, one panel per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = _settings(result)
+    models = list(dict.fromkeys(m for m, _ in settings))
+    latencies = sorted({lat for _, lat in settings})
+    fig, axes = plt.subplots(
+        len(models), len(latencies), figsize=(max(7.0, 4.2 * len(latencies)), 3.4 * len(models) + 0.6), squeeze=False
+    )
+    colours = dict(zip(SYSTEMS, ("tab:blue", "tab:green", "tab:red"), strict=True))
+    for i, model in enumerate(models):
+        for j, latency in enumerate(latencies):
+            ax = axes[i][j]
+            for system in SYSTEMS:
+                points = _select(result, model, latency, system)
+                if not points:
+                    continue
+                x = [p.concurrency for p in points]
+                ax.plot(x, [p.p50_ms for p in points], "o-", color=colours[system], label=f"{system} p50")
+                ax.plot(x, [p.p99_ms for p in points], "x--", color=colours[system], label=f"{system} p99")
+            ax.axhline(1000 * latency, color="grey", lw=0.8, ls=":", label="chunk length")
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(
+                sorted({p.concurrency for p in result.points}),
+                [str(c) for c in sorted({p.concurrency for p in result.points})],
+            )
+            ax.set_yscale("log")
+            ax.set_title(f"{model}, {latency:.2f} s chunks", fontsize=10)
+            ax.set_xlabel("concurrent streams")
+            ax.set_ylabel("chunk latency (ms)")
+            ax.grid(True, which="both", lw=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write(result: BenchResult, out_dir: Path) -> Path:
+    """report.md, latency.png and results.json into `out_dir`; returns the report's path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / RESULTS).write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+    plot(result, out_dir / PLOT)
+    report = out_dir / REPORT
+    report.write_text(render(result))
+    return report

@@ -1,0 +1,114 @@
+"""`mtasr bench`: its arithmetic, and the quick benchmark end to end (real tritonserver,
+perf_analyzer and NeMo) producing a complete, well-formed report."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mtasr import bench, bench_report
+from mtasr.bench import BenchResult, LoadPoint, MemoryPoint, fit_memory, right_context_for
+
+
+def test_latency_settings_are_right_contexts():
+    assert [right_context_for(s) for s in (0.08, 0.16, 0.56, 1.12)] == [0, 1, 6, 13]
+    with pytest.raises(ValueError, match="encoder frames"):
+        right_context_for(0.5)
+
+
+def test_plan_refuses_unknown_models_and_latencies():
+    with pytest.raises(ValueError, match="unknown model sets"):
+        bench.with_overrides(bench.PLANS["quick"], models=("huge",))
+    with pytest.raises(ValueError, match="encoder frames"):
+        bench.with_overrides(bench.PLANS["quick"], latencies_s=(0.3,))
+    assert bench.with_overrides(bench.PLANS["full"], concurrency=None) == bench.PLANS["full"]
+
+
+def test_real_time_needs_rtf_below_one_and_p99_within_a_chunk():
+    # 2 streams processing 4 audio seconds per second: each stream at RTF 0.5.
+    point = LoadPoint("full", 1.12, "gRPC stream", 2, 4.0, 4.0, 300, 500, 900)
+    assert point.rtf == pytest.approx(0.5) and point.realtime
+    assert not LoadPoint("full", 1.12, "gRPC stream", 2, 4.0, 4.0, 300, 500, 1200).realtime  # p99 > chunk
+    assert not LoadPoint("full", 1.12, "gRPC stream", 4, 3.0, 3.0, 300, 500, 900).realtime  # RTF 1.33
+
+
+def test_memory_fit_separates_speakers_only_when_they_vary_apart_from_streams():
+    # 100 MB base, 3 MB per stream, 8 MB per speaker instance.
+    layout = [(0, 0), (1, 1), (2, 3), (3, 6), (4, 10)]
+    points = [MemoryPoint(s, k, 100 + 3 * s + 8 * k) for s, k in layout]
+    per_stream, per_speaker = fit_memory(points)
+    assert per_stream == pytest.approx(3) and per_speaker == pytest.approx(8)
+    # Every stream with 4 speakers: only a per-stream figure (which then holds its speakers).
+    points = [MemoryPoint(s, 4 * s, 100 + 35 * s) for s in range(4)]
+    assert fit_memory(points) == (pytest.approx(35), None)
+
+
+def _result() -> BenchResult:
+    plan = bench.with_overrides(bench.PLANS["quick"], models=("full",))
+    points = [
+        LoadPoint("full", 1.12, "gRPC stream", 1, 1.5, 1.68, 600, 650, 700),
+        LoadPoint("full", 1.12, "gRPC stream", 2, 2.4, 2.69, 800, 900, 1000),
+        LoadPoint("full", 1.12, "HTTP", 1, 1.4, 1.57, 640, 700, 760),
+        LoadPoint("full", 1.12, "NeMo PyTorch", 1, 0.5, 0.56, 2000, 2100, 2200),
+        LoadPoint("full", 1.12, "NeMo PyTorch", 2, 0.8, 0.90, 2500, 2600, 2700),
+    ]
+    return BenchResult(plan, points=points, setup={"cores": "2"})
+
+
+def test_report_states_ratios_and_targets():
+    result = _result()
+    (row,) = bench_report.summary_rows(result)
+    assert row["speedup"] == pytest.approx(2.69 / 0.90)
+    assert (row["realtime_grpc"], row["realtime_http"], row["realtime_nemo"]) == (2, 1, 0)
+    text = bench_report.render(result)
+    assert "| full | 1.12 s | 1 | 3.00x | 0.30x | 0.32x |" in text  # served/NeMo at one stream
+    assert "served throughput >= 3x NeMo at 1.12 s: 2.99x, not met" in text
+    assert "RTF 0.595, p99 700 ms against a 1120 ms chunk, met" in text
+
+
+def test_plot_is_a_png(tmp_path):
+    path = bench_report.plot(_result(), tmp_path / "p.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------------- end to end
+
+
+def test_quick_benchmark_writes_a_complete_report(tmp_path):
+    """`mtasr bench --mode quick`: every (system, concurrency) of the plan measured, figures sane."""
+    pytest.importorskip("nemo.collections.asr")
+    from mtasr.mixtures import espeak_available
+
+    if not espeak_available():
+        pytest.skip("espeak-ng (Debian package 'espeak-ng') is needed")
+    out = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "mtasr.cli", "bench", "--mode", "quick", "--output", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plan = bench.PLANS["quick"]
+    results = json.loads((out / bench_report.RESULTS).read_text())
+    measured = {(p["system"], p["concurrency"]) for p in results["points"]}
+    expected = {(s, c) for s in ("gRPC stream", "HTTP") for c in plan.concurrency}
+    expected |= {("NeMo PyTorch", b) for b in plan.nemo_batches}
+    assert measured == expected
+    for p in results["points"]:
+        assert p["model"] == "tiny" and p["latency_s"] == 1.12
+        assert p["chunks_per_s"] > 0 and p["audio_s_per_s"] > 0
+        assert 0 < p["p50_ms"] <= p["p90_ms"] <= p["p99_ms"]
+        assert math.isfinite(p["rtf"]) and p["rtf"] > 0
+    (memory,) = results["memory"]
+    assert memory["idle_mb"] > 0 and len(memory["points"]) == len(plan.memory_streams) + 1
+    assert [p["streams"] for p in memory["points"]] == [0, *sorted(plan.memory_streams)]
+    assert memory["points"][-1]["speaker_states"] > 0  # the asr stage reports what it holds
+    report = (out / bench_report.REPORT).read_text()
+    for heading in ("## Summary", "## Served against NeMo", "## All measurements", "## Server memory"):
+        assert heading in report
+    assert report.count("| tiny | 1.12 s |") >= len(expected) + 1  # every row, and the summary
+    assert (out / bench_report.PLOT).read_bytes()[:4] == b"\x89PNG"
+    assert "# mtasr bench (quick)" in proc.stdout
+    assert np.isfinite(results["seconds"])
