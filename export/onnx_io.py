@@ -87,22 +87,35 @@ def export_onnx(
                 do_constant_folding=True,
             )
         proto = onnx.load(str(raw), load_external_data=True)
-        weight_bytes = sum(len(t.raw_data) for t in proto.graph.initializer)
-        external = weight_bytes > EXTERNAL_DATA_THRESHOLD_BYTES
-        data_name = spec.file + ".data"
-        (out_dir / data_name).unlink(missing_ok=True)
-        onnx.save_model(
-            proto,
-            str(target),
-            save_as_external_data=external,
-            all_tensors_to_one_file=True,
-            location=data_name,
-            size_threshold=1024,
-        )
+        external_data = save_onnx(proto, target)
         del proto
     session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
     session.run(None, {name: value.numpy() for name, value in example_inputs.items()})  # proves it runs
-    return describe_onnx(session, target, external_data=data_name if external else None)
+    return describe_onnx(session, target, external_data=external_data)
+
+
+def save_onnx(proto, target: Path) -> str | None:
+    """Write `proto` (weights loaded) to `target`, its weights inline or, when protobuf cannot hold
+    them, in exactly one `<target name>.data` beside it; return that file's name, or None."""
+    import onnx
+
+    weight_bytes = sum(len(t.raw_data) for t in proto.graph.initializer)
+    external = weight_bytes > EXTERNAL_DATA_THRESHOLD_BYTES
+    data_name = target.name + ".data"
+    (target.parent / data_name).unlink(missing_ok=True)
+    onnx.save_model(
+        proto,
+        str(target),
+        save_as_external_data=external,
+        all_tensors_to_one_file=True,
+        location=data_name,
+        size_threshold=1024,
+    )
+    if not external:
+        return None
+    # onnx creates the data file private (0600); a server in a container runs as another user.
+    (target.parent / data_name).chmod(0o644)
+    return data_name
 
 
 def describe_onnx(session, path: Path, external_data: str | None = None) -> dict[str, Any]:

@@ -43,6 +43,7 @@ class ExportSettings:
     max_queue_delay_us: int = 1000
     opset: int = 17
     tensorrt: bool = False
+    int8: bool = False  # int8 dynamic quantisation of the encoder and diarizer (mtasr.export.quantize)
     stage_instances: int = 1  # Triton instances of each stateful stage
     max_sequences: int = 1024  # streams one stage instance keeps open at once
     serving: ServingSettings = field(default_factory=ServingSettings)
@@ -102,6 +103,11 @@ def run_export(
     asr_info = inspect_checkpoint(asr_path, "ASR", ASR_CLASS)
     diar_info = inspect_checkpoint(diarizer_path, "diarizer", DIARIZER_CLASS)
     check_output_dir(out_dir, overwrite)
+    if settings.int8 and settings.tensorrt:
+        raise ExportError(
+            "--int8 and --tensorrt do not combine: int8 graphs are for ONNX Runtime on CPU, TensorRT builds FP16 "
+            "engines from the fp32 graphs (export without --int8 for those)"
+        )
     if settings.tensorrt:
         require_tensorrt()
     if not 1 <= settings.max_streams_per_batch <= 256:
@@ -116,7 +122,8 @@ def run_export(
         (staging / "model_repository" / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         from mtasr.export.repository import write_tensorrt_variant
 
-        write_tensorrt_variant(manifest, staging / "model_repository", staging / "tensorrt")
+        if not settings.int8:  # TensorRT cannot build engines from int8 ONNX Runtime graphs
+            write_tensorrt_variant(manifest, staging / "model_repository", staging / "tensorrt")
         if settings.tensorrt:
             from mtasr.export.tensorrt import build_engines
 
@@ -134,6 +141,7 @@ def run_export(
 
 def _export_into(staging: Path, asr_info, diar_info, settings: ExportSettings, progress) -> dict[str, Any]:
     from mtasr.export import asr, sortformer
+    from mtasr.export.quantize import quantization_settings
     from mtasr.export.repository import write_python_repository
 
     from mtasr.features import FeatureConfig
@@ -169,6 +177,17 @@ def _export_into(staging: Path, asr_info, diar_info, settings: ExportSettings, p
     diar_features = FeatureConfig.from_nemo(diar_model.cfg.preprocessor).to_dict()
     del diar_model
 
+    exported = dict(asr_entry["graphs"], diarizer=diar_entry["graph"])
+    for entry in exported.values():
+        entry["quantization"] = None
+    if settings.int8:
+        from mtasr.export.quantize import QUANTIZED_GRAPHS, quantize_int8
+
+        for name in QUANTIZED_GRAPHS:
+            progress(f"quantising the {name} graph to int8")
+            entry = exported[name]
+            entry.update(quantize_int8(graphs_dir / entry["file"], external_data=entry["external_data"]))
+
     extract_tokenizer(asr_info.path, repo_dir)
 
     specs = {
@@ -177,7 +196,6 @@ def _export_into(staging: Path, asr_info, diar_info, settings: ExportSettings, p
         "joint": asr.JOINT_SPEC,
         "diarizer": sortformer.SORTFORMER_SPEC,
     }
-    exported = dict(asr_entry["graphs"], diarizer=diar_entry["graph"])
     graphs = {
         name: dict(
             entry,
@@ -206,6 +224,7 @@ def _export_into(staging: Path, asr_info, diar_info, settings: ExportSettings, p
         },
         "diarizer": {"geometry": diar_entry["geometry"], "features": diar_features},
         "graphs": graphs,
+        "quantization": quantization_settings() if settings.int8 else None,
         "deployment": {
             "max_streams_per_batch": settings.max_streams_per_batch,
             "instances": settings.graph_instances,

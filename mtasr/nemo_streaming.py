@@ -209,7 +209,6 @@ def load_models(asr_nemo: Path, diar_nemo: Path):
     import torch
     from nemo.collections.asr.models import ASRModel
     from nemo.collections.asr.models.sortformer_diar_models import SortformerEncLabelModel
-
     from nemo.utils import logging as nemo_logging
 
     cpu = torch.device("cpu")

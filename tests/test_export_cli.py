@@ -241,3 +241,107 @@ def test_bad_input_gives_one_clear_error_line_and_leaves_nothing(case, tiny_chec
     assert_one_error_line(result, fragment)
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if "staging" in p.name]
+
+
+@pytest.fixture(scope="module")
+def exported_int8(tiny_checkpoints, tmp_path_factory) -> Path:
+    """The `exported` pair again, with `--int8`."""
+    asr_path, diar_path = tiny_checkpoints
+    out = tmp_path_factory.mktemp("export_int8") / "tiny"
+    result = run_cli(
+        "export",
+        "--asr",
+        str(asr_path),
+        "--diarizer",
+        str(diar_path),
+        "--output",
+        str(out),
+        "--right-context",
+        "6",
+        "--max-streams",
+        "4",
+        "--int8",
+    )
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_int8_export_quantises_the_encoder_and_diarizer_matmuls_and_says_so(exported_int8, exported):
+    from mtasr.export.quantize import QUANTIZATION, quantized_op_counts
+
+    repo = exported_int8 / "model_repository"
+    manifest = json.loads((repo / "manifest.json").read_text())
+    fp32 = json.loads((exported / "model_repository" / "manifest.json").read_text())
+    assert manifest["quantization"]["scheme"] == QUANTIZATION and fp32["quantization"] is None
+    for name in GRAPHS:
+        graph = manifest["graphs"][name]
+        counts = quantized_op_counts(repo / graph["file"])
+        if name in ("encoder", "diarizer"):
+            assert graph["quantization"] == QUANTIZATION
+            assert counts["MatMulInteger"] > 0 and counts["DynamicQuantizeLinear"] > 0
+            assert counts["ConvInteger"] == 0  # slower than fp32 Conv on CPU, and less accurate
+            assert graph["bytes"] == (repo / graph["file"]).stat().st_size < fp32["graphs"][name]["bytes"]
+        else:
+            assert graph["quantization"] is None and not any(counts.values())
+        assert fp32["graphs"][name]["quantization"] is None
+        # Quantisation changes no tensor the server or the stages see.
+        for key in ("inputs", "outputs", "serving_dims"):
+            assert graph[key] == fp32["graphs"][name][key]
+    assert (repo / "encoder" / "config.pbtxt").read_text() == (
+        exported / "model_repository" / "encoder" / "config.pbtxt"
+    ).read_text()
+    assert not (exported_int8 / "tensorrt").exists()  # TensorRT builds its engines from fp32 graphs
+
+
+class _AgainstFp32:
+    """Runs the int8 graph the pipeline calls and the fp32 graph on the same feed; keeps the relative error."""
+
+    def __init__(self, graph, fp32_path: Path, output: str) -> None:
+        from mtasr.graphs import OrtGraph
+
+        self.graph, self.fp32, self.output, self.errors = graph, OrtGraph(fp32_path), output, []
+
+    def run(self, feeds):
+        got, want = self.graph.run(feeds), self.fp32.run(feeds)
+        a, b = got[self.output], want[self.output]
+        self.errors.append(float(np.linalg.norm(a - b) / np.linalg.norm(b)))
+        return got
+
+
+def test_int8_pipeline_runs_end_to_end_close_to_fp32(exported_int8, exported):
+    from mtasr.deployment import chunk_samples, load_manifest
+    from mtasr.graph_io import ENCODER_OUTPUTS
+    from mtasr.local_pipeline import LocalPipeline
+    from mtasr.sortformer_state import SPKCACHE_FIFO_CHUNK_PREDS
+    from mtasr.stages import TRANSCRIPT
+
+    repo, fp32_repo = exported_int8 / "model_repository", exported / "model_repository"
+    pipeline = LocalPipeline(repo)
+    asr, diarization = pipeline.stages["asr"], pipeline.stages["diarization"]
+    asr.encoder = encoder = _AgainstFp32(asr.encoder, fp32_repo / "encoder" / "1" / "model.onnx", ENCODER_OUTPUTS[0])
+    diarization.graph = diarizer = _AgainstFp32(
+        diarization.graph, fp32_repo / "diarizer" / "1" / "model.onnx", SPKCACHE_FIFO_CHUNK_PREDS
+    )
+    # 4 s of a gliding, gated tone in noise: enough for the random diarizer to wake speakers up.
+    t = np.arange(4 * 16000) / 16000
+    rng = np.random.default_rng(0)
+    tone = np.sin(2 * np.pi * (120 + 40 * np.sin(np.pi * t)) * t) * (np.sin(4 * np.pi * t) > 0)
+    audio = (0.1 * tone + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+    results = pipeline.transcribe(audio, chunk_samples(load_manifest(repo)))
+    json.loads(results[-1][TRANSCRIPT][0])  # the final SegLST
+    assert encoder.errors and diarizer.errors
+    # Measured on this input: encoder output 0.4-0.6 %, speaker probabilities ~0.1 %.
+    assert 0 < max(encoder.errors) < 0.05, encoder.errors
+    assert 0 < max(diarizer.errors) < 0.05, diarizer.errors
+
+
+def test_int8_with_tensorrt_is_refused_in_one_line(tiny_checkpoints, tmp_path):
+    out = tmp_path / "out"
+    asr_path, diar_path = tiny_checkpoints
+    result = run_cli(
+        "export", "--asr", str(asr_path), "--diarizer", str(diar_path), "--output", str(out), "--int8", "--tensorrt"
+    )
+    assert result.returncode == 2
+    assert_one_error_line(result, "--int8 and --tensorrt do not combine")
+    assert not out.exists()

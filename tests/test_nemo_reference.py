@@ -14,6 +14,8 @@ pytest.importorskip("torch")
 pytest.importorskip("nemo.collections.asr")
 
 import torch  # noqa: E402
+
+from mtasr.mixtures import espeak_available, make_conversation  # noqa: E402
 from mtasr.nemo_streaming import (  # noqa: E402
     background_bug_can_matter,
     corrected_background_masks,
@@ -22,8 +24,6 @@ from mtasr.nemo_streaming import (  # noqa: E402
     run_nemo_multitalker,
     supported_right_contexts,
 )
-
-from mtasr.mixtures import espeak_available, make_conversation  # noqa: E402
 
 needs_espeak = pytest.mark.skipif(
     not espeak_available(), reason="espeak-ng (Debian package 'espeak-ng') is not installed"
