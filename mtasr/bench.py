@@ -34,6 +34,9 @@ import numpy as np
 ENCODER_FRAME_S = 0.08  # FastConformer 8x subsampling of 10 ms features
 SAMPLE_RATE = 16000
 MODEL_SETS = ("tiny", "full", "default")
+# Random-weight diarizers activate speakers whatever the audio says (the full-size one: always the
+# same two of four). These sets run with every speaker slot active on both sides: the worst-case load.
+ALL_SLOTS_ACTIVE = ("tiny", "full")
 
 
 def right_context_for(latency_s: float) -> int:
@@ -100,6 +103,7 @@ PLANS = {
         latencies_s=(0.16, 0.56, 1.12),
         concurrency=(1, 2, 4, 8),
         nemo_batches=(1, 2, 4, 8),
+        memory_streams=(1, 2, 3, 4, 6, 8),
     ),
 }
 
@@ -146,11 +150,12 @@ class MemoryPoint:
 class Memory:
     model: str
     idle_mb: float  # the server after start, before any request
-    after_load_mb: float  # after the sweep, every stream closed
-    points: list[MemoryPoint]
+    first_stream_mb: float  # what the first open stream added: its state and one-time set-up (arenas)
+    points: list[MemoryPoint]  # idle, then each number of open streams
     per_stream_mb: float | None
     per_speaker_mb: float | None  # measured, when the run separates it from per stream
     speaker_state_mb: float  # encoder cache bytes of one speaker instance, from the manifest's shapes
+    after_sweep_mb: float | None = None  # after the perf_analyzer sweep, every stream closed
 
 
 @dataclass
@@ -208,7 +213,16 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def export_for(asr: Path, diarizer: Path, right_context: int, max_streams: int, int8: bool, out_dir: Path) -> Path:
+def export_for(
+    asr: Path,
+    diarizer: Path,
+    out_dir: Path,
+    *,
+    right_context: int,
+    max_streams: int,
+    int8: bool,
+    all_slots_active: bool,
+) -> Path:
     """An export at `right_context`, reused when the checkpoints and settings match (a subprocess:
     the export's torch memory is returned when it ends)."""
     key = {
@@ -217,6 +231,7 @@ def export_for(asr: Path, diarizer: Path, right_context: int, max_streams: int, 
         "right_context": right_context,
         "max_streams": max_streams,
         "int8": int8,
+        "all_slots_active": all_slots_active,
     }
     key_file = out_dir / "bench-key.json"
     repo = out_dir / "model_repository"
@@ -224,7 +239,7 @@ def export_for(asr: Path, diarizer: Path, right_context: int, max_streams: int, 
         return repo
     cmd = [sys.executable, "-m", "mtasr.cli", "export", "--asr", str(asr), "--diarizer", str(diarizer)]
     cmd += ["--output", str(out_dir), "--right-context", str(right_context), "--max-streams", str(max_streams)]
-    cmd += ["--overwrite", *(["--int8"] if int8 else [])]
+    cmd += ["--overwrite", *(["--int8"] if int8 else []), *(["--all-slots-active"] if all_slots_active else [])]
     _log(f"exporting {out_dir.name} ...")
     started = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -304,9 +319,10 @@ def sweep(server, plan: BenchPlan, model: str, latency_s: float, data: Path, chu
     return points
 
 
-def measure_memory(server, repo: Path, plan: BenchPlan, model: str, idle_mb: float) -> Memory:
-    """Hold 1..N streams open (three chunks sent, no END) and read the server's memory and speaker
-    instances at each step; fit memory = base + a * streams + b * speakers."""
+def measure_memory(server, repo: Path, plan: BenchPlan, model: str) -> Memory:
+    """On a server that has served nothing yet: hold 1..N streams open (three chunks sent, no END),
+    read its memory and speaker instances at each step, fit memory = base + a * streams + b *
+    speakers over the open-stream points, then close every stream."""
     import itertools
 
     from mtasr.client.stream import StreamingClient
@@ -315,29 +331,31 @@ def measure_memory(server, repo: Path, plan: BenchPlan, model: str, idle_mb: flo
     from mtasr.stages import CacheShapes
     from mtasr.triton_stage import SPEAKER_STATES_METRIC
 
-    _wait_streams_closed(server)
-    after_load = server.rss_mb()
+    idle = server.rss_mb()
     client = StreamingClient(server.address("grpc"), timeout_s=120)
     chunk = client.settings().chunk_samples
-    points = [MemoryPoint(0, int(_metric(server.url("metrics"), SPEAKER_STATES_METRIC)), after_load)]
-    opened = 0
+    points = [MemoryPoint(0, 0, idle)]
     # Streams of 1, 2, 3, 4 speakers in turn, so that speaker instances do not grow in step with streams.
     audios = [make_conversation(1 + k % 4, seed=200 + k).audio for k in range(max(plan.memory_streams))]
+    ids = [50_000 + k for k in range(len(audios))]
     for target in sorted(plan.memory_streams):
-        while opened < target:
-            audio = audios[opened]
+        for k in range(points[-1].streams, target):
+            audio = audios[k]
             chunks = (audio[i : i + chunk] for i in itertools.count(0, chunk))  # never the last: stays open
-            for _ in itertools.islice(client.stream(chunks, 50_000 + opened), 3):
+            for _ in itertools.islice(client.stream(chunks, ids[k]), 3):
                 pass
-            opened += 1
         time.sleep(0.5)
         speakers = int(_metric(server.url("metrics"), SPEAKER_STATES_METRIC))
-        points.append(MemoryPoint(opened, speakers, server.rss_mb()))
-        _log(f"{model}: {opened} open stream(s), {speakers} speaker instance(s), {points[-1].rss_mb:.0f} MB")
+        points.append(MemoryPoint(target, speakers, server.rss_mb()))
+        _log(f"{model}: {target} open stream(s), {speakers} speaker instance(s), {points[-1].rss_mb:.0f} MB")
+    for sequence_id in ids:
+        for _ in client.stream([], sequence_id):  # an END alone: the stream's state is freed
+            pass
     shapes = CacheShapes.from_manifest(load_manifest(repo)["asr"]["streaming"])
     state_mb = 4 * (np.prod(shapes.channel) + np.prod(shapes.time)) / 2**20
-    per_stream, per_speaker = fit_memory(points)
-    return Memory(model, idle_mb, after_load, points, per_stream, per_speaker, float(state_mb))
+    per_stream, per_speaker = fit_memory(points[1:])
+    first = points[1].rss_mb - idle if len(points) > 1 else 0.0
+    return Memory(model, idle, first, points, per_stream, per_speaker, float(state_mb))
 
 
 def fit_memory(points: list[MemoryPoint]) -> tuple[float | None, float | None]:
@@ -349,7 +367,7 @@ def fit_memory(points: list[MemoryPoint]) -> tuple[float | None, float | None]:
     streams = np.array([p.streams for p in points], float)
     speakers = np.array([p.speaker_states for p in points], float)
     both = np.stack([np.ones_like(streams), streams, speakers], 1)
-    if len(points) >= 4 and np.linalg.matrix_rank(both) == 3 and np.linalg.cond(both) < 1e3:
+    if len(points) >= 3 and np.linalg.matrix_rank(both) == 3 and np.linalg.cond(both) < 1e3:
         coef = np.linalg.lstsq(both, rss, rcond=None)[0]
         return float(coef[1]), float(coef[2])
     coef = np.linalg.lstsq(both[:, :2], rss, rcond=None)[0]
@@ -367,11 +385,12 @@ def nemo_points(
 
     rc = right_context_for(latency_s)
     # Warm-up: NeMo's first pass through a stream is several times slower (lazy set-up).
-    run_nemo_multitalker(asr, diarizer, audios[0], rc, models=models)
+    all_slots = model in ALL_SLOTS_ACTIVE
+    run_nemo_multitalker(asr, diarizer, audios[0], rc, models=models, all_slots_active=all_slots)
     points, active = [], float("nan")
     for batch in plan.nemo_batches:
         _log(f"{model} @ {latency_s:.2f} s: NeMo PyTorch, {batch} stream(s) per batch")
-        result = run_nemo_multitalker(asr, diarizer, audios[:batch], rc, models=models)
+        result = run_nemo_multitalker(asr, diarizer, audios[:batch], rc, models=models, all_slots_active=all_slots)
         steps_ms = 1000 * np.array(result.step_s)
         audio_s = sum(len(a) for a in audios[:batch]) / SAMPLE_RATE
         points.append(
@@ -386,7 +405,7 @@ def nemo_points(
             )
         )
         if batch == plan.nemo_batches[0]:
-            active = float(np.mean([len(a) for a in result.active_per_chunk]))
+            active = float(np.mean([len(masks) for masks in result.masks_per_chunk]))
     return points, active
 
 
@@ -437,7 +456,15 @@ def run_bench(plan: BenchPlan, out_dir: Path, progress: Callable[[str], None] = 
         for latency in plan.latencies_s:
             rc = right_context_for(latency)
             folder = work / "exports" / f"{model}{'-int8' if int8 else ''}-rc{rc}"
-            repos[latency] = export_for(asr, diarizer, rc, max(8, *plan.concurrency), int8, folder)
+            repos[latency] = export_for(
+                asr,
+                diarizer,
+                folder,
+                right_context=rc,
+                max_streams=max(8, *plan.concurrency),
+                int8=int8,
+                all_slots_active=model in ALL_SLOTS_ACTIVE,
+            )
         for latency, repo in repos.items():
             manifest = load_manifest(repo)
             chunk = chunk_samples(manifest)
@@ -445,14 +472,16 @@ def run_bench(plan: BenchPlan, out_dir: Path, progress: Callable[[str], None] = 
             run_dir = work / "runs" / f"{name.replace(' ', '-')}-{latency:.2f}s"
             data = pa.write_input_data(streams, run_dir / "input.json")
             mean_chunk_s = float(np.mean([len(c) for s in streams for c in s])) / SAMPLE_RATE
+            memory_here = latency == plan.memory_latency_s or (
+                plan.memory_latency_s not in plan.latencies_s and latency == plan.latencies_s[-1]
+            )
             with TritonServer(local_server_config(repo, startup_timeout_s=600)) as server:
-                idle = server.rss_mb()
-                progress(f"{name} @ {latency:.2f} s: server up, {idle:.0f} MB idle")
+                progress(f"{name} @ {latency:.2f} s: server up, {server.rss_mb():.0f} MB")
+                memory = measure_memory(server, repo, plan, name) if memory_here else None
                 result.points += sweep(server, plan, name, latency, data, mean_chunk_s, run_dir)
-                if latency == plan.memory_latency_s or (
-                    plan.memory_latency_s not in plan.latencies_s and latency == plan.latencies_s[-1]
-                ):
-                    result.memory.append(measure_memory(server, repo, plan, name, idle))
+                if memory is not None:
+                    memory.after_sweep_mb = server.rss_mb()
+                    result.memory.append(memory)
         if int8:
             continue  # NeMo runs the checkpoints: the same figures as the fp32 variant
         models = load_models(asr, diarizer)

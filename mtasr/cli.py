@@ -26,6 +26,7 @@ def _export(args: argparse.Namespace) -> int:
                 sequence_idle_s=args.idle_timeout,
                 max_chunk_s=args.max_chunk_seconds,
                 graph_backend=args.graph_backend,
+                all_slots_active=args.all_slots_active,
             ),
         )
         if args.random:
@@ -138,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="int8 dynamic quantisation of the encoder and diarizer weights (ONNX Runtime quantize_dynamic); smaller "
         "and faster on CPU, at an accuracy cost. Writes no TensorRT variant, and does not combine with --tensorrt",
+    )
+    export.add_argument(
+        "--all-slots-active",
+        action="store_true",
+        help="benchmarking: run the ASR for every speaker slot every chunk, whatever the diarizer says (the "
+        "worst-case load; random-weight diarizers activate speakers regardless of the audio)",
     )
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     export.set_defaults(func=_export)

@@ -45,6 +45,9 @@ class ServingSettings:
     # NeMo's reference builds background masks by list position, not speaker id (a bug); True
     # reproduces it, for comparisons with NeMo only.
     nemo_background_mask: bool = False
+    # Every speaker slot active every chunk, whatever the diarizer says: the worst-case ASR load,
+    # for benchmarks of random-weight models (whose diarizer activates speakers regardless of the audio).
+    all_slots_active: bool = False
 
     def __post_init__(self) -> None:
         if self.graph_backend not in ("triton", "onnxruntime"):
@@ -131,7 +134,11 @@ def build_stage(
     if name == "speaker_kernels":
         slots, width = manifest["speaker_slots"], geometry.encoder_frames_per_chunk
         gating = GatingConfig(
-            width, settings.gating_chunks, max_active=slots, nemo_background_mask=settings.nemo_background_mask
+            width,
+            settings.gating_chunks,
+            max_active=slots,
+            nemo_background_mask=settings.nemo_background_mask,
+            all_active=settings.all_slots_active,
         )
         return SpeakerKernelStage(gating, slots, width, idle)
     if name == "asr":

@@ -27,6 +27,7 @@ class GatingConfig:
     max_active: int = 4
     binary_targets: bool = False  # NeMo's binary_diar_preds
     nemo_background_mask: bool = False  # reproduce NeMo's by-position background rule (for comparisons)
+    all_active: bool = False  # every slot active once the diarizer has spoken (benchmarks: the worst-case load)
 
     @property
     def window_frames(self) -> int:
@@ -47,8 +48,10 @@ def active_slots(window: np.ndarray, config: GatingConfig) -> list[int]:
     """Slots whose max probability over `window` [frames, slots] exceeds the threshold, ascending."""
     if window.shape[0] == 0:
         return []
+    k = min(config.max_active, window.shape[1])
+    if config.all_active:
+        return list(range(k))
     peak = window.max(axis=0)
-    k = min(config.max_active, peak.shape[0])
     # The k most probable slots (stable order on ties), then the threshold: NeMo's topk + mask.
     top = np.argsort(-peak, kind="stable")[:k]
     return sorted(int(s) for s in top if peak[s] > config.threshold)

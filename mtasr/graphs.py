@@ -19,13 +19,21 @@ class Graph(Protocol):
 
 
 def cpu_session(path: Path, intra_op_threads: int = 0, inter_op_threads: int = 1):
-    """An ONNX Runtime CPU session with full graph optimisation (0 intra-op threads: all cores)."""
+    """An ONNX Runtime CPU session with full graph optimisation (0 intra-op threads: all cores).
+
+    Idle pool threads sleep instead of spinning: a stage runs several sessions (encoder, then
+    many small decoder/joint calls) and Triton runs the stages in parallel processes, so spinning
+    threads steal the cores the next call needs. On 2 cores it made the full-size pipeline 25 %
+    faster in one process (939 -> 703 ms per 1.12 s chunk), more under Triton.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = inter_op_threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 

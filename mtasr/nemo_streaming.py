@@ -181,7 +181,7 @@ def background_bug_can_matter(active_per_chunk: Sequence[Sequence[int]]) -> bool
     return any(len(a) >= 2 and list(a) != list(range(len(a))) for a in active_per_chunk)
 
 
-def _config(right_context_ctx: list[int], max_num_of_spks: int, batch_size: int):
+def _config(right_context_ctx: list[int], max_num_of_spks: int, batch_size: int, cache_gating: bool = True):
     from omegaconf import OmegaConf
 
     cfg = dict(_SCRIPT_DEFAULTS)
@@ -189,7 +189,7 @@ def _config(right_context_ctx: list[int], max_num_of_spks: int, batch_size: int)
         {
             "masked_asr": False,  # speaker kernels, not feature masking
             "use_amp": False,  # fp32 (CPU autocast would be bfloat16)
-            "cache_gating": True,
+            "cache_gating": cache_gating,
             "cache_gating_buffer_size": 2,
             "binary_diar_preds": False,
             "single_speaker_mode": False,
@@ -241,6 +241,7 @@ def run_nemo_multitalker(
     right_context: int,
     *,
     fix_background_mask: bool = False,
+    all_slots_active: bool = False,
     diar_async_streaming: bool | None = None,
     max_num_of_spks: int = 4,
     models: tuple[Any, Any] | None = None,
@@ -254,6 +255,10 @@ def run_nemo_multitalker(
     ``fix_background_mask`` replaces NeMo's background mask (built from list positions) by the one
     built from the other active speaker ids, for this call only (an attribute of this call's
     instance manager; nothing global is patched).
+
+    ``all_slots_active`` turns NeMo's cache gating off (its own option): every speaker slot up to
+    ``max_num_of_spks`` is active in every chunk, whatever the diarizer says; the worst-case load,
+    as the serving setting of that name gives.
 
     ``diar_async_streaming``: None follows the diarizer checkpoint's ``async_streaming``. NeMo
     3.0.0's ``MultiTalkerInstanceManager.reset`` builds the diarizer state with
@@ -291,7 +296,7 @@ def run_nemo_multitalker(
                 asr_model,
                 diar_model,
                 batch,
-                _config(ctx, max_num_of_spks, len(batch)),
+                _config(ctx, max_num_of_spks, len(batch), cache_gating=not all_slots_active),
                 fix_background_mask,
                 use_async,
             )
@@ -304,7 +309,12 @@ def run_nemo_multitalker(
 
 
 def _parallel_streaming(
-    asr_model, diar_model, batch: list[np.ndarray], cfg, fix_background_mask: bool, use_async: bool
+    asr_model,
+    diar_model,
+    batch: list[np.ndarray],
+    cfg,
+    fix_background_mask: bool,
+    use_async: bool,
 ) -> NemoResult:
     """The script's stream set-up and ``launch_parallel_streaming`` loop, observed."""
     import torch

@@ -117,6 +117,34 @@ def test_nemo_background_mask_rule_is_the_only_difference_and_is_corrected(
     assert tokens_by_speaker(compatible.transcribe(audio, chunk_samples(repo))) == nemo_tokens
 
 
+def test_all_slots_active_gives_nemo_tokens_with_its_cache_gating_off(
+    tiny_checkpoints, nemo_models, conversations, served
+):
+    """The benchmarks' worst-case load: every slot decoded every chunk, on both sides the same
+    (NeMo's own `cache_gating` off), and still NeMo's tokens exactly."""
+    _, repo = served
+    audio = conversations[1].audio
+    nemo = run_nemo_multitalker(
+        *tiny_checkpoints, audio, 13, fix_background_mask=True, all_slots_active=True, models=nemo_models
+    )
+    assert all(len(masks) == 4 for masks in nemo.masks_per_chunk)
+    want = {slot: tokens for slot, tokens in nemo.tokens.items() if tokens}
+    assert len(want) == 4, "every slot must have decoded something"
+    settings = ServingSettings(graph_backend="onnxruntime", all_slots_active=True)
+    assert tokens_by_speaker(LocalPipeline(repo, settings).transcribe(audio, chunk_samples(repo))) == want
+
+
+def test_nemo_batches_streams_like_running_each_alone(tiny_checkpoints, nemo_models, conversations):
+    """The benchmark's NeMo side batches streams as NeMo's script does; stream 0 of a batch decodes
+    what it decodes alone (equal lengths: NeMo pads shorter streams of a batch)."""
+    n = min(len(c.audio) for c in conversations[:2])
+    audios = [c.audio[:n] for c in conversations[:2]]
+    alone = run_nemo_multitalker(*tiny_checkpoints, audios[0], 13, models=nemo_models)
+    batched = run_nemo_multitalker(*tiny_checkpoints, audios, 13, models=nemo_models)
+    assert batched.batch_size == 2 and len(batched.step_s) == batched.n_chunks == alone.n_chunks
+    assert batched.tokens == alone.tokens and any(batched.tokens.values())
+
+
 def test_served_equals_in_process_pipeline_and_ends_with_seglst(served, conversations):
     server, repo = served
     audio = conversations[1].audio

@@ -43,6 +43,9 @@ def test_a_slot_is_active_when_its_recent_maximum_exceeds_the_threshold():
     window = np.array([[0.9, 0.2, 0.6, 0.51], [0.1, 0.4, 0.7, 0.0]])
     assert active_slots(window, config) == [0, 2]  # 3 is above 0.5 but not in the top 2
     assert active_slots(window, GatingConfig(2, 2, max_active=4)) == [0, 2, 3]
+    # The benchmarks' worst case: every slot, whatever the probabilities; none before any frame.
+    assert active_slots(window, GatingConfig(2, 2, max_active=4, all_active=True)) == [0, 1, 2, 3]
+    assert active_slots(window[:0], GatingConfig(2, 2, max_active=4, all_active=True)) == []
 
 
 def test_background_mask_follows_speaker_ids_not_list_positions():
