@@ -6,7 +6,7 @@ Starts tritonserver on the repository, opens N gRPC streams that each send one c
 duration (a live speaker) of a synthesised conversation, and reports the time from sending a
 chunk to receiving its response (p50, p90, p99, max), the real-time factor per stream and the
 server's resident memory (tritonserver plus its python-backend processes) idle and under load.
-A quick measurement tool; the full benchmark with perf_analyzer is `mtasr bench` (issue 7).
+A quick measurement tool; the full benchmark with perf_analyzer and NeMo beside it is `mtasr bench`.
 """
 
 from __future__ import annotations

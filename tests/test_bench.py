@@ -67,7 +67,7 @@ def test_report_states_ratios_and_targets():
     assert (row["realtime_grpc"], row["realtime_http"], row["realtime_nemo"]) == (2, 1, 0)
     text = bench_report.render(result)
     assert "| full | 1.12 s | 1 | 3.00x | 0.30x | 0.32x |" in text  # served/NeMo at one stream
-    assert "served throughput >= 3x NeMo at 1.12 s: 2.99x, not met" in text
+    assert "full: served throughput >= 3x NeMo at 1.12 s: 2.99x, not met" in text
     assert "RTF 0.595, p99 700 ms against a 1120 ms chunk, met" in text
 
 
