@@ -26,7 +26,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -438,18 +437,46 @@ def machine_setup() -> dict[str, str]:
     return setup
 
 
-def run_bench(plan: BenchPlan, out_dir: Path, progress: Callable[[str], None] = _log) -> BenchResult:
-    """Everything the plan asks, in order; writes the report folder and returns the figures."""
-    from mtasr import bench_report
+def bench_served(
+    repo: Path, plan: BenchPlan, name: str, latency: float, audios: list[np.ndarray], run_dir: Path
+) -> tuple[list[LoadPoint], Memory | None]:
+    """One export served: memory on the fresh server (at the memory setting), then the sweep."""
     from mtasr.client import perf_analyzer as pa
     from mtasr.deployment import chunk_samples, load_manifest, local_server_config
-    from mtasr.nemo_streaming import load_models
     from mtasr.server import TritonServer
+
+    chunk = chunk_samples(load_manifest(repo))
+    streams = [pa.split_chunks(a, chunk) for a in audios]
+    data = pa.write_input_data(streams, run_dir / "input.json")
+    mean_chunk_s = float(np.mean([len(c) for s in streams for c in s])) / SAMPLE_RATE
+    memory_here = latency == plan.memory_latency_s or (
+        plan.memory_latency_s not in plan.latencies_s and latency == plan.latencies_s[-1]
+    )
+    with TritonServer(local_server_config(repo, startup_timeout_s=600)) as server:
+        _log(f"{name} @ {latency:.2f} s: server up, {server.rss_mb():.0f} MB")
+        memory = measure_memory(server, repo, plan, name) if memory_here else None
+        points = sweep(server, plan, name, latency, data, mean_chunk_s, run_dir)
+        if memory is not None:
+            memory.after_sweep_mb = server.rss_mb()
+    return points, memory
+
+
+def run_bench(plan: BenchPlan, out_dir: Path) -> BenchResult:
+    """Everything the plan asks, in order. The report folder is rewritten after every setting, so
+    an interrupted run leaves the figures it had."""
+    from mtasr import bench_report
+    from mtasr.client import perf_analyzer as pa
+    from mtasr.nemo_streaming import load_models
 
     started = time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)
     work = out_dir / "work"
     result = BenchResult(plan, setup=machine_setup())
+
+    def save() -> None:
+        result.seconds = time.monotonic() - started
+        bench_report.write(result, out_dir)
+
     pa.provision()
     audios = bench_audio(plan)
     variants = [(m, False) for m in plan.models] + ([(m, True) for m in plan.models] if plan.int8 else [])
@@ -459,33 +486,21 @@ def run_bench(plan: BenchPlan, out_dir: Path, progress: Callable[[str], None] = 
         repos = {}
         for latency in plan.latencies_s:
             rc = right_context_for(latency)
-            folder = work / "exports" / f"{model}{'-int8' if int8 else ''}-rc{rc}"
             repos[latency] = export_for(
                 asr,
                 diarizer,
-                folder,
+                work / "exports" / f"{model}{'-int8' if int8 else ''}-rc{rc}",
                 right_context=rc,
                 max_streams=max(8, *plan.concurrency),
                 int8=int8,
                 all_slots_active=model in ALL_SLOTS_ACTIVE,
             )
         for latency, repo in repos.items():
-            manifest = load_manifest(repo)
-            chunk = chunk_samples(manifest)
-            streams = [pa.split_chunks(a, chunk) for a in audios]
             run_dir = work / "runs" / f"{name.replace(' ', '-')}-{latency:.2f}s"
-            data = pa.write_input_data(streams, run_dir / "input.json")
-            mean_chunk_s = float(np.mean([len(c) for s in streams for c in s])) / SAMPLE_RATE
-            memory_here = latency == plan.memory_latency_s or (
-                plan.memory_latency_s not in plan.latencies_s and latency == plan.latencies_s[-1]
-            )
-            with TritonServer(local_server_config(repo, startup_timeout_s=600)) as server:
-                progress(f"{name} @ {latency:.2f} s: server up, {server.rss_mb():.0f} MB")
-                memory = measure_memory(server, repo, plan, name) if memory_here else None
-                result.points += sweep(server, plan, name, latency, data, mean_chunk_s, run_dir)
-                if memory is not None:
-                    memory.after_sweep_mb = server.rss_mb()
-                    result.memory.append(memory)
+            points, memory = bench_served(repo, plan, name, latency, audios, run_dir)
+            result.points += points
+            result.memory += [memory] if memory is not None else []
+            save()
         if int8:
             continue  # NeMo runs the checkpoints: the same figures as the fp32 variant
         models = load_models(asr, diarizer)
@@ -493,10 +508,10 @@ def run_bench(plan: BenchPlan, out_dir: Path, progress: Callable[[str], None] = 
             points, active = nemo_points(models, asr, diarizer, audios, plan, name, latency)
             result.points += points
             result.active_speakers[f"{name} @ {latency:.2f} s"] = active
+            save()
         del models
-    result.seconds = time.monotonic() - started
-    bench_report.write(result, out_dir)
-    progress(f"done in {result.seconds / 60:.1f} min: {out_dir / bench_report.REPORT}")
+    save()
+    _log(f"done in {result.seconds / 60:.1f} min: {out_dir / bench_report.REPORT}")
     return result
 
 
@@ -557,6 +572,10 @@ def _main(args) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = args.output or Path(f"bench-{plan.mode}")
-    run_bench(plan, out)
+    try:
+        run_bench(plan, out)
+    except (RuntimeError, FileNotFoundError) as err:  # export, perf_analyzer or server start failed
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print((out / "report.md").read_text())
     return 0

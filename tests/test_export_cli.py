@@ -21,25 +21,18 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mtasr.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="session")
-def exported(tiny_checkpoints, tmp_path_factory) -> Path:
-    asr_path, diar_path = tiny_checkpoints
-    out = tmp_path_factory.mktemp("export") / "tiny"
-    result = run_cli(
-        "export",
-        "--asr",
-        str(asr_path),
-        "--diarizer",
-        str(diar_path),
-        "--output",
-        str(out),
-        "--right-context",
-        "6",
-        "--max-streams",
-        "4",
-    )
+def export_tiny(checkpoints: tuple[Path, Path], out: Path, *extra: str) -> Path:
+    """The tiny pair exported at right context 6, 4 streams per batch."""
+    asr_path, diar_path = checkpoints
+    args = ["--asr", str(asr_path), "--diarizer", str(diar_path), "--output", str(out)]
+    result = run_cli("export", *args, "--right-context", "6", "--max-streams", "4", *extra)
     assert result.returncode == 0, result.stderr
     return out
+
+
+@pytest.fixture(scope="session")
+def exported(tiny_checkpoints, tmp_path_factory) -> Path:
+    return export_tiny(tiny_checkpoints, tmp_path_factory.mktemp("export") / "tiny")
 
 
 def test_export_writes_graphs_tokenizer_manifest_and_both_repository_variants(exported, tiny_checkpoints):
@@ -246,24 +239,7 @@ def test_bad_input_gives_one_clear_error_line_and_leaves_nothing(case, tiny_chec
 @pytest.fixture(scope="module")
 def exported_int8(tiny_checkpoints, tmp_path_factory) -> Path:
     """The `exported` pair again, with `--int8`."""
-    asr_path, diar_path = tiny_checkpoints
-    out = tmp_path_factory.mktemp("export_int8") / "tiny"
-    result = run_cli(
-        "export",
-        "--asr",
-        str(asr_path),
-        "--diarizer",
-        str(diar_path),
-        "--output",
-        str(out),
-        "--right-context",
-        "6",
-        "--max-streams",
-        "4",
-        "--int8",
-    )
-    assert result.returncode == 0, result.stderr
-    return out
+    return export_tiny(tiny_checkpoints, tmp_path_factory.mktemp("export_int8") / "tiny", "--int8")
 
 
 def test_int8_export_quantises_the_encoder_and_diarizer_matmuls_and_says_so(exported_int8, exported):
