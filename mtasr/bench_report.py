@@ -139,6 +139,9 @@ def render(result: BenchResult) -> str:
                     f"| {_fmt(p.audio_s_per_s, 2)} | {_fmt(p.p50_ms, 0)} | {_fmt(p.p90_ms, 0)} "
                     f"| {_fmt(p.p99_ms, 0)} | {_fmt(p.rtf, 3)} | {'yes' if p.realtime else 'no'} |"
                 )
+    if result.unstable:
+        lines += ["", "No stable perf_analyzer measurement (twice), so not in the tables:", ""]
+        lines += [f"- {item}" for item in result.unstable]
     if result.active_speakers:
         lines += ["", "Mean speaker instances the ASR runs per chunk (NeMo, batch 1, stream 0):", ""]
         lines += [f"- {k}: {v:.2f}" for k, v in result.active_speakers.items()]
