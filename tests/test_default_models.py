@@ -50,3 +50,61 @@ def test_default_models_serve_the_demo_conversation_and_diarize_it(tmp_path):
     der = score_against_reference(turns, reference, tmp_path).der
     assert len({t["speaker"] for t in turns}) == 3, turns
     assert der.rate <= MAX_DEMO_DIARIZER_DER, der
+
+
+def _state_dict(nemo_path):
+    """The weights inside a `.nemo` archive."""
+    import tarfile
+
+    import torch
+
+    with tarfile.open(nemo_path) as archive:
+        (member,) = [m for m in archive.getmembers() if m.name.endswith("model_weights.ckpt")]
+        return torch.load(archive.extractfile(member), map_location="cpu", weights_only=True)
+
+
+def test_default_checkpoints_export_to_the_served_models(tmp_path):
+    """default_checkpoints/ (what `mtasr bench` and parity runs give NeMo) are the models model_repository/ serves:
+    exported with the repository's settings, they give the same tokens and speaker probabilities on the demo."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import soundfile as sf
+    from mtasr.training.defaults import DEFAULT_CHECKPOINTS
+
+    from mtasr.deployment import chunk_samples, load_manifest
+    from mtasr.local_pipeline import LocalPipeline
+
+    manifest = load_manifest(DEFAULT_REPOSITORY)
+    cmd = [sys.executable, "-m", "mtasr.cli", "export", "--output", str(tmp_path / "export")]
+    cmd += ["--asr", str(DEFAULT_CHECKPOINTS["asr"]), "--diarizer", str(DEFAULT_CHECKPOINTS["diarizer"])]
+    cmd += ["--right-context", str(manifest["right_context"])]
+    cmd += ["--max-streams", str(manifest["deployment"]["max_streams_per_batch"])]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    exported = tmp_path / "export" / "model_repository"
+    assert load_manifest(exported)["asr"] == manifest["asr"]
+    assert load_manifest(exported)["diarizer"] == manifest["diarizer"]
+
+    audio, _ = sf.read(DEMO_CONVERSATION, dtype="float32")
+    chunk = chunk_samples(manifest)
+    served, rebuilt = LocalPipeline(DEFAULT_REPOSITORY), LocalPipeline(exported)
+    for a, b in zip(served.transcribe(audio, chunk), rebuilt.transcribe(audio, chunk), strict=True):
+        for name in ("TOKEN_IDS", "TOKEN_SPEAKERS", "TRANSCRIPT"):
+            assert np.array_equal(a[name], b[name]), name
+    probs = served.speaker_activity(audio, chunk, stream=2), rebuilt.speaker_activity(audio, chunk, stream=2)
+    assert np.abs(probs[0] - probs[1]).max() <= 1e-5
+
+
+def test_checkpoints_are_recovered_from_the_repository_graphs(tmp_path):
+    """`python -m mtasr.training.recover` rebuilds default_checkpoints/ weight for weight from model_repository/."""
+    import torch
+    from mtasr.training.defaults import DEFAULT_CHECKPOINTS
+    from mtasr.training.recover import recover
+
+    for name, path in zip(("asr", "diarizer"), recover(DEFAULT_REPOSITORY, tmp_path), strict=True):
+        want, got = _state_dict(DEFAULT_CHECKPOINTS[name]), _state_dict(path)
+        assert want.keys() == got.keys()
+        for key in want:
+            assert torch.equal(want[key], got[key]), key
