@@ -23,6 +23,7 @@ import argparse
 import functools
 import hashlib
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -31,6 +32,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+
+from mtasr.bench_accuracy import Int8Cost
 
 ENCODER_FRAME_S = 0.08  # FastConformer 8x subsampling of 10 ms features
 SAMPLE_RATE = 16000
@@ -172,6 +175,7 @@ class BenchResult:
     active_speakers: dict[str, float] = field(default_factory=dict)  # "model @ latency" -> mean per chunk
     setup: dict[str, str] = field(default_factory=dict)  # machine, versions
     unstable: list[str] = field(default_factory=list)  # perf_analyzer points never stable (not reported)
+    int8_costs: list[Int8Cost] = field(default_factory=list)  # int8 export against fp32, same audio
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -182,6 +186,10 @@ class BenchResult:
             "active_speakers": self.active_speakers,
             "setup": self.setup,
             "unstable": self.unstable,
+            "int8_costs": [
+                {**asdict(c), "token_change_rate": c.token_change_rate, "flip_rate": c.flip_rate}
+                for c in self.int8_costs
+            ],
             "seconds": self.seconds,
         }
 
@@ -233,12 +241,14 @@ def export_for(
 ) -> Path:
     """An export at `right_context`, reused when the checkpoints and settings match (a subprocess:
     the export's torch memory is returned when it ends)."""
+    from mtasr.export.quantize import quantization_settings
+
     key = {
         "asr": _sha256(asr),
         "diarizer": _sha256(diarizer),
         "right_context": right_context,
         "max_streams": max_streams,
-        "int8": int8,
+        "int8": quantization_settings() if int8 else False,  # a changed scheme re-exports
         "all_slots_active": all_slots_active,
     }
     key_file = out_dir / "bench-key.json"
@@ -256,6 +266,27 @@ def export_for(
     key_file.write_text(json.dumps(key, indent=1) + "\n")
     _log(f"exported {out_dir.name} in {time.monotonic() - started:.0f} s")
     return repo
+
+
+def int8_cost(
+    fp32_repo: Path, int8_repo: Path, name: str, latency_s: float, audios: list[np.ndarray], work: Path
+) -> Int8Cost:
+    """int8 against fp32 on the demo conversation (held-out sentences in the default models' voices, with a
+    reference transcript) and the first benchmark stream."""
+    import soundfile as sf
+
+    from mtasr.bench_accuracy import measure_int8_cost
+    from mtasr.client.formats import SEGLST_SUFFIX
+    from mtasr.training.defaults import DEMO_CONVERSATION
+
+    _log(f"{name} @ {latency_s:.2f} s: int8 against fp32 on the same audio")
+    demo, rate = sf.read(DEMO_CONVERSATION, dtype="float32")
+    if rate != SAMPLE_RATE:
+        raise RuntimeError(f"{DEMO_CONVERSATION} is at {rate} Hz, expected {SAMPLE_RATE}")
+    reference = DEMO_CONVERSATION.with_suffix(SEGLST_SUFFIX)
+    return measure_int8_cost(
+        fp32_repo, int8_repo, name, latency_s, [demo, audios[0]], [reference, None], work / "int8-cost"
+    )
 
 
 def bench_audio(plan: BenchPlan) -> list[np.ndarray]:
@@ -509,6 +540,7 @@ def run_bench(plan: BenchPlan, out_dir: Path) -> BenchResult:
     pa.provision()
     audios = bench_audio(plan)
     variants = [(m, False) for m in plan.models] + ([(m, True) for m in plan.models] if plan.int8 else [])
+    exports: dict[tuple[str, bool, float], Path] = {}
     for model, int8 in variants:
         name = model + (bench_report.INT8_SUFFIX if int8 else "")
         asr, diarizer = checkpoints_for(model, work)
@@ -527,6 +559,7 @@ def run_bench(plan: BenchPlan, out_dir: Path) -> BenchResult:
                 int8=int8,
                 all_slots_active=model in ALL_SLOTS_ACTIVE,
             )
+        exports |= {(model, int8, latency): repo for latency, repo in repos.items()}
         for latency, repo in repos.items():
             run_dir = work / "runs" / f"{name.replace(' ', '-')}-{latency:.2f}s"
             points, memory = bench_served(repo, plan, name, latency, audios, run_dir, result.unstable)
@@ -534,6 +567,11 @@ def run_bench(plan: BenchPlan, out_dir: Path) -> BenchResult:
             result.memory += [memory] if memory is not None else []
             save()
         if int8:
+            for latency, repo in repos.items():
+                fp32 = exports.get((model, False, latency))
+                if fp32 is not None:
+                    result.int8_costs.append(int8_cost(fp32, repo, model, latency, audios, work))
+                    save()
             continue  # NeMo runs the checkpoints: the same figures as the fp32 variant
         models = load_models(asr, diarizer)
         for latency in plan.latencies_s:
@@ -589,6 +627,10 @@ def add_parser(sub) -> None:
     parser.set_defaults(func=_main)
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _main(args) -> int:
     try:
         plan = with_overrides(
@@ -604,10 +646,16 @@ def _main(args) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = args.output or Path(f"bench-{plan.mode}")
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # unwinds like Ctrl-C: the server stops, nothing is orphaned
     try:
         run_bench(plan, out)
     except (RuntimeError, FileNotFoundError) as err:  # export, perf_analyzer or server start failed
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"interrupted: {out / 'report.md'} holds the settings measured so far", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print((out / "report.md").read_text())
     return 0

@@ -145,6 +145,7 @@ def render(result: BenchResult) -> str:
     if result.active_speakers:
         lines += ["", "Mean speaker instances the ASR runs per chunk (NeMo, batch 1, stream 0):", ""]
         lines += [f"- {k}: {v:.2f}" for k, v in result.active_speakers.items()]
+    lines += _int8_costs(result)
     lines += ["", "## Server memory (resident: tritonserver and its python-backend processes)", ""]
     lines += [
         "| model | idle | first stream (with one-time set-up) | per further stream | per speaker instance "
@@ -176,6 +177,35 @@ def render(result: BenchResult) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _int8_costs(result: BenchResult) -> list[str]:
+    if not result.int8_costs:
+        return []
+    lines = [
+        "",
+        "## int8: what quantisation costs in accuracy",
+        "",
+        "The int8 export against the fp32 export of the same checkpoints, on the same audio (the demo conversation, "
+        "held-out sentences in the default models' voices with a reference transcript, and the first benchmark "
+        "stream), both run in process exactly as served. Tokens changed = edit distance of each speaker slot's "
+        "int8 tokens from its fp32 tokens over the fp32 token count; activity flips = frame-slot speaking "
+        "decisions (probability > 0.5) that int8 changes. cpWER is against the demo's reference; only the "
+        "trained (default) models' words mean anything, random weights show the numeric drift alone.",
+        "",
+        "| model | latency | sessions | fp32 tokens | tokens changed | speaker prob. max diff | activity flips "
+        "| cpWER fp32 | cpWER int8 | ref words |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in result.int8_costs:
+        cpwer = [f"{100 * v:.1f} %" if v is not None else "n/a" for v in (c.fp32_cpwer, c.int8_cpwer)]
+        lines.append(
+            f"| {c.model} | {c.latency_s:.2f} s | {c.sessions} | {c.fp32_tokens} "
+            f"| {c.token_edits} ({100 * c.token_change_rate:.1f} %) | {c.max_prob_diff:.4f} "
+            f"| {c.activity_flips} of {c.activity_decisions} ({100 * c.flip_rate:.2f} %) "
+            f"| {cpwer[0]} | {cpwer[1]} | {c.ref_words} |"
+        )
+    return lines
 
 
 def _targets(result: BenchResult, summary: list[dict]) -> list[str]:

@@ -51,10 +51,11 @@ class LocalPipeline:
 
     def speaker_activity(self, audio: np.ndarray, chunk_samples: int, stream: int = 1) -> np.ndarray:
         """The streaming diarizer's speaker probabilities [frames, slots], as the served stage computes them."""
-        chunks = self._stream(self.run, audio, chunk_samples, stream)
-        return np.concatenate(
-            [c[SPEAKER_PROBS][0, : int(c[DIARIZER_FRAMES][0])] for c in chunks if int(c[DIARIZER_FRAMES][0])]
-        )
+        return speaker_probabilities(self.stream_all(audio, chunk_samples, stream))
+
+    def stream_all(self, audio: np.ndarray, chunk_samples: int, stream: int = 1) -> list[dict[str, Any]]:
+        """Like `transcribe`, with every stage's outputs per chunk."""
+        return self._stream(self.run, audio, chunk_samples, stream)
 
     @staticmethod
     def _stream(step, audio: np.ndarray, chunk_samples: int, stream: int) -> list[dict[str, Any]]:
@@ -66,3 +67,10 @@ class LocalPipeline:
                 raise result
             results.append(result)
         return results
+
+
+def speaker_probabilities(chunks: list[dict[str, Any]]) -> np.ndarray:
+    """The diarizer's probabilities [frames, slots] of a stream's chunks (`LocalPipeline.stream_all`)."""
+    return np.concatenate(
+        [c[SPEAKER_PROBS][0, : int(c[DIARIZER_FRAMES][0])] for c in chunks if int(c[DIARIZER_FRAMES][0])]
+    )

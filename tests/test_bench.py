@@ -13,6 +13,7 @@ import pytest
 
 from mtasr import bench, bench_report
 from mtasr.bench import BenchResult, LoadPoint, MemoryPoint, fit_memory, right_context_for
+from mtasr.bench_accuracy import Int8Cost, edit_distance
 
 
 def test_latency_settings_are_right_contexts():
@@ -69,6 +70,31 @@ def test_report_states_ratios_and_targets():
     assert "| full | 1.12 s | 1 | 3.00x | 0.30x | 0.32x |" in text  # served/NeMo at one stream
     assert "full: served throughput >= 3x NeMo at 1.12 s: 2.99x, not met" in text
     assert "RTF 0.595, p99 700 ms against a 1120 ms chunk, met" in text
+
+
+def _levenshtein(a: list[int], b: list[int]) -> int:
+    table = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            table[i][j] = min(table[i - 1][j] + 1, table[i][j - 1] + 1, table[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+    return table[-1][-1]
+
+
+def test_token_edit_distance_is_levenshtein():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        a, b = (rng.integers(0, 4, rng.integers(0, 12)) for _ in range(2))
+        assert edit_distance(a, b) == _levenshtein(list(a), list(b)), (a, b)
+    assert edit_distance(np.array([5, 6, 7]), np.array([5, 6, 7])) == 0
+
+
+def test_report_shows_what_int8_costs():
+    result = _result()
+    result.int8_costs.append(Int8Cost("default", 1.12, 2, 200, 9, 0.0123, 30, 6000, 40, 0.9, 0.925))
+    text = bench_report.render(result)
+    assert "## int8: what quantisation costs in accuracy" in text
+    assert "| default | 1.12 s | 2 | 200 | 9 (4.5 %) | 0.0123 | 30 of 6000 (0.50 %) | 90.0 % | 92.5 % | 40 |" in text
+    assert json.loads(json.dumps(result.to_dict()))["int8_costs"][0]["token_change_rate"] == pytest.approx(0.045)
 
 
 def test_plot_is_a_png(tmp_path):

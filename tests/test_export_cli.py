@@ -307,9 +307,34 @@ def test_int8_pipeline_runs_end_to_end_close_to_fp32(exported_int8, exported):
     results = pipeline.transcribe(audio, chunk_samples(load_manifest(repo)))
     json.loads(results[-1][TRANSCRIPT][0])  # the final SegLST
     assert encoder.errors and diarizer.errors
-    # Measured on this input: encoder output 0.4-0.6 %, speaker probabilities ~0.1 %.
+    # Measured on this input (AVX2, 7-bit weights): encoder output ~0.9 %; with 8-bit weights on a CPU without
+    # VNNI, int16 saturation made it 12 %, which this bound catches.
     assert 0 < max(encoder.errors) < 0.05, encoder.errors
     assert 0 < max(diarizer.errors) < 0.05, diarizer.errors
+
+
+def test_int8_cost_compares_tokens_speaker_activity_and_words(exported_int8, exported, tmp_path):
+    """`mtasr bench`'s accuracy figures: nothing changes against itself; against int8, counts stay in range."""
+    import soundfile as sf
+    from mtasr.client.formats import SEGLST_SUFFIX
+    from mtasr.training.defaults import DEMO_CONVERSATION
+
+    from mtasr.bench_accuracy import measure_int8_cost
+
+    fp32, int8 = exported / "model_repository", exported_int8 / "model_repository"
+    demo, _ = sf.read(DEMO_CONVERSATION, dtype="float32")
+    reference = DEMO_CONVERSATION.with_suffix(SEGLST_SUFFIX)
+    audios, references = [demo[: 6 * 16000]], [reference]
+
+    same = measure_int8_cost(fp32, fp32, "tiny", 0.56, audios, references, tmp_path / "same")
+    assert (same.token_edits, same.activity_flips, same.max_prob_diff) == (0, 0, 0.0)
+    assert same.fp32_cpwer == same.int8_cpwer is not None and same.ref_words > 0
+    assert same.activity_decisions > 0 and same.fp32_tokens > 0
+
+    cost = measure_int8_cost(fp32, int8, "tiny", 0.56, audios, references, tmp_path / "int8")
+    assert cost.fp32_tokens == same.fp32_tokens and cost.activity_decisions == same.activity_decisions
+    assert 0 < cost.max_prob_diff < 0.05  # measured ~0.1 % relative on the graph outputs (test above)
+    assert cost.int8_cpwer is not None and cost.ref_words == same.ref_words
 
 
 def test_int8_with_tensorrt_is_refused_in_one_line(tiny_checkpoints, tmp_path):
