@@ -130,7 +130,10 @@ def build_stage(
         features = FeatureConfig.from_dict(manifest["asr"]["features"])
         return FeatureStage(features, geometry, max_chunk_samples(manifest, settings), idle)
     if name == "diarization":
-        return DiarizationStage(SortformerParams.from_dict(manifest["diarizer"]["geometry"]), graphs("diarizer"), idle)
+        params = SortformerParams.from_dict(manifest["diarizer"]["geometry"])
+        # Graph models served by Triton (and TensorRT profiles) take the full cache sizes their configs declare.
+        trim = settings.graph_backend == "onnxruntime"
+        return DiarizationStage(params, graphs("diarizer"), idle, trim_cache=trim)
     if name == "speaker_kernels":
         slots, width = manifest["speaker_slots"], geometry.encoder_frames_per_chunk
         gating = GatingConfig(

@@ -145,12 +145,16 @@ def core_inputs(
     chunk_feats: np.ndarray,
     chunk_lengths: int | np.ndarray,
     drop_extra_pre_encoded: int | np.ndarray,
+    trim: bool = False,
 ) -> dict[str, np.ndarray]:
     """ORT feeds for the core graph.
 
-    chunk_feats [B, chunk_feature_frames, n_mels] (time-major, rows right-padded), chunk_lengths [B] their
-    true widths, drop_extra_pre_encoded [B]: pre-encoded frames to drop per row (0 on a stream's first
-    chunk, the ASR's ``drop_extra_pre_encoded`` on later ones). Scalars are broadcast to every row.
+        chunk_feats [B, chunk_feature_frames, n_mels] (time-major, rows right-padded), chunk_lengths [B] their
+        true widths, drop_extra_pre_encoded [B]: pre-encoded frames to drop per row (0 on a stream's first
+        chunk, the ASR's ``drop_extra_pre_encoded`` on later ones). Scalars are broadcast to every row.
+    trim: feed the speaker cache and FIFO only as wide as their longest row (a graph with dynamic cache
+    widths, as ONNX Runtime runs it), not at full size (what Triton graph models and TensorRT profiles take).
+    The predictions of valid frames are the same; a short stream's chunks cost a fraction.
     """
     b = state.batch_size
     feats = np.ascontiguousarray(chunk_feats, dtype=np.float32)
@@ -158,12 +162,18 @@ def core_inputs(
         raise ValueError(f"chunk features must be [B={b}, T, n_mels], got {feats.shape}")
     lengths = np.broadcast_to(np.asarray(chunk_lengths, dtype=np.int64), (b,)).copy()
     drops = np.broadcast_to(np.asarray(drop_extra_pre_encoded, dtype=np.int64), (b,)).copy()
+    spkcache, fifo = state.spkcache, state.fifo
+    if trim:
+        # The graph encodes [spkcache | fifo | chunk] at the widths it is fed, masking each row's padding:
+        # cut both to the longest row (NeMo's batch does the same) instead of the full cache and FIFO sizes.
+        spkcache = spkcache[:, : max(1, int(state.spkcache_lengths.max(initial=0)))]
+        fifo = fifo[:, : max(1, int(state.fifo_lengths.max(initial=0)))]
     return {
         CHUNK: feats,
         CHUNK_LENGTHS: lengths,
-        SPKCACHE: state.spkcache,
+        SPKCACHE: np.ascontiguousarray(spkcache),
         SPKCACHE_LENGTHS: state.spkcache_lengths,
-        FIFO: state.fifo,
+        FIFO: np.ascontiguousarray(fifo),
         FIFO_LENGTHS: state.fifo_lengths,
         DROP_EXTRA_PRE_ENCODED: drops,
     }

@@ -193,9 +193,16 @@ def _chunks_of(request: StageRequest) -> FeatureChunks:
 class DiarizationStage:
     """Feature chunks -> per-frame speaker probabilities, Sortformer cache and FIFO kept per stream."""
 
-    def __init__(self, params: sortformer_state.SortformerParams, graph: Graph, idle_timeout_s: float) -> None:
+    def __init__(
+        self,
+        params: sortformer_state.SortformerParams,
+        graph: Graph,
+        idle_timeout_s: float,
+        trim_cache: bool = False,
+    ) -> None:
         self.params = params
         self.graph = graph
+        self.trim_cache = trim_cache  # the graph takes any cache/FIFO width (sortformer_state.core_inputs)
         self.streams: StreamTable[sortformer_state.SortformerStreamState] = StreamTable(idle_timeout_s)
 
     def process(self, requests: list[StageRequest]) -> list[Result]:
@@ -221,6 +228,7 @@ class DiarizationStage:
                 np.stack([chunks[i].features[r] for i in rows]),
                 np.array([chunks[i].lengths[r] for i in rows]),
                 np.array([chunks[i].drop[r] for i in rows]),
+                trim=self.trim_cache,
             )
             out = self.graph.run(feeds)
             new_state, chunk_preds = sortformer_state.streaming_update(

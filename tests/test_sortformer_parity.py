@@ -39,6 +39,8 @@ from mtasr.export.sortformer import (  # noqa: E402
 
 from mtasr.sortformer_state import (  # noqa: E402
     DROP_EXTRA_PRE_ENCODED,
+    FIFO,
+    SPKCACHE,
     SortformerParams,
     SortformerStreamState,
     core_inputs,
@@ -339,17 +341,18 @@ def _grid_calls(params: SortformerParams, stream_chunks: list, starts=STREAM_STA
             yield rows, feats, lengths, drops
 
 
-def _onnx_streams(sess, params: SortformerParams, stream_chunks: list, n_steps: int | None = None):
+def _onnx_streams(sess, params: SortformerParams, stream_chunks: list, n_steps: int | None = None, trim: bool = True):
     """ONNX core + numpy update; one state per stream, gathered into a batch per call and split back.
 
-    The update is the one the params name (sync unless params.async_streaming).
+    The update is the one the params name (sync unless params.async_streaming); `trim` feeds the cache
+    and FIFO as wide as the batch's longest row (as the in-process stages do) instead of at full size.
     """
     states = [init_state(params, 1) for _ in stream_chunks]
     chunk_preds: list[list[np.ndarray]] = [[] for _ in stream_chunks]
     call_drops = []
     for rows, feats, lengths, drops in _grid_calls(params, stream_chunks, n_steps=n_steps):
         batch = SortformerStreamState.stack([states[s] for s in rows])
-        preds, embs, emb_lengths = sess.run(None, core_inputs(batch, feats, lengths, drops))
+        preds, embs, emb_lengths = sess.run(None, core_inputs(batch, feats, lengths, drops, trim=trim))
         batch, cp = streaming_update(params, batch, embs, emb_lengths, preds, sync=not params.async_streaming)
         for i, s in enumerate(rows):
             states[s] = batch.select([i])
@@ -495,6 +498,29 @@ def test_numpy_update_matches_nemo_streaming_update_on_identical_predictions(
     )
     assert worst <= 1e-6
     assert len(first_compression_gaps) == len(stream_chunks) and min(first_compression_gaps) > 1e-2
+
+
+def test_cache_and_fifo_cut_to_the_longest_row_change_no_prediction(exported, asr_grid, stream_feats) -> None:
+    """What the in-process stages feed (cache and FIFO as wide as the batch's longest row) and what Triton graph
+    models and TensorRT profiles take (full sizes) give the same predictions and states, compressions included."""
+    _, info, sess, _ = exported
+    params = SortformerParams.from_dict(info)
+    stream_chunks = [_asr_chunks(asr_grid[0], feats) for feats in stream_feats]
+    cut_states, cut_preds, _ = _onnx_streams(sess, params, stream_chunks, trim=True)
+    full_states, full_preds, _ = _onnx_streams(sess, params, stream_chunks, trim=False)
+    # Mid-stream, before the cache fills: the feeds are as wide as the longest row, not the full sizes.
+    early, _, _ = _onnx_streams(sess, params, stream_chunks, n_steps=1)
+    batch = SortformerStreamState.stack([init_state(params, 1), early[0]])
+    feats = np.zeros((2, params.chunk_feature_frames, params.n_mels), np.float32)
+    feeds = core_inputs(batch, feats, params.chunk_feature_frames, 2, trim=True)
+    widths = feeds[SPKCACHE].shape[1], feeds[FIFO].shape[1]
+    assert widths == (max(1, early[0].spkcache_lengths[0]), max(1, early[0].fifo_lengths[0]))
+    assert sum(widths) < params.spkcache_len + params.fifo_len
+    for s in range(len(stream_chunks)):
+        for cut, full in zip(cut_preds[s], full_preds[s], strict=True):
+            np.testing.assert_allclose(cut, full, atol=TOL)
+        for f in fields(SortformerStreamState):
+            np.testing.assert_allclose(getattr(cut_states[s], f.name), getattr(full_states[s], f.name), atol=TOL)
 
 
 def test_per_stream_states_gather_into_a_batch_and_split_back(exported, asr_grid, stream_feats) -> None:
