@@ -92,6 +92,11 @@ def render(result: BenchResult) -> str:
         "symbols per frame NeMo allows, so greedy decoding does its worst-case work on both sides too; "
         "the default (trained) models let their diarizer choose the active speakers.",
         "",
+        f"Streams of {plan.stream_s:g} s stay short of the diarizer's steady state: Sortformer re-encodes its "
+        "speaker cache and FIFO with every chunk, and the in-process stages feed them only as full as they are "
+        "(NeMo's loop too), so a chunk costs more once a stream has filled them (the full-size diarizer holds "
+        "30 s). README (Benchmarks) gives the cost per chunk once they are full.",
+        "",
         "RTF per stream = streams / audio seconds processed per second. A row is *real time* when RTF < 1 "
         "and p99 latency < the chunk length.",
         "",
