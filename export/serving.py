@@ -39,15 +39,9 @@ def _parameters(values: dict[str, Any]) -> str:
     return "parameters [\n" + ",\n".join(entries) + "\n]\n"
 
 
-def serving_settings(manifest: dict[str, Any]) -> ServingSettings:
-    return ServingSettings(**manifest["deployment"].get("serving", {}))
-
-
 def stage_config(name: str, manifest: dict[str, Any], graph_backend: str | None = None) -> str:
     deploy = manifest["deployment"]
-    settings = serving_settings(manifest)
-    if graph_backend:
-        settings = ServingSettings(**{**settings.__dict__, "graph_backend": graph_backend})
+    settings = ServingSettings.from_manifest(manifest, **({"graph_backend": graph_backend} if graph_backend else {}))
     inputs, outputs = STAGE_IO[name]
     flag = "int32_false_true: [ 0, 1 ]"
     controls = ",\n".join(
@@ -97,7 +91,7 @@ def stream_parameters(manifest: dict[str, Any]) -> dict[str, int]:
     return {
         "sample_rate": features["sample_rate"],
         "chunk_samples": chunk,
-        "max_chunk_samples": max_chunk_samples(manifest, serving_settings(manifest)),
+        "max_chunk_samples": max_chunk_samples(manifest, ServingSettings.from_manifest(manifest)),
     }
 
 

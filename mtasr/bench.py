@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from mtasr.bench_accuracy import Int8Cost
+from mtasr.bench_steady import SteadyCost
 
 ENCODER_FRAME_S = 0.08  # FastConformer 8x subsampling of 10 ms features
 SAMPLE_RATE = 16000
@@ -69,6 +70,9 @@ class BenchPlan:
     stability_percentage: float = 25.0
     int8: bool = False  # also bench the int8-quantised export of every model set ...
     int8_latencies_s: tuple[float, ...] | None = None  # ... at these settings (None: every one)
+    # One stream this long (past the diarizer's cache fill) timed chunk by chunk on both sides, at the
+    # memory setting (mtasr.bench_steady); None: not measured.
+    steady_stream_s: float | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.models) - set(MODEL_SETS)
@@ -80,6 +84,11 @@ class BenchPlan:
             raise ValueError("concurrency, batch and stream counts must be >= 1")
         if not 1 <= self.speakers <= 4:
             raise ValueError("speakers must be 1..4")
+
+    @property
+    def measured_latency_s(self) -> float:
+        """The setting of the memory and long-stream figures: `memory_latency_s`, else the last one benched."""
+        return self.memory_latency_s if self.memory_latency_s in self.latencies_s else self.latencies_s[-1]
 
     @property
     def streams(self) -> int:
@@ -97,6 +106,7 @@ PLANS = {
         nemo_batches=(1, 2),
         stream_s=4.0,
         memory_streams=(1, 2),
+        steady_stream_s=8.0,  # the tiny diarizer's cache is full after 3.84 s
         measurement_ms=1500,
         max_trials=4,
         stability_percentage=100.0,
@@ -113,6 +123,7 @@ PLANS = {
         memory_streams=(1, 2, 3, 4, 6, 8),
         int8=True,
         int8_latencies_s=(1.12,),
+        steady_stream_s=40.0,  # the full-size diarizer's cache is full after 30 s
     ),
 }
 
@@ -176,6 +187,7 @@ class BenchResult:
     setup: dict[str, str] = field(default_factory=dict)  # machine, versions
     unstable: list[str] = field(default_factory=list)  # perf_analyzer points never stable (not reported)
     int8_costs: list[Int8Cost] = field(default_factory=list)  # int8 export against fp32, same audio
+    steady: list[SteadyCost] = field(default_factory=list)  # chunk cost once the diarizer's cache is full
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -189,6 +201,10 @@ class BenchResult:
             "int8_costs": [
                 {**asdict(c), "token_change_rate": c.token_change_rate, "flip_rate": c.flip_rate}
                 for c in self.int8_costs
+            ],
+            "steady": [
+                {**asdict(c), "served_full_rtf": c.served_full_rtf, "nemo_full_rtf": c.nemo_full_rtf}
+                for c in self.steady
             ],
             "seconds": self.seconds,
         }
@@ -289,13 +305,13 @@ def int8_cost(
     )
 
 
-def bench_audio(plan: BenchPlan) -> list[np.ndarray]:
+def bench_audio(plan: BenchPlan, streams: int | None = None, stream_s: float | None = None) -> list[np.ndarray]:
     """One real mixture of `plan.speakers` espeak-ng voices per stream, repeated to `plan.stream_s`."""
     from mtasr.mixtures import make_conversation
 
-    samples = int(round(plan.stream_s * SAMPLE_RATE))
+    samples = int(round((stream_s or plan.stream_s) * SAMPLE_RATE))
     out = []
-    for k in range(plan.streams):
+    for k in range(streams or plan.streams):
         audio = make_conversation(plan.speakers, seed=100 + k).audio
         out.append(np.tile(audio, -(-samples // len(audio)))[:samples].astype(np.float32))
     return out
@@ -509,9 +525,7 @@ def bench_served(
     streams = [pa.split_chunks(a, chunk) for a in audios]
     data = pa.write_input_data(streams, run_dir / "input.json")
     mean_chunk_s = float(np.mean([len(c) for s in streams for c in s])) / SAMPLE_RATE
-    memory_here = latency == plan.memory_latency_s or (
-        plan.memory_latency_s not in plan.latencies_s and latency == plan.latencies_s[-1]
-    )
+    memory_here = latency == plan.measured_latency_s
     with TritonServer(local_server_config(repo, startup_timeout_s=600)) as server:
         _log(f"{name} @ {latency:.2f} s: server up, {server.rss_mb():.0f} MB")
         memory = measure_memory(server, repo, plan, name) if memory_here else None
@@ -579,6 +593,26 @@ def run_bench(plan: BenchPlan, out_dir: Path) -> BenchResult:
             result.points += points
             result.active_speakers[f"{name} @ {latency:.2f} s"] = active
             save()
+        steady_repo = exports.get((model, False, plan.measured_latency_s))
+        if plan.steady_stream_s and steady_repo is not None:
+            from mtasr.bench_steady import measure_steady_cost
+
+            _log(f"{name} @ {plan.measured_latency_s:.2f} s: one {plan.steady_stream_s:g} s stream, chunk by chunk")
+            (long_audio,) = bench_audio(plan, streams=1, stream_s=plan.steady_stream_s)
+            result.steady.append(
+                measure_steady_cost(
+                    steady_repo,
+                    models,
+                    asr,
+                    diarizer,
+                    long_audio,
+                    name,
+                    plan.measured_latency_s,
+                    plan.stream_s,
+                    all_slots_active=model in ALL_SLOTS_ACTIVE,
+                )
+            )
+            save()
         del models
     save()
     _log(f"done in {result.seconds / 60:.1f} min: {out_dir / bench_report.REPORT}")
@@ -619,6 +653,12 @@ def add_parser(sub) -> None:
     parser.add_argument("--nemo-batches", type=_ints, help="NeMo streams per batch, e.g. 1,2,4,8")
     parser.add_argument("--stream-seconds", type=float, help="audio per stream")
     parser.add_argument(
+        "--steady-seconds",
+        type=float,
+        help="length of the one stream timed chunk by chunk once the diarizer's cache is full (0: skip; "
+        "full: 40, quick: 8)",
+    )
+    parser.add_argument(
         "--int8",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -641,6 +681,7 @@ def _main(args) -> int:
             nemo_batches=args.nemo_batches,
             stream_s=args.stream_seconds,
             int8=args.int8,
+            steady_stream_s=args.steady_seconds,
         )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

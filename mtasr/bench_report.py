@@ -95,7 +95,7 @@ def render(result: BenchResult) -> str:
         f"Streams of {plan.stream_s:g} s stay short of the diarizer's steady state: Sortformer re-encodes its "
         "speaker cache and FIFO with every chunk, and the in-process stages feed them only as full as they are "
         "(NeMo's loop too), so a chunk costs more once a stream has filled them (the full-size diarizer holds "
-        "30 s). README (Benchmarks) gives the cost per chunk once they are full.",
+        "30 s). *Once the diarizer's cache is full* below gives what a chunk costs then.",
         "",
         "RTF per stream = streams / audio seconds processed per second. A row is *real time* when RTF < 1 "
         "and p99 latency < the chunk length.",
@@ -150,6 +150,7 @@ def render(result: BenchResult) -> str:
     if result.active_speakers:
         lines += ["", "Mean speaker instances the ASR runs per chunk (NeMo, batch 1, stream 0):", ""]
         lines += [f"- {k}: {v:.2f}" for k, v in result.active_speakers.items()]
+    lines += _steady_costs(result)
     lines += _int8_costs(result)
     lines += ["", "## Server memory (resident: tritonserver and its python-backend processes)", ""]
     lines += [
@@ -182,6 +183,31 @@ def render(result: BenchResult) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _steady_costs(result: BenchResult) -> list[str]:
+    if not result.steady:
+        return []
+    lines = [
+        "",
+        "## Once the diarizer's cache is full",
+        "",
+        "One long stream, batch 1, timed chunk by chunk on both sides: the served stages in process "
+        "(`LocalPipeline`: what the stage models run inside Triton, without Triton's overhead) and NeMo's loop "
+        "(one step per chunk). Median chunk time over the chunks that end within the benchmark streams' length "
+        "(the first excluded), and over the chunks after the diarizer's speaker cache and FIFO are full.",
+        "",
+        "| model | chunk | stream | cache full after | served ms/chunk early / full | NeMo ms/chunk early / full "
+        "| served / NeMo once full | RTF once full served / NeMo |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in result.steady:
+        lines.append(
+            f"| {c.model} | {c.latency_s:.2f} s | {c.stream_s:g} s | {c.fill_s:.1f} s "
+            f"| {c.served_early_ms:.0f} / {c.served_full_ms:.0f} | {c.nemo_early_ms:.0f} / {c.nemo_full_ms:.0f} "
+            f"| {_ratio(c.nemo_full_ms, c.served_full_ms)} faster | {c.served_full_rtf:.3f} / {c.nemo_full_rtf:.3f} |"
+        )
+    return lines
 
 
 def _int8_costs(result: BenchResult) -> list[str]:
@@ -235,6 +261,14 @@ def _targets(result: BenchResult, summary: list[dict]) -> list[str]:
                     f"RTF {p.rtf:.3f}, p99 {p.p99_ms:.0f} ms against a {1000 * TARGET_LATENCY_S:.0f} ms chunk, "
                     f"{verdict}"
                 )
+    for c in result.steady:
+        if c.model.removesuffix(INT8_SUFFIX) == "full" and c.latency_s == TARGET_LATENCY_S:
+            verdict = "real time" if c.served_full_rtf < 1 else "not real time"
+            out.append(
+                f"- {c.model}: the same stream once the diarizer's cache is full (in process, batch 1): "
+                f"{c.served_full_ms:.0f} ms per {1000 * c.latency_s:.0f} ms chunk, RTF {c.served_full_rtf:.3f}, "
+                f"{verdict}"
+            )
     return out
 
 

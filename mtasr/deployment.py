@@ -62,6 +62,11 @@ class ServingSettings:
                 parsed[name] = {"float": float, "int": int, "str": str, "bool": _as_bool}[kinds[name]](value)
         return cls(**parsed)
 
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any], **overrides: Any) -> ServingSettings:
+        """The settings a repository was exported with (``manifest.json`` -> deployment), with overrides."""
+        return cls(**{**manifest.get("deployment", {}).get("serving", {}), **overrides})
+
     def to_strings(self) -> dict[str, str]:
         return {k: str(v) for k, v in asdict(self).items()}
 

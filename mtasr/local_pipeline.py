@@ -18,7 +18,8 @@ from mtasr.streams import StageRequest
 class LocalPipeline:
     def __init__(self, repo_dir: Path, settings: ServingSettings | None = None) -> None:
         self.manifest = load_manifest(repo_dir)
-        settings = settings or ServingSettings(graph_backend="onnxruntime")
+        # By default the settings the repository was exported with, its graphs run in this process.
+        settings = settings or ServingSettings.from_manifest(self.manifest, graph_backend="onnxruntime")
         graphs = local_graphs(repo_dir, self.manifest)
         self.stages = {name: build_stage(name, self.manifest, repo_dir, settings, graphs) for name in STAGES}
 

@@ -14,6 +14,7 @@ import pytest
 from mtasr import bench, bench_report
 from mtasr.bench import BenchResult, LoadPoint, MemoryPoint, fit_memory, right_context_for
 from mtasr.bench_accuracy import Int8Cost, edit_distance
+from mtasr.bench_steady import SteadyCost, chunk_windows
 
 
 def test_latency_settings_are_right_contexts():
@@ -97,6 +98,24 @@ def test_report_shows_what_int8_costs():
     assert json.loads(json.dumps(result.to_dict()))["int8_costs"][0]["token_change_rate"] == pytest.approx(0.045)
 
 
+def test_long_stream_windows_are_the_short_streams_span_and_after_the_cache_fills():
+    # 36 chunks of 1.12 s (40 s), benchmark streams of 8 s, cache full after 30.08 s.
+    early, full = chunk_windows(36, 1.12, 8.0, 30.08)
+    assert early == [1, 2, 3, 4, 5, 6]  # chunk 0 (first calls) excluded; chunk 6 ends at 7.84 s, chunk 7 at 8.96 s
+    assert full == list(range(27, 35))  # 27 starts at 30.24 s; the last, a padded partial chunk, excluded
+    assert chunk_windows(3, 1.12, 8.0, 30.08) == ([1], [])  # a stream that never fills: no full figure
+
+
+def test_report_gives_the_cost_once_the_diarizer_cache_is_full():
+    result = _result()
+    result.steady.append(SteadyCost("full", 1.12, 40.0, 30.08, 8.0, 600, 1400, 2000, 4200))
+    text = bench_report.render(result)
+    assert "## Once the diarizer's cache is full" in text
+    assert "| full | 1.12 s | 40 s | 30.1 s | 600 / 1400 | 2000 / 4200 | 3.00x faster | 1.250 / 3.750 |" in text
+    assert "1400 ms per 1120 ms chunk, RTF 1.250, not real time" in text  # the target line says so too
+    assert json.loads(json.dumps(result.to_dict()))["steady"][0]["served_full_rtf"] == pytest.approx(1.25)
+
+
 def test_plot_is_a_png(tmp_path):
     path = bench_report.plot(_result(), tmp_path / "p.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -131,8 +150,12 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path):
     assert memory["idle_mb"] > 0 and len(memory["points"]) == len(plan.memory_streams) + 1
     assert [p["streams"] for p in memory["points"]] == [0, *sorted(plan.memory_streams)]
     assert memory["points"][-1]["speaker_states"] > 0  # the asr stage reports what it holds
+    (steady,) = results["steady"]  # the tiny diarizer's cache fills within the quick plan's long stream
+    assert steady["stream_s"] == plan.steady_stream_s and steady["fill_s"] < plan.steady_stream_s
+    assert all(steady[k] > 0 for k in ("served_early_ms", "served_full_ms", "nemo_early_ms", "nemo_full_ms"))
     report = (out / bench_report.REPORT).read_text()
-    for heading in ("## Summary", "## Served against NeMo", "## All measurements", "## Server memory"):
+    headings = ("## Summary", "## Served against NeMo", "## All measurements", "## Server memory")
+    for heading in (*headings, "## Once the diarizer's cache is full"):
         assert heading in report
     assert report.count("| tiny | 1.12 s |") >= len(expected) + 1  # every row, and the summary
     assert (out / bench_report.PLOT).read_bytes()[:4] == b"\x89PNG"
