@@ -305,16 +305,18 @@ def int8_cost(
     )
 
 
-def bench_audio(plan: BenchPlan, streams: int | None = None, stream_s: float | None = None) -> list[np.ndarray]:
-    """One real mixture of `plan.speakers` espeak-ng voices per stream, repeated to `plan.stream_s`."""
+def conversation_audio(speakers: int, seed: int, seconds: float) -> np.ndarray:
+    """A real mixture of `speakers` espeak-ng voices with overlaps, repeated to `seconds`."""
     from mtasr.mixtures import make_conversation
 
-    samples = int(round((stream_s or plan.stream_s) * SAMPLE_RATE))
-    out = []
-    for k in range(streams or plan.streams):
-        audio = make_conversation(plan.speakers, seed=100 + k).audio
-        out.append(np.tile(audio, -(-samples // len(audio)))[:samples].astype(np.float32))
-    return out
+    samples = int(round(seconds * SAMPLE_RATE))
+    audio = make_conversation(speakers, seed=seed).audio
+    return np.tile(audio, -(-samples // len(audio)))[:samples].astype(np.float32)
+
+
+def bench_audio(plan: BenchPlan) -> list[np.ndarray]:
+    """One conversation of `plan.speakers` voices per stream, `plan.stream_s` long."""
+    return [conversation_audio(plan.speakers, 100 + k, plan.stream_s) for k in range(plan.streams)]
 
 
 # ------------------------------------------------------------------------------------------ served
@@ -598,14 +600,13 @@ def run_bench(plan: BenchPlan, out_dir: Path) -> BenchResult:
             from mtasr.bench_steady import measure_steady_cost
 
             _log(f"{name} @ {plan.measured_latency_s:.2f} s: one {plan.steady_stream_s:g} s stream, chunk by chunk")
-            (long_audio,) = bench_audio(plan, streams=1, stream_s=plan.steady_stream_s)
             result.steady.append(
                 measure_steady_cost(
                     steady_repo,
                     models,
                     asr,
                     diarizer,
-                    long_audio,
+                    conversation_audio(plan.speakers, 100, plan.steady_stream_s),
                     name,
                     plan.measured_latency_s,
                     plan.stream_s,

@@ -207,6 +207,12 @@ def _steady_costs(result: BenchResult) -> list[str]:
             f"| {c.served_early_ms:.0f} / {c.served_full_ms:.0f} | {c.nemo_early_ms:.0f} / {c.nemo_full_ms:.0f} "
             f"| {_ratio(c.nemo_full_ms, c.served_full_ms)} faster | {c.served_full_rtf:.3f} / {c.nemo_full_rtf:.3f} |"
         )
+    splits = [c for c in result.steady if c.served_full_split_ms]
+    if splits:
+        lines += ["", "Where a served chunk's time goes once the cache is full (mean ms per chunk):", ""]
+    for c in splits:
+        parts = ", ".join(f"{name} {ms:.0f}" for name, ms in c.served_full_split_ms.items())
+        lines.append(f"- {c.model} @ {c.latency_s:.2f} s: {sum(c.served_full_split_ms.values()):.0f} ms = {parts}")
     return lines
 
 

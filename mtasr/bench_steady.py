@@ -10,13 +10,17 @@ measures one long stream chunk by chunk, batch 1, on both sides one after the ot
 - NeMo: its streaming multitalker loop (`mtasr.nemo_streaming`), one step per chunk.
 
 The median chunk time before the cache holds a short benchmark stream's worth and after it is
-full are the two figures reported.
+full are the two figures reported, with where a served chunk's time goes once full (each graph's
+ONNX Runtime calls, and the rest: features, cache and state updates, gating, glue).
+
+`python -m mtasr.bench_steady REPO [--seconds 40]` prints the served side's split alone.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +37,8 @@ class SteadyCost:
     served_full_ms: float  # median chunk time, chunks starting after fill_s
     nemo_early_ms: float
     nemo_full_ms: float
+    # Mean ms per chunk once full: each graph's calls ("diarizer", "encoder", "decoder", "joint") and "other".
+    served_full_split_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def served_full_rtf(self) -> float:
@@ -61,23 +67,52 @@ def _median_ms(seconds: list[float], indices: list[int]) -> float:
     return 1000 * float(np.median([seconds[k] for k in indices])) if indices else float("nan")
 
 
-def served_chunk_seconds(repo: Path, audio: np.ndarray, stream: int = 1) -> list[float]:
-    """Wall time of each chunk of `audio` through the repository's stages in this process."""
-    from mtasr.deployment import chunk_samples, load_manifest
+class _TimedGraph:
+    """A graph whose calls add their wall time to `seconds[name]`."""
+
+    def __init__(self, graph, name: str, seconds: dict[str, float]) -> None:
+        self._graph, self._name, self._seconds = graph, name, seconds
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        started = time.perf_counter()
+        try:
+            return self._graph.run(feeds)
+        finally:
+            self._seconds[self._name] += time.perf_counter() - started
+
+
+def served_chunk_seconds(repo: Path, audio: np.ndarray, stream: int = 1) -> list[dict[str, float]]:
+    """Per chunk of `audio` through the repository's stages in this process: its wall time ("total")
+    and each graph's share of it (seconds per graph name)."""
+    from mtasr.deployment import chunk_samples, load_manifest, local_graphs
     from mtasr.local_pipeline import LocalPipeline
 
-    pipeline = LocalPipeline(repo)
-    chunk = chunk_samples(load_manifest(repo))
+    manifest = load_manifest(repo)
+    graph_seconds: dict[str, float] = defaultdict(float)
+    plain = local_graphs(repo, manifest)
+    pipeline = LocalPipeline(repo, graphs=lambda name: _TimedGraph(plain(name), name, graph_seconds))
+    chunk = chunk_samples(manifest)
     pipeline.transcribe(audio[: 2 * chunk], chunk, stream=stream + 1)  # warm-up: ONNX Runtime's first calls
     pieces = [audio[i : i + chunk] for i in range(0, len(audio), chunk)]
-    seconds = []
+    chunks = []
     for k, piece in enumerate(pieces):
+        graph_seconds.clear()
         started = time.perf_counter()
         (result,) = pipeline.step([(stream, piece, k == 0, k == len(pieces) - 1)])
-        seconds.append(time.perf_counter() - started)
+        chunks.append({"total": time.perf_counter() - started, **graph_seconds})
         if isinstance(result, Exception):
             raise result
-    return seconds
+    return chunks
+
+
+def split_ms(chunks: list[dict[str, float]], indices: list[int]) -> dict[str, float]:
+    """Mean ms per chunk over `indices` of each graph, and of the rest ("other"); they add up to the mean total."""
+    if not indices:
+        return {}
+    names = sorted({name for k in indices for name in chunks[k]} - {"total"})
+    split = {name: 1000 * float(np.mean([chunks[k].get(name, 0.0) for k in indices])) for name in names}
+    split["other"] = 1000 * float(np.mean([chunks[k]["total"] for k in indices])) - sum(split.values())
+    return split
 
 
 def measure_steady_cost(
@@ -98,7 +133,8 @@ def measure_steady_cost(
     from mtasr.nemo_streaming import run_nemo_multitalker
 
     fill_s = diarizer_fill_s(load_manifest(repo))
-    served = served_chunk_seconds(repo, audio)
+    chunks = served_chunk_seconds(repo, audio)
+    served = [c["total"] for c in chunks]
     rc = right_context_for(latency_s)
     nemo = run_nemo_multitalker(asr, diarizer, audio, rc, models=models, all_slots_active=all_slots_active).step_s
     early, full = chunk_windows(len(served), latency_s, early_s, fill_s)
@@ -113,4 +149,38 @@ def measure_steady_cost(
         _median_ms(served, full),
         _median_ms(nemo, nemo_early),
         _median_ms(nemo, nemo_full),
+        split_ms(chunks, full),
     )
+
+
+def _main() -> int:
+    import argparse
+
+    from mtasr.bench import SAMPLE_RATE, conversation_audio
+    from mtasr.deployment import chunk_samples, load_manifest
+
+    parser = argparse.ArgumentParser(
+        prog="python -m mtasr.bench_steady",
+        description="Time one long 4-speaker stream chunk by chunk through an exported repository's stages in "
+        "this process, and print where a chunk's time goes before and after the diarizer's cache is full.",
+    )
+    parser.add_argument("repo", type=Path, help="exported model repository (with manifest.json)")
+    parser.add_argument("--seconds", type=float, default=40.0, help="stream length (default 40)")
+    parser.add_argument("--early-seconds", type=float, default=8.0, help="the early window's end (default 8)")
+    args = parser.parse_args()
+    manifest = load_manifest(args.repo)
+    chunks = served_chunk_seconds(args.repo, conversation_audio(4, 100, args.seconds))
+    chunk_s = chunk_samples(manifest) / SAMPLE_RATE
+    fill_s = diarizer_fill_s(manifest)
+    windows = chunk_windows(len(chunks), chunk_s, args.early_seconds, fill_s)
+    labels = (f"first {args.early_seconds:g} s", f"after {fill_s:.1f} s (cache full)")
+    for label, indices in zip(labels, windows, strict=True):
+        split = split_ms(chunks, indices)
+        parts = ", ".join(f"{name} {ms:.0f}" for name, ms in split.items())
+        total = sum(split.values())
+        print(f"{label}: {len(indices)} chunks of {1000 * chunk_s:.0f} ms, mean {total:.0f} ms: {parts}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

@@ -10,17 +10,20 @@ from typing import Any
 
 import numpy as np
 
-from mtasr.deployment import STAGES, ServingSettings, build_stage, load_manifest, local_graphs
+from mtasr.deployment import STAGES, GraphFactory, ServingSettings, build_stage, load_manifest, local_graphs
 from mtasr.stages import DIARIZER_FRAMES, SPEAKER_PROBS, STAGE_IO, RequestError
 from mtasr.streams import StageRequest
 
 
 class LocalPipeline:
-    def __init__(self, repo_dir: Path, settings: ServingSettings | None = None) -> None:
+    def __init__(
+        self, repo_dir: Path, settings: ServingSettings | None = None, graphs: GraphFactory | None = None
+    ) -> None:
+        """`settings`: by default the ones the repository was exported with, its graphs run in this
+        process; `graphs`: how a stage gets its graphs (default: ONNX Runtime on the repository's files)."""
         self.manifest = load_manifest(repo_dir)
-        # By default the settings the repository was exported with, its graphs run in this process.
         settings = settings or ServingSettings.from_manifest(self.manifest, graph_backend="onnxruntime")
-        graphs = local_graphs(repo_dir, self.manifest)
+        graphs = graphs or local_graphs(repo_dir, self.manifest)
         self.stages = {name: build_stage(name, self.manifest, repo_dir, settings, graphs) for name in STAGES}
 
     def step(self, requests: list[tuple[int, np.ndarray, bool, bool]]) -> list[dict[str, np.ndarray] | RequestError]:

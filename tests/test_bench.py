@@ -14,7 +14,7 @@ import pytest
 from mtasr import bench, bench_report
 from mtasr.bench import BenchResult, LoadPoint, MemoryPoint, fit_memory, right_context_for
 from mtasr.bench_accuracy import Int8Cost, edit_distance
-from mtasr.bench_steady import SteadyCost, chunk_windows
+from mtasr.bench_steady import SteadyCost, chunk_windows, split_ms
 
 
 def test_latency_settings_are_right_contexts():
@@ -106,13 +106,22 @@ def test_long_stream_windows_are_the_short_streams_span_and_after_the_cache_fill
     assert chunk_windows(3, 1.12, 8.0, 30.08) == ([1], [])  # a stream that never fills: no full figure
 
 
+def test_chunk_time_split_adds_up_to_the_mean_chunk_time():
+    chunks = [{"total": 1.0, "encoder": 0.5}, {"total": 2.0, "encoder": 1.0, "joint": 0.5}, {"total": 9.0}]
+    split = split_ms(chunks, [0, 1])  # a graph a chunk did not call counts as 0 there
+    assert split == pytest.approx({"encoder": 750.0, "joint": 250.0, "other": 500.0})
+    assert sum(split.values()) == pytest.approx(1500.0) and split_ms(chunks, []) == {}
+
+
 def test_report_gives_the_cost_once_the_diarizer_cache_is_full():
     result = _result()
-    result.steady.append(SteadyCost("full", 1.12, 40.0, 30.08, 8.0, 600, 1400, 2000, 4200))
+    split = {"diarizer": 500.0, "encoder": 700.0, "other": 210.0}
+    result.steady.append(SteadyCost("full", 1.12, 40.0, 30.08, 8.0, 600, 1400, 2000, 4200, split))
     text = bench_report.render(result)
     assert "## Once the diarizer's cache is full" in text
     assert "| full | 1.12 s | 40 s | 30.1 s | 600 / 1400 | 2000 / 4200 | 3.00x faster | 1.250 / 3.750 |" in text
     assert "1400 ms per 1120 ms chunk, RTF 1.250, not real time" in text  # the target line says so too
+    assert "- full @ 1.12 s: 1410 ms = diarizer 500, encoder 700, other 210" in text
     assert json.loads(json.dumps(result.to_dict()))["steady"][0]["served_full_rtf"] == pytest.approx(1.25)
 
 
@@ -153,6 +162,8 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path):
     (steady,) = results["steady"]  # the tiny diarizer's cache fills within the quick plan's long stream
     assert steady["stream_s"] == plan.steady_stream_s and steady["fill_s"] < plan.steady_stream_s
     assert all(steady[k] > 0 for k in ("served_early_ms", "served_full_ms", "nemo_early_ms", "nemo_full_ms"))
+    split = steady["served_full_split_ms"]  # every graph the stages call, and the rest
+    assert set(split) == {"diarizer", "encoder", "decoder", "joint", "other"} and min(split.values()) > 0
     report = (out / bench_report.REPORT).read_text()
     headings = ("## Summary", "## Served against NeMo", "## All measurements", "## Server memory")
     for heading in (*headings, "## Once the diarizer's cache is full"):
