@@ -85,6 +85,7 @@ def served_chunk_seconds(repo: Path, audio: np.ndarray, stream: int = 1) -> list
     """Per chunk of `audio` through the repository's stages in this process: its wall time ("total")
     and each graph's share of it (seconds per graph name)."""
     from mtasr.deployment import chunk_samples, load_manifest, local_graphs
+    from mtasr.graphs import single_threaded_blas
     from mtasr.local_pipeline import LocalPipeline
 
     manifest = load_manifest(repo)
@@ -95,13 +96,14 @@ def served_chunk_seconds(repo: Path, audio: np.ndarray, stream: int = 1) -> list
     pipeline.transcribe(audio[: 2 * chunk], chunk, stream=stream + 1)  # warm-up: ONNX Runtime's first calls
     pieces = [audio[i : i + chunk] for i in range(0, len(audio), chunk)]
     chunks = []
-    for k, piece in enumerate(pieces):
-        graph_seconds.clear()
-        started = time.perf_counter()
-        (result,) = pipeline.step([(stream, piece, k == 0, k == len(pieces) - 1)])
-        chunks.append({"total": time.perf_counter() - started, **graph_seconds})
-        if isinstance(result, Exception):
-            raise result
+    with single_threaded_blas():  # as in the served stage processes (mtasr.triton_stage)
+        for k, piece in enumerate(pieces):
+            graph_seconds.clear()
+            started = time.perf_counter()
+            (result,) = pipeline.step([(stream, piece, k == 0, k == len(pieces) - 1)])
+            chunks.append({"total": time.perf_counter() - started, **graph_seconds})
+            if isinstance(result, Exception):
+                raise result
     return chunks
 
 

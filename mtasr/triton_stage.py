@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from mtasr.deployment import ServingSettings, build_stage, load_manifest, local_graphs
-from mtasr.graphs import TritonGraph
+from mtasr.graphs import TritonGraph, single_threaded_blas
 from mtasr.stages import STAGE_IO, RequestError
 from mtasr.streams import StageRequest
 
@@ -34,6 +34,7 @@ def _control(request, name: str) -> int:
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
+        single_threaded_blas()  # the stages run in parallel processes on shared cores
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.stage_name = params["stage"]
