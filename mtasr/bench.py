@@ -29,6 +29,7 @@ import sys
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +190,29 @@ class BenchResult:
     int8_costs: list[Int8Cost] = field(default_factory=list)  # int8 export against fp32, same audio
     steady: list[SteadyCost] = field(default_factory=list)  # chunk cost once the diarizer's cache is full
     seconds: float = 0.0
+
+    @classmethod
+    def from_dict(cls, data: dict) -> BenchResult:
+        """A result back from its results.json (`to_dict`), e.g. to render its report again."""
+
+        def fields_of(kind, values: dict):
+            return kind(**{f.name: values[f.name] for f in dataclass_fields(kind) if f.name in values})
+
+        plan = {k: tuple(v) if isinstance(v, list) else v for k, v in data["plan"].items()}
+        memory = []
+        for m in data["memory"]:
+            memory.append(fields_of(Memory, {**m, "points": [MemoryPoint(**p) for p in m["points"]]}))
+        return cls(
+            BenchPlan(**plan),
+            points=[fields_of(LoadPoint, p) for p in data["points"]],
+            memory=memory,
+            active_speakers=data["active_speakers"],
+            setup=data["setup"],
+            unstable=data["unstable"],
+            int8_costs=[fields_of(Int8Cost, c) for c in data["int8_costs"]],
+            steady=[fields_of(SteadyCost, c) for c in data.get("steady", [])],
+            seconds=data["seconds"],
+        )
 
     def to_dict(self) -> dict:
         return {

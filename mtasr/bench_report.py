@@ -295,6 +295,9 @@ def plot(result: BenchResult, path: Path) -> Path:
     for i, model in enumerate(models):
         for j, latency in enumerate(latencies):
             ax = axes[i][j]
+            if (model, latency) not in settings:  # e.g. int8 at one setting only: no panel of NeMo alone
+                ax.set_visible(False)
+                continue
             for system in SYSTEMS:
                 points = _select(result, model, latency, system)
                 if not points:

@@ -125,6 +125,14 @@ def test_report_gives_the_cost_once_the_diarizer_cache_is_full():
     assert json.loads(json.dumps(result.to_dict()))["steady"][0]["served_full_rtf"] == pytest.approx(1.25)
 
 
+def test_results_json_gives_the_result_back():
+    result = _result()
+    result.steady.append(SteadyCost("full", 1.12, 40.0, 30.08, 8.0, 600, 1400, 2000, 4200, {"encoder": 1.0}))
+    result.memory.append(bench.Memory("full", 3000.0, 500.0, [MemoryPoint(0, 0, 3000.0)], 39.0, None, 7.3))
+    again = BenchResult.from_dict(json.loads(json.dumps(result.to_dict())))
+    assert again == result
+
+
 def test_plot_is_a_png(tmp_path):
     path = bench_report.plot(_result(), tmp_path / "p.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
