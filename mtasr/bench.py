@@ -668,7 +668,8 @@ def add_parser(sub) -> None:
         "perf_analyzer over gRPC streaming and HTTP, measure server memory, run NeMo's streaming multitalker "
         "loop on the same checkpoints and audio, and write OUTPUT/report.md, OUTPUT/latency.png and "
         "OUTPUT/results.json. Exports and random checkpoints are kept in OUTPUT/work and reused. "
-        "--mode full takes about 40 minutes on 2 CPU cores; --mode quick (tiny models) about 2.",
+        "--mode full takes about 50 minutes on 2 CPU cores (43 with the exports already in OUTPUT/work); "
+        "--mode quick (tiny models) about 2.",
     )
     parser.add_argument("--mode", choices=sorted(PLANS), default="full", help="preset (default: full)")
     parser.add_argument("--output", "-o", type=Path, default=None, help="report folder (default: bench-MODE)")
