@@ -18,7 +18,7 @@ MTASR_SRC="${MTASR_SRC:-/opt/mtasr/python}"
 MTASR_SITE="${MTASR_SITE:-/opt/mtasr/site}"
 MTASR_CONSTRAINTS="${MTASR_CONSTRAINTS:-/opt/mtasr/requirements/constraints.txt}"
 PYTHON="${PYTHON:-python3}"
-PYTHON_BACKEND_DEPS=("numpy>=1.24,<2" "onnxruntime>=1.18" "sentencepiece")
+PYTHON_BACKEND_DEPS=("numpy>=1.24,<2" "onnxruntime>=1.18" "sentencepiece" "threadpoolctl")
 
 if [[ $# -lt 1 ]]; then
     echo "usage: $0 MODEL_REPOSITORY [mtasr serve options...]" >&2
@@ -57,7 +57,7 @@ fi
 export PYTHONPATH="$MTASR_SRC:$site${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONDONTWRITEBYTECODE=1 # the source is mounted read-only
 # Fail here, in one line, rather than in every model's initialize().
-"$PYTHON" -c 'import mtasr.triton_graph, numpy, onnxruntime, sentencepiece' || {
+"$PYTHON" -c 'import mtasr.triton_stage, numpy, onnxruntime, sentencepiece, threadpoolctl' || {
     echo "error: the python backend cannot import mtasr and its dependencies with PYTHONPATH=$PYTHONPATH" >&2
     exit 1
 }

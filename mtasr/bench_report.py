@@ -159,8 +159,8 @@ def render(result: BenchResult) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for m in result.memory:
-        per_stream = "n/a" if m.per_stream_mb is None else f"{m.per_stream_mb:.1f} MB"
-        per_speaker = "not separable" if m.per_speaker_mb is None else f"{m.per_speaker_mb:.1f} MB"
+        per_stream = "n/a" if m.per_stream_mb is None else _fitted_mb(m.per_stream_mb)
+        per_speaker = "not separable" if m.per_speaker_mb is None else _fitted_mb(m.per_speaker_mb)
         after = "n/a" if m.after_sweep_mb is None else f"{m.after_sweep_mb:.0f} MB"
         lines.append(
             f"| {m.model} | {m.idle_mb:.0f} MB | +{m.first_stream_mb:.0f} MB | {per_stream} | {per_speaker} "
@@ -183,6 +183,11 @@ def render(result: BenchResult) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _fitted_mb(value: float) -> str:
+    # Below zero the fit has nothing to separate: memory hardly grew after the first stream.
+    return f"{value:.1f} MB" if value >= 0 else f"~0 (fit {value:.1f} MB: within noise)"
 
 
 def _steady_costs(result: BenchResult) -> list[str]:

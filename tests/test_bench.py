@@ -133,6 +133,13 @@ def test_results_json_gives_the_result_back():
     assert again == result
 
 
+def test_a_memory_fit_below_zero_is_reported_as_noise():
+    result = _result()
+    points = [MemoryPoint(0, 0, 343.0), MemoryPoint(1, 1, 372.0), MemoryPoint(8, 14, 386.0)]
+    result.memory.append(bench.Memory("default", 343.0, 29.0, points, -12.3, 7.5, 0.29))
+    assert "| default | 343 MB | +29 MB | ~0 (fit -12.3 MB: within noise) | 7.5 MB |" in bench_report.render(result)
+
+
 def test_plot_is_a_png(tmp_path):
     path = bench_report.plot(_result(), tmp_path / "p.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
