@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mtasr.bench_steady import format_split
+
 if TYPE_CHECKING:
     from mtasr.bench import BenchResult, LoadPoint
 
@@ -216,8 +218,7 @@ def _steady_costs(result: BenchResult) -> list[str]:
     if splits:
         lines += ["", "Where a served chunk's time goes once the cache is full (mean ms per chunk):", ""]
     for c in splits:
-        parts = ", ".join(f"{name} {ms:.0f}" for name, ms in c.served_full_split_ms.items())
-        lines.append(f"- {c.model} @ {c.latency_s:.2f} s: {sum(c.served_full_split_ms.values()):.0f} ms = {parts}")
+        lines.append(f"- {c.model} @ {c.latency_s:.2f} s: {format_split(c.served_full_split_ms)}")
     return lines
 
 

@@ -86,7 +86,7 @@ def served_chunk_seconds(repo: Path, audio: np.ndarray, stream: int = 1) -> list
     and each graph's share of it (seconds per graph name)."""
     from mtasr.deployment import chunk_samples, load_manifest, local_graphs
     from mtasr.graphs import single_threaded_blas
-    from mtasr.local_pipeline import LocalPipeline
+    from mtasr.local_pipeline import LocalPipeline, stream_in_chunks
 
     manifest = load_manifest(repo)
     graph_seconds: dict[str, float] = defaultdict(float)
@@ -94,16 +94,17 @@ def served_chunk_seconds(repo: Path, audio: np.ndarray, stream: int = 1) -> list
     pipeline = LocalPipeline(repo, graphs=lambda name: _TimedGraph(plain(name), name, graph_seconds))
     chunk = chunk_samples(manifest)
     pipeline.transcribe(audio[: 2 * chunk], chunk, stream=stream + 1)  # warm-up: ONNX Runtime's first calls
-    pieces = [audio[i : i + chunk] for i in range(0, len(audio), chunk)]
     chunks = []
+
+    def timed_step(requests):
+        graph_seconds.clear()
+        started = time.perf_counter()
+        results = pipeline.step(requests)
+        chunks.append({"total": time.perf_counter() - started, **graph_seconds})
+        return results
+
     with single_threaded_blas():  # as in the served stage processes (mtasr.triton_stage)
-        for k, piece in enumerate(pieces):
-            graph_seconds.clear()
-            started = time.perf_counter()
-            (result,) = pipeline.step([(stream, piece, k == 0, k == len(pieces) - 1)])
-            chunks.append({"total": time.perf_counter() - started, **graph_seconds})
-            if isinstance(result, Exception):
-                raise result
+        stream_in_chunks(timed_step, audio, chunk, stream)
     return chunks
 
 
@@ -115,6 +116,11 @@ def split_ms(chunks: list[dict[str, float]], indices: list[int]) -> dict[str, fl
     split = {name: 1000 * float(np.mean([chunks[k].get(name, 0.0) for k in indices])) for name in names}
     split["other"] = 1000 * float(np.mean([chunks[k]["total"] for k in indices])) - sum(split.values())
     return split
+
+
+def format_split(split: dict[str, float]) -> str:
+    """`split_ms` as one line: "<total> ms = <name> <ms>, ..."."""
+    return f"{sum(split.values()):.0f} ms = " + ", ".join(f"{name} {ms:.0f}" for name, ms in split.items())
 
 
 def measure_steady_cost(
@@ -178,9 +184,7 @@ def _main() -> int:
     labels = (f"first {args.early_seconds:g} s", f"after {fill_s:.1f} s (cache full)")
     for label, indices in zip(labels, windows, strict=True):
         split = split_ms(chunks, indices)
-        parts = ", ".join(f"{name} {ms:.0f}" for name, ms in split.items())
-        total = sum(split.values())
-        print(f"{label}: {len(indices)} chunks of {1000 * chunk_s:.0f} ms, mean {total:.0f} ms: {parts}")
+        print(f"{label}: {len(indices)} chunks of {1000 * chunk_s:.0f} ms, mean {format_split(split)}")
     return 0
 
 

@@ -51,7 +51,7 @@ class LocalPipeline:
 
     def transcribe(self, audio: np.ndarray, chunk_samples: int, stream: int = 1) -> list[dict[str, np.ndarray]]:
         """Stream one utterance in chunks of `chunk_samples`; the END request carries the last piece."""
-        return self._stream(self.step, audio, chunk_samples, stream)
+        return stream_in_chunks(self.step, audio, chunk_samples, stream)
 
     def speaker_activity(self, audio: np.ndarray, chunk_samples: int, stream: int = 1) -> np.ndarray:
         """The streaming diarizer's speaker probabilities [frames, slots], as the served stage computes them."""
@@ -59,18 +59,20 @@ class LocalPipeline:
 
     def stream_all(self, audio: np.ndarray, chunk_samples: int, stream: int = 1) -> list[dict[str, Any]]:
         """Like `transcribe`, with every stage's outputs per chunk."""
-        return self._stream(self.run, audio, chunk_samples, stream)
+        return stream_in_chunks(self.run, audio, chunk_samples, stream)
 
-    @staticmethod
-    def _stream(step, audio: np.ndarray, chunk_samples: int, stream: int) -> list[dict[str, Any]]:
-        pieces = [audio[i : i + chunk_samples] for i in range(0, len(audio), chunk_samples)] or [audio[:0]]
-        results = []
-        for k, piece in enumerate(pieces):
-            (result,) = step([(stream, piece, k == 0, k == len(pieces) - 1)])
-            if isinstance(result, RequestError):
-                raise result
-            results.append(result)
-        return results
+
+def stream_in_chunks(step, audio: np.ndarray, chunk_samples: int, stream: int) -> list[dict[str, Any]]:
+    """One stream through `step` (`LocalPipeline.step` or `.run`, or a wrapper of them), a request per
+    chunk of `chunk_samples`: START on the first, END on the last, which carries the last piece."""
+    pieces = [audio[i : i + chunk_samples] for i in range(0, len(audio), chunk_samples)] or [audio[:0]]
+    results = []
+    for k, piece in enumerate(pieces):
+        (result,) = step([(stream, piece, k == 0, k == len(pieces) - 1)])
+        if isinstance(result, RequestError):
+            raise result
+        results.append(result)
+    return results
 
 
 def speaker_probabilities(chunks: list[dict[str, Any]]) -> np.ndarray:
