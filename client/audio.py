@@ -6,8 +6,11 @@ a Kaiser-windowed FIR anti-aliasing filter), not by dropping or repeating sample
 
 from __future__ import annotations
 
+import errno
 import io
 import math
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -41,11 +44,19 @@ def load_audio(source: str | Path, sample_rate: int) -> np.ndarray:
             raise AudioError("standard input is empty")
     else:
         path = Path(source)
-        if not path.exists():
-            raise AudioError(f"{name}: no such file")
-        if path.is_dir():
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            if path.is_symlink():
+                raise AudioError(f"{name}: a broken symbolic link (to {os.readlink(path)})") from None
+            raise AudioError(f"{name}: no such file") from None
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise AudioError(f"{name}: a symbolic link loop (it points back to itself)") from None
+            raise AudioError(f"{name}: cannot open it ({err.strerror or err})") from None
+        if stat.S_ISDIR(info.st_mode):
             raise AudioError(f"{name}: is a folder, not an audio file")
-        if path.stat().st_size == 0:
+        if info.st_size == 0:
             raise AudioError(f"{name}: the file is empty")
         handle = str(path)
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,12 @@ def _time(value: Any, where: str) -> float:
 def _check_interval(start: float, end: float, where: str) -> None:
     if start < 0 or end < start:
         raise FormatError(f"{where}: bad interval [{start}, {end}] (need 0 <= start <= end)")
+
+
+def safe_session_id(name: str) -> str:
+    """`name` as a session id every format can hold: whitespace runs become `_` (RTTM and STM are
+    whitespace-separated), so `my meeting` -> `my_meeting`."""
+    return re.sub(r"\s+", "_", name.strip()) or "_"
 
 
 def _check_field(value: str, what: str) -> str:

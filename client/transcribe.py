@@ -1,9 +1,11 @@
 """`mtasr transcribe FILE...`: stream audio files to the server, write per-speaker transcripts.
 
-Per input file, in --output-dir: `<stem>.seglst.json` (SegLST, session_id = the file's stem),
-`<stem>.rttm` (who spoke when) and `<stem>.txt` (readable, one line per segment). A file that
-cannot be read or transcribed is reported and skipped; the others are still transcribed, and the
-exit code says something failed (1). A server that cannot be reached stops everything at once (2).
+Per input file, in --output-dir: `<stem>.seglst.json` (SegLST, session_id = the file's stem with
+whitespace replaced by `_`, which RTTM and STM need), `<stem>.rttm` (who spoke when) and
+`<stem>.txt` (readable, one line per segment). A file that cannot be read or transcribed is
+reported and skipped; an output that cannot be written is reported and the others are still
+written; the other files are still transcribed, and the exit code says something failed (1). A
+server that cannot be reached stops everything at once (2).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from mtasr.client.stream import StreamError, StreamingClient, Transcript, Update
 class FileResult:
     source: str
     outputs: list[Path]
+    #: What went wrong, one line per problem (reading, streaming, or each output not written).
     error: str | None = None
     words: int = 0
     audio_s: float = 0.0
@@ -32,16 +35,33 @@ def output_stem(source: str) -> str:
     return "stdin" if source == "-" else Path(source).stem
 
 
-def write_outputs(transcript: Transcript, stem: str, out_dir: Path) -> list[Path]:
-    from mtasr.client.formats import RTTM_SUFFIX, SEGLST_SUFFIX, readable_transcript, write_rttm, write_seglst
+def write_outputs(transcript: Transcript, stem: str, out_dir: Path) -> tuple[list[Path], list[str]]:
+    """Write the three outputs, each on its own: the paths written, and one error line per output that was not."""
+    from mtasr.client.formats import (
+        RTTM_SUFFIX,
+        SEGLST_SUFFIX,
+        readable_transcript,
+        safe_session_id,
+        write_rttm,
+        write_seglst,
+    )
 
-    segments = [dict(seg, session_id=stem) for seg in transcript.seglst]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{stem}{SEGLST_SUFFIX}", out_dir / f"{stem}{RTTM_SUFFIX}", out_dir / f"{stem}.txt"]
-    write_seglst(segments, paths[0])
-    write_rttm(segments, paths[1])
-    paths[2].write_text(readable_transcript(segments))
-    return paths
+    segments = [dict(seg, session_id=safe_session_id(stem)) for seg in transcript.seglst]
+    writers = [
+        (out_dir / f"{stem}{SEGLST_SUFFIX}", write_seglst),
+        (out_dir / f"{stem}{RTTM_SUFFIX}", write_rttm),
+        (out_dir / f"{stem}.txt", lambda segs, path: Path(path).write_text(readable_transcript(segs))),
+    ]
+    written, errors = [], []
+    for path, write in writers:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write(segments, path)
+        except (OSError, ValueError) as err:
+            errors.append(f"cannot write {path}: {err}")
+        else:
+            written.append(path)
+    return written, errors
 
 
 class LiveLines:
@@ -71,8 +91,13 @@ def transcribe_file(
         transcript = client.transcribe(audio, realtime=realtime, on_update=live)
     except StreamError as err:
         return FileResult(source, [], f"{source}: {err} ({len(err.final_words)} words were final before that)")
+    written, errors = write_outputs(transcript, stem, out_dir)
     return FileResult(
-        source, write_outputs(transcript, stem, out_dir), words=len(transcript.words), audio_s=len(audio) / rate
+        source,
+        written,
+        "\n".join(f"{source}: {e}" for e in errors) or None,
+        words=len(transcript.words),
+        audio_s=len(audio) / rate,
     )
 
 
@@ -135,8 +160,8 @@ def run(args: argparse.Namespace) -> int:
     bar.close()
     failed = [r for r in results if r.error]
     for r in results:
-        if r.error:
-            print(f"error: {r.error}", file=sys.stderr)
-        elif not args.quiet:
+        for line in r.error.splitlines() if r.error else []:
+            print(f"error: {line}", file=sys.stderr)
+        if r.outputs and not args.quiet:
             print(f"{r.source}: {r.words} words, {r.audio_s:.1f} s -> {', '.join(str(p) for p in r.outputs)}")
     return 1 if failed else 0

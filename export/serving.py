@@ -18,6 +18,11 @@ from mtasr.triton_stage import CONTROL_CORRID, CONTROL_END, CONTROL_START
 TEMPLATES = Path(__file__).resolve().parent / "templates"  # the thin model.py files copied into repositories
 
 CONTROL_READY = "READY"
+# Triton slots per stream the stages admit (`max_sequences`). The features stage refuses a START
+# beyond `max_sequences` with "server full"; Triton keeps that refused sequence's slot until the
+# idle timeout (or an END), so the spare slots let refusals be answered at once instead of queueing
+# new streams silently behind held ones.
+SEQUENCE_SLOTS_PER_STREAM = 2
 
 
 def _tensors(kind: str, tensors: list[tuple[str, str, list[int]]], ragged: bool = False) -> str:
@@ -58,7 +63,7 @@ def stage_config(name: str, manifest: dict[str, Any], graph_backend: str | None 
         "sequence_batching {\n"
         f"  max_sequence_idle_microseconds: {int(settings.sequence_idle_s * 1e6)}\n"
         "  oldest {\n"
-        f"    max_candidate_sequences: {deploy['max_sequences']}\n"
+        f"    max_candidate_sequences: {SEQUENCE_SLOTS_PER_STREAM * deploy['max_sequences']}\n"
         f"    max_queue_delay_microseconds: {deploy['max_queue_delay_us']}\n"
         "  }\n"
         f"  control_input [\n{controls}\n  ]\n"

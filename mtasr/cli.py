@@ -46,8 +46,10 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import os
+
     from mtasr.deployment import load_manifest, models_to_load
-    from mtasr.server import ServerConfig, serve_forever
+    from mtasr.server import ENV_ADMIN_KEY, ServerConfig, serve_forever
 
     if not (args.model_repository / "manifest.json").is_file() and not args.any_repository:
         print(
@@ -64,11 +66,16 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         startup_timeout_s=args.startup_timeout,
         load_models=[] if args.any_repository or args.all_models else models_to_load(manifest),
+        log_file=args.log_file,
+        # From the environment, not a flag: a flag would show in every user's process list.
+        admin_key=os.environ.get(ENV_ADMIN_KEY) or None,
     )
     return serve_forever(config)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mtasr.server import ADMIN_KEY_HEADER, ENV_ADMIN_KEY, RESTRICTED_APIS
+
     parser = argparse.ArgumentParser(
         prog="mtasr", description="Streaming multi-talker speech recognition served by NVIDIA Triton."
     )
@@ -153,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="run tritonserver on an exported model repository",
         description="Start the real tritonserver (the nvidia-pytriton wheel's, or the one on PATH inside NVIDIA's "
-        "container) on a model repository, wait until it is ready, and stop it cleanly on Ctrl-C/SIGTERM.",
+        "container) on a model repository, wait until it is ready, and stop it cleanly on Ctrl-C/SIGTERM. The "
+        f"{', '.join(RESTRICTED_APIS)} APIs need the header {ADMIN_KEY_HEADER} with the key in ${ENV_ADMIN_KEY} "
+        "(at least 16 characters); without it they are closed to everyone.",
     )
     serve.add_argument("model_repository", type=Path, help="e.g. OUTPUT/model_repository from `mtasr export`")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
@@ -162,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-port", type=int, default=8002)
     serve.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for readiness")
     serve.add_argument("--any-repository", action="store_true", help="serve a repository without manifest.json")
+    serve.add_argument(
+        "--log-file",
+        type=Path,
+        help="keep the server's log here (default: a temp file, removed after a clean stop; it is echoed to stderr)",
+    )
     serve.add_argument(
         "--all-models",
         action="store_true",

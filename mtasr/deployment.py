@@ -133,7 +133,8 @@ def build_stage(
     geometry = chunk_geometry(manifest)
     if name == "features":
         features = FeatureConfig.from_dict(manifest["asr"]["features"])
-        return FeatureStage(features, geometry, max_chunk_samples(manifest, settings), idle)
+        max_streams = manifest.get("deployment", {}).get("max_sequences")
+        return FeatureStage(features, geometry, max_chunk_samples(manifest, settings), idle, max_streams)
     if name == "diarization":
         params = SortformerParams.from_dict(manifest["diarizer"]["geometry"])
         # Graph models served by Triton (and TensorRT profiles) take the full cache sizes their configs declare.

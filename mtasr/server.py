@@ -11,6 +11,12 @@ when that fails, raises :class:`ServerStartError` carrying the part of the serve
 why (which model failed to load and the Python error). It runs the server in its own process
 group, so stopping it also ends the python-backend stub processes: nothing is left behind.
 
+The administrative APIs (model repository: load/unload, whose ``file:`` overrides run code in the
+server; shared memory; logging; trace) are restricted on HTTP and gRPC to requests carrying the
+header :data:`ADMIN_KEY_HEADER` with the server's admin key: the operator's (``$MTASR_ADMIN_KEY``
+for ``mtasr serve``), or a random one per start that only this process knows. Inference, health,
+metadata, model configuration and statistics stay open.
+
 Standard library only: this module is imported by the CLI and the tests, never by models.
 """
 
@@ -23,11 +29,14 @@ import fcntl
 import hashlib
 import importlib.metadata
 import importlib.util
+import ipaddress
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import sysconfig
@@ -38,9 +47,12 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 __all__ = [
+    "ADMIN_KEY_HEADER",
+    "ENV_ADMIN_KEY",
+    "RESTRICTED_APIS",
     "ServerConfig",
     "ServerStartError",
     "TritonInstall",
@@ -48,6 +60,8 @@ __all__ = [
     "TritonServer",
     "find_free_port",
     "find_tritonserver",
+    "listen_urls",
+    "ready_banner",
     "serve_forever",
 ]
 
@@ -63,6 +77,19 @@ ENV_BACKEND_DIR = "MTASR_TRITON_BACKEND_DIR"
 ENV_CACHE_DIR = "MTASR_CACHE_DIR"
 
 STUB_NAME = "triton_python_backend_stub"
+
+#: Environment variable holding the operator's key for the restricted APIs (``mtasr serve``).
+ENV_ADMIN_KEY = "MTASR_ADMIN_KEY"
+#: HTTP header carrying the admin key. gRPC carries it as metadata ``triton-grpc-protocol-<header>``
+#: (Triton's prefix for restricted protocols); :meth:`TritonServer.admin_headers` gives either.
+ADMIN_KEY_HEADER = "mtasr-admin-key"
+_GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
+#: Triton API groups that need the admin key. Clients use none of them: the repository API loads
+#: code (``file:`` overrides) and unloads models; system shared memory would let a client map the
+#: python backend's own regions; logging and trace change the server's behaviour.
+RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")
+# Header values must survive Triton's `<apis>:<key>=<value>` flag syntax and HTTP/gRPC metadata.
+_ADMIN_KEY_FORM = re.compile(r"[A-Za-z0-9._~+/-]{16,}")
 
 # Log lines that look like errors on every CPU-only start and say nothing about the models.
 _BENIGN_LOG_PATTERNS = (
@@ -323,7 +350,9 @@ class ServerConfig:
     load_models: Sequence[str] = ()
     #: How long the server waits for in-flight requests after SIGINT (``--exit-timeout-secs``).
     exit_timeout_s: int = 10
-    #: Where the server's stdout/stderr (and the models' prints) go; a temp file if None.
+    #: Where the server's stdout/stderr (and the models' prints) go. None: a temp file
+    #: (``$TMPDIR/tritonserver-<http port>-*.log``), removed after a clean stop, kept when the server
+    #: failed to start or died (the error names it).
     log_file: str | Path | None = None
     #: The Python environment the python-backend stubs run in (its ``bin`` goes first on PATH).
     python_env: str | Path = field(default_factory=_default_python_env)
@@ -332,6 +361,9 @@ class ServerConfig:
     kill_on_parent_exit: bool = True
     #: Extra environment variables for the server (and so the models).
     env: dict[str, str] = field(default_factory=dict)
+    #: Key for the restricted APIs (:data:`RESTRICTED_APIS`); None: a random one per start, so
+    #: nobody but this process can use them.
+    admin_key: str | None = None
 
 
 def _gpu_present() -> bool:
@@ -351,6 +383,54 @@ def _connect_host(host: str) -> str:
 def _url_host(host: str) -> str:
     host = _connect_host(host)
     return f"[{host}]" if ":" in host else host
+
+
+def _ipv4_interface_addresses() -> list[str]:
+    """This machine's IPv4 addresses, one per interface that has one (Linux ioctl SIOCGIFADDR)."""
+    siocgifaddr = 0x8915
+    found = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            try:
+                packed = fcntl.ioctl(s.fileno(), siocgifaddr, struct.pack("256s", name.encode()[:15]))
+            except OSError:
+                continue  # interface without an IPv4 address
+            found.append(socket.inet_ntoa(packed[20:24]))
+    return found
+
+
+def _ipv6_interface_addresses() -> list[str]:
+    """This machine's IPv6 addresses (from /proc/net/if_inet6; link-local ones left out)."""
+    try:
+        lines = Path("/proc/net/if_inet6").read_text().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 6 or fields[3] == "20":  # scope 0x20: link-local, unusable without %iface
+            continue
+        found.append(socket.inet_ntop(socket.AF_INET6, bytes.fromhex(fields[0])))
+    return found
+
+
+def _is_wildcard(host: str) -> bool:
+    return host in ("", "0.0.0.0", "::")
+
+
+def _listen_hosts(host: str) -> list[str]:
+    """The addresses a server bound to ``host`` answers on: every interface's for a wildcard."""
+    if not _is_wildcard(host):
+        return [host]
+    addresses = _ipv4_interface_addresses()
+    if host == "::":  # Linux dual-stack: IPv4 clients reach an IPv6 wildcard too
+        addresses += _ipv6_interface_addresses()
+    return sorted(dict.fromkeys(addresses), key=lambda a: (":" in a, not a.startswith("127."), a)) or [host]
+
+
+def listen_urls(host: str, port: int, scheme: str, path: str = "") -> list[str]:
+    """URLs a server bound to ``host``:``port`` can be reached at (all interfaces for 0.0.0.0 / ::)."""
+    return [f"{scheme}://{f'[{h}]' if ':' in h else h}:{port}{path}" for h in _listen_hosts(host)]
 
 
 def _group_members(pgid: int) -> list[int]:
@@ -389,6 +469,9 @@ class TritonServer:
         self._ports: dict[str, int] = {}
         self._command: list[str] = []
         self._returncode: int | None = None
+        self._admin_key = config.admin_key or secrets.token_urlsafe(32)
+        self._log_is_temp = False
+        self._became_ready = False
 
     # -- properties ---------------------------------------------------------------------------
 
@@ -415,8 +498,18 @@ class TritonServer:
 
     @property
     def log_path(self) -> Path | None:
-        """File receiving the server's output; kept after stop for post-mortems."""
+        """File receiving the server's output (a temp one is removed after a clean stop, see ``log_file``)."""
         return self._log_path
+
+    @property
+    def admin_key(self) -> str:
+        """The key the restricted APIs (:data:`RESTRICTED_APIS`) expect: the configured one, or this start's own."""
+        return self._admin_key
+
+    def admin_headers(self, protocol: Literal["http", "grpc"]) -> dict[str, str]:
+        """Headers (tritonclient's ``headers=``) that open the restricted APIs on ``protocol``."""
+        name = ADMIN_KEY_HEADER if protocol == "http" else _GRPC_HEADER_PREFIX + ADMIN_KEY_HEADER
+        return {name: self._admin_key}
 
     @property
     def command(self) -> list[str]:
@@ -509,6 +602,8 @@ class TritonServer:
             f"--metrics-port={ports['metrics']}",
             f"--allow-gpu-metrics={'true' if gpu else 'false'}",
             f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
+            f"--http-restricted-api={','.join(RESTRICTED_APIS)}:{ADMIN_KEY_HEADER}={self._admin_key}",
+            f"--grpc-restricted-protocol={','.join(RESTRICTED_APIS)}:{ADMIN_KEY_HEADER}={self._admin_key}",
         ]
         if not gpu:
             args.append("--pinned-memory-pool-byte-size=0")  # nothing to pin without CUDA
@@ -538,6 +633,10 @@ class TritonServer:
         repo = Path(cfg.model_repository)
         if not repo.is_dir():
             raise ServerStartError(f"model repository {repo} is not a directory")
+        if not _ADMIN_KEY_FORM.fullmatch(self._admin_key):
+            raise ServerStartError(
+                "the admin key (${ENV_ADMIN_KEY}) must be at least 16 characters of A-Z a-z 0-9 . _ ~ + / -"
+            )
         try:
             install = self.install
         except TritonNotFoundError as exc:
@@ -545,7 +644,10 @@ class TritonServer:
         self._ports = self._resolve_ports()
         self._command = self.build_args(self._ports)
 
+        self._became_ready = False
+        self._log_is_temp = cfg.log_file is None
         if cfg.log_file is None:
+            # Removed again after a clean stop (see stop()); kept when the server fails, for its error.
             fd, name = tempfile.mkstemp(prefix=f"tritonserver-{self._ports['http']}-", suffix=".log")
             os.close(fd)
             self._log_path = Path(name)
@@ -586,6 +688,7 @@ class TritonServer:
             try:
                 with urllib.request.urlopen(ready_url, timeout=1.0) as resp:
                     if resp.status == 200:
+                        self._became_ready = True
                         return
             except (urllib.error.URLError, OSError):
                 pass  # not listening yet, or 400 while models load
@@ -603,7 +706,9 @@ class TritonServer:
         import json
 
         try:
-            req = urllib.request.Request(f"{self.url('http')}/v2/repository/index", data=b"{}", method="POST")
+            req = urllib.request.Request(
+                f"{self.url('http')}/v2/repository/index", data=b"{}", method="POST", headers=self.admin_headers("http")
+            )
             with urllib.request.urlopen(req, timeout=2.0) as resp:
                 index = json.loads(resp.read())
         except (OSError, ValueError):
@@ -644,7 +749,7 @@ class TritonServer:
         if errors:
             parts.append("Errors in the server log:\n  " + "\n  ".join(errors[-20:]))
         parts.append(f"Last lines of {self._log_path}:\n  " + "\n  ".join(tail or ["(empty)"]))
-        parts.append("Command: " + " ".join(self._command))
+        parts.append("Command: " + " ".join(self._command).replace(self._admin_key, "<admin key>"))
         return "\n".join(parts)
 
     # -- stop ---------------------------------------------------------------------------------
@@ -677,6 +782,9 @@ class TritonServer:
         self._reap_group()
         self._returncode = popen.wait()
         self._close_log()
+        if self._log_is_temp and self._became_ready and self._returncode == 0 and self._log_path is not None:
+            # A clean run's temp log says nothing anyone needs; a failed one's is kept (errors name it).
+            self._log_path.unlink(missing_ok=True)
         return self._returncode
 
     def _reap_group(self) -> None:
@@ -736,6 +844,42 @@ def _set_parent_death_signal() -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def ready_banner(server: TritonServer) -> str:
+    """What ``mtasr serve`` prints once the server is ready: every address it answers on, the log,
+    how the restricted APIs are opened, and a warning when it listens beyond this machine."""
+    host = server.config.host
+    lines = [f"tritonserver ready (pid {server.pid}, {server.install.source} install)"]
+    for label, proto, scheme, path in (
+        ("HTTP   ", "http", "http", ""),
+        ("gRPC   ", "grpc", "grpc", ""),
+        ("metrics", "metrics", "http", "/metrics"),
+    ):
+        lines.append(f"  {label} {'  '.join(listen_urls(host, server.port(proto), scheme, path))}")
+    log_note = " (removed after a clean stop)" if server.config.log_file is None else ""
+    lines.append(f"  log     {server.log_path}{log_note}")
+    if server.config.admin_key:
+        key_note = f"need header {ADMIN_KEY_HEADER} (gRPC: {_GRPC_HEADER_PREFIX}{ADMIN_KEY_HEADER}) = the admin key"
+    else:
+        key_note = f"closed (set ${ENV_ADMIN_KEY} to open them with header {ADMIN_KEY_HEADER})"
+    lines.append(f"  admin   {', '.join(RESTRICTED_APIS)} APIs: {key_note}")
+    if not _is_loopback(host):
+        lines.append(
+            f"warning: listening on {host or 'every interface'}, not only on this machine: inference needs no "
+            "authentication, so anyone who can reach these ports can stream audio and read transcripts. Bind "
+            "127.0.0.1, or put a firewall or an authenticating proxy in front."
+        )
+    return "\n".join(lines)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # another name: it may resolve to anything
+
+
 def serve_forever(config: ServerConfig, echo_log: bool = True) -> int:
     """Run the server until SIGINT/SIGTERM (then stop it cleanly) or until it exits by itself.
 
@@ -749,6 +893,7 @@ def serve_forever(config: ServerConfig, echo_log: bool = True) -> int:
         stop_requested.append(signum)
 
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    log = None
     try:
         try:
             server.start()
@@ -758,46 +903,36 @@ def serve_forever(config: ServerConfig, echo_log: bool = True) -> int:
         if stop_requested:
             server.stop()
             return 0
-        print(
-            f"tritonserver ready (pid {server.pid}, {server.install.source} install)\n"
-            f"  HTTP    {server.url('http')}\n"
-            f"  gRPC    {server.url('grpc')}\n"
-            f"  metrics {server.url('metrics')}\n"
-            f"  log     {server.log_path}",
-            flush=True,
-        )
-        offset = 0
+        print(ready_banner(server), flush=True)
+        if echo_log and server.log_path is not None:
+            # Held open: a clean stop removes a temp log, and its last lines must still be echoed.
+            log = open(server.log_path, "rb")  # noqa: SIM115 - closed in finally
         while not stop_requested:
-            if echo_log and server.log_path is not None:
-                offset = _echo_new_log(server.log_path, offset)
+            _echo_new_log(log)
             code = server.wait(timeout=0.5)
             if code is not None:
-                if echo_log and server.log_path is not None:
-                    _echo_new_log(server.log_path, offset)
+                _echo_new_log(log)
                 server.stop()
                 print(f"tritonserver exited by itself with code {code}", file=sys.stderr, flush=True)
                 return code if code > 0 else 1
         print(f"stopping tritonserver (signal {stop_requested[0]})", file=sys.stderr, flush=True)
         code = server.stop()
-        if echo_log and server.log_path is not None:
-            _echo_new_log(server.log_path, offset)
+        _echo_new_log(log)
         return 0 if code in (0, -signal.SIGINT) else (code if code and code > 0 else 1)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if server.is_running():
             server.stop()
+        if log is not None:
+            log.close()
 
 
-def _echo_new_log(path: Path, offset: int) -> int:
-    """Copy what was appended to ``path`` since ``offset`` to stderr; the new offset."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            data = f.read()
-    except OSError:
-        return offset
+def _echo_new_log(log: BinaryIO | None) -> None:
+    """Copy what was appended to the server log since the last call to stderr."""
+    if log is None:
+        return
+    data = log.read()
     if data:
         sys.stderr.write(data.decode(errors="replace"))
         sys.stderr.flush()
-    return offset + len(data)

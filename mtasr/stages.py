@@ -119,12 +119,19 @@ class FeatureStage:
     """Audio samples -> complete encoder chunks of log-mel frames."""
 
     def __init__(
-        self, features: FeatureConfig, geometry: ChunkGeometry, max_chunk_samples: int, idle_timeout_s: float
+        self,
+        features: FeatureConfig,
+        geometry: ChunkGeometry,
+        max_chunk_samples: int,
+        idle_timeout_s: float,
+        max_streams: int | None = None,
     ) -> None:
+        """``max_streams``: streams open at once; the first stage refuses a START beyond it ("server
+        full"), so a request the later stages see always belongs to an admitted stream."""
         self.features = features
         self.geometry = geometry
         self.max_chunk_samples = max_chunk_samples
-        self.streams: StreamTable[_FeatureStream] = StreamTable(idle_timeout_s)
+        self.streams: StreamTable[_FeatureStream] = StreamTable(idle_timeout_s, capacity=max_streams)
 
     def _check(self, request: StageRequest) -> np.ndarray:
         audio = request.inputs.get(AUDIO)

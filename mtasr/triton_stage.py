@@ -18,11 +18,15 @@ from mtasr.graphs import TritonGraph, single_threaded_blas
 from mtasr.stages import STAGE_IO, RequestError
 from mtasr.streams import StageRequest
 
+# CORRID stays in the configs (the sequence batcher fills it) but streams are keyed by the request's id.
 CONTROL_START, CONTROL_END, CONTROL_CORRID = "START", "END", "CORRID"
 # Prometheus gauges on Triton's metrics port: streams whose state a stage holds, per stage, and
 # the speaker instances (encoder caches and hypotheses) the asr stage holds across its streams.
 OPEN_STREAMS_METRIC = "mtasr_open_streams"
 SPEAKER_STATES_METRIC = "mtasr_speaker_states"
+# Streams that may still start on a stage instance that limits them (the features stage: a START
+# beyond the limit gets "server full").
+FREE_STREAMS_METRIC = "mtasr_free_stream_slots"
 
 
 def _control(request, name: str) -> int:
@@ -65,7 +69,16 @@ class TritonPythonModel:
                 kind=pb_utils.MetricFamily.GAUGE,
             )
             self._speaker_states = self._speaker_family.Metric(labels=labels)
+        self._free_streams = None
+        if self.stage.streams.capacity is not None:
+            self._free_family = pb_utils.MetricFamily(
+                name=FREE_STREAMS_METRIC,
+                description="streams that may still start here before new ones are refused (server full)",
+                kind=pb_utils.MetricFamily.GAUGE,
+            )
+            self._free_streams = self._free_family.Metric(labels=labels)
         self._lock = threading.Lock()
+        self._update_gauges()  # the free slots are known before the first stream
         self._stop = threading.Event()
         period = max(0.5, min(10.0, settings.sequence_idle_s / 4))
         self._evictor = threading.Thread(target=self._evict_loop, args=(period,), daemon=True)
@@ -81,6 +94,8 @@ class TritonPythonModel:
         self._open_streams.set(len(self.stage.streams))
         if self._speaker_states is not None:
             self._speaker_states.set(self.stage.speaker_states())
+        if self._free_streams is not None:
+            self._free_streams.set(self.stage.streams.free())
 
     def _parse(self, request) -> StageRequest | RequestError:
         import triton_python_backend_utils as pb_utils
@@ -97,7 +112,10 @@ class TritonPythonModel:
                 )
             tensors[name] = value[0]
         return StageRequest(
-            stream=_control(request, CONTROL_CORRID),
+            # The whole id (int, or str for a string id), not the CORRID control tensor: Triton fills
+            # that uint64 with the first 8 bytes of a serialised string id (its length and 4 characters),
+            # so "room-0001" and "room-0002" would share one stream.
+            stream=request.correlation_id(),
             start=bool(_control(request, CONTROL_START)),
             end=bool(_control(request, CONTROL_END)),
             inputs=tensors,

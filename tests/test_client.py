@@ -138,9 +138,48 @@ def test_bad_files_are_reported_and_the_good_one_is_still_transcribed(server, au
     assert sorted(p.name for p in out.iterdir()) == ["meeting.rttm", "meeting.seglst.json", "meeting.txt"]
 
 
+def test_a_file_name_with_spaces_gives_all_three_outputs_with_a_safe_session_id(server, audio_files, tmp_path):
+    """`my meeting.flac`: the outputs keep the file's name, the session id inside them replaces the
+    space (RTTM and STM are whitespace-separated), and every output is written."""
+    from mtasr.client.formats import read_rttm, read_seglst
+
+    _, files = audio_files
+    spaced = tmp_path / "my meeting.flac"
+    spaced.write_bytes(files["flac"].read_bytes())
+    out = tmp_path / "out"
+    result = mtasr("transcribe", str(spaced), "--url", server.address("grpc"), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["my meeting.rttm", "my meeting.seglst.json", "my meeting.txt"]
+    segments = read_seglst(out / "my meeting.seglst.json")
+    assert segments and {s["session_id"] for s in segments} == {"my_meeting"}
+    assert {s["session_id"] for s in read_rttm(out / "my meeting.rttm")} == {"my_meeting"}
+
+
+def test_an_output_that_cannot_be_written_is_that_files_error_line_and_the_others_are_written(
+    server, audio_files, tmp_path
+):
+    _, files = audio_files
+    out = tmp_path / "out"
+    (out / "meeting.rttm").mkdir(parents=True)  # a folder where the RTTM file should go
+    result = mtasr("transcribe", str(files["meeting"]), "--url", server.address("grpc"), "-o", str(out))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"cannot write {out / 'meeting.rttm'}" in errors[0], result.stderr
+    assert (out / "meeting.seglst.json").is_file() and (out / "meeting.txt").is_file()
+
+
 def test_audio_errors_name_the_problem(tmp_path):
     with pytest.raises(AudioError, match="no such file"):
         load_audio(tmp_path / "nothing.flac", 16000)
+    loop = tmp_path / "loop.wav"
+    loop.symlink_to(loop)
+    with pytest.raises(AudioError, match="symbolic link loop"):
+        load_audio(loop, 16000)
+    dangling = tmp_path / "dangling.wav"
+    dangling.symlink_to(tmp_path / "gone.wav")
+    with pytest.raises(AudioError, match="broken symbolic link"):
+        load_audio(dangling, 16000)
     silent = tmp_path / "zero.wav"
     soundfile.write(silent, np.zeros((0, 1), np.float32), 16000)
     with pytest.raises(AudioError, match="no samples"):

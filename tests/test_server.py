@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -208,6 +209,18 @@ def test_initialize_exception_is_reported(tmp_path: Path) -> None:
     assert_no_processes(server.pid)
 
 
+def test_a_failed_start_keeps_its_temp_log_and_names_it(tmp_path: Path) -> None:
+    repo = write_model(tmp_path / "repo", model_py=MODEL_PY.format(init_sleep=0) + "\ndef broken(:\n")
+    server = TritonServer(ServerConfig(model_repository=repo, **free_ports()))  # log_file None: a temp file
+    with pytest.raises(ServerStartError) as info:
+        server.start()
+    try:
+        assert f"Last lines of {server.log_path}" in str(info.value)
+        assert "SyntaxError" in server.log_path.read_text()
+    finally:
+        server.log_path.unlink()
+
+
 def test_unparsable_config_names_model(tmp_path: Path) -> None:
     repo = write_model(tmp_path / "repo", name="bad", config='backend: "python"\nmax_batch_size: oops {\n')
     server = TritonServer(make_config(repo, tmp_path))
@@ -238,7 +251,7 @@ def test_serve_forever_stops_on_sigterm(tmp_path: Path) -> None:
         import sys
         from mtasr.server import ServerConfig, serve_forever
         sys.exit(serve_forever(ServerConfig(model_repository={str(repo)!r}, http_port={ports["http_port"]},
-                 grpc_port={ports["grpc_port"]}, metrics_port={ports["metrics_port"]}), echo_log=False))
+                 grpc_port={ports["grpc_port"]}, metrics_port={ports["metrics_port"]})))
         """
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -250,6 +263,8 @@ def test_serve_forever_stops_on_sigterm(tmp_path: Path) -> None:
         rest = "".join(proc.stdout.readline() for _ in range(4))
         assert f"http://127.0.0.1:{ports['http_port']}" in rest
         assert f"grpc://127.0.0.1:{ports['grpc_port']}" in rest
+        log = Path(re.search(r"log\s+(\S+)", rest).group(1))
+        assert log.is_file()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=40) == 0
     finally:
@@ -257,3 +272,113 @@ def test_serve_forever_stops_on_sigterm(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert_no_processes(server_pid)
+    assert "warning" not in proc.stdout.read()  # loopback only: nothing to warn about
+    assert not log.exists(), "a clean stop leaves no temp log behind"
+    # The log is echoed to the end, its shutdown lines too, though the file is gone.
+    assert "successfully unloaded 'add_one'" in proc.stderr.read()
+
+
+def test_banner_on_every_interface_lists_each_address_and_warns_of_no_authentication(tmp_path: Path) -> None:
+    """`--host 0.0.0.0`: the banner names every address the server answers on, not 127.0.0.1 alone,
+    and warns that inference is open to anyone who can reach it (no server needed to check the text)."""
+    from mtasr.server import ready_banner
+
+    ports = free_ports()
+    server = TritonServer(ServerConfig(model_repository=tmp_path, host="0.0.0.0", **ports))
+    banner = ready_banner(server)
+    http_line = next(line for line in banner.splitlines() if line.strip().startswith("HTTP"))
+    hosts = re.findall(rf"http://([\d.]+):{ports['http_port']}", http_line)
+    assert "127.0.0.1" in hosts
+    for host in hosts:  # each is an address of this machine
+        with socket.socket() as s:
+            s.bind((host, 0))
+    ip = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True) if shutil.which("ip") else None
+    if ip is not None and ip.returncode == 0:
+        reported = set(re.findall(r"inet ([\d.]+)/", ip.stdout))
+        assert set(hosts) <= reported  # one address per interface (secondary addresses may be left out)
+        assert any(not h.startswith("127.") for h in hosts) == any(not h.startswith("127.") for h in reported)
+    assert re.search(r"warning: listening on 0\.0\.0\.0.*no authentication", banner, re.DOTALL), banner
+    assert "warning" not in ready_banner(TritonServer(ServerConfig(model_repository=tmp_path, **ports)))
+
+
+# ------------------------------------------------------------------------------ restricted APIs
+
+
+def http_post(url: str, body: bytes = b"{}", headers: dict[str, str] | None = None) -> int:
+    """POST like a browser page could (text/plain, foreign Origin: no CORS preflight); the status."""
+    import urllib.error
+    import urllib.request
+
+    all_headers = {"Content-Type": "text/plain", "Origin": "http://attacker.example", **(headers or {})}
+    request = urllib.request.Request(url, data=body, method="POST", headers=all_headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_repository_api_refuses_unload_and_code_loading_without_the_admin_key(tmp_path: Path) -> None:
+    """Explicit model control (what `mtasr serve` runs) without the key: unload, a load whose `file:`
+    override would run code, logging and shared-memory requests are refused on HTTP and gRPC, while
+    inference carries on. The operator's key opens the repository API."""
+    import base64
+    import json
+
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from mtasr.server import RESTRICTED_APIS
+
+    assert {"model-repository", "shared-memory", "logging"} <= set(RESTRICTED_APIS)
+    marker = tmp_path / "code-ran"
+    evil = f"import pathlib\npathlib.Path({str(marker)!r}).write_text('pwned')\n" + MODEL_PY.format(init_sleep=0)
+    load_body = json.dumps(
+        {
+            "parameters": {
+                "config": json.dumps({"name": "evil", "backend": "python", "max_batch_size": 8}),
+                "file:1/model.py": base64.b64encode(evil.encode()).decode(),
+            }
+        }
+    ).encode()
+    repo = write_model(tmp_path / "repo")
+    key = "operator-key-0123456789"
+    server = TritonServer(make_config(repo, tmp_path, load_models=["add_one"], admin_key=key))
+    with server:
+        base = server.url("http")
+        assert http_post(f"{base}/v2/repository/models/add_one/unload") == 403
+        assert http_post(f"{base}/v2/repository/models/evil/load", load_body) == 403
+        assert http_post(f"{base}/v2/repository/index", headers={"mtasr-admin-key": "wrong-key-0123456789"}) == 403
+        assert http_post(f"{base}/v2/logging", b'{"log_verbose_level": 1}') == 403
+        assert http_post(f"{base}/v2/systemsharedmemory/region/x/register", b'{"key": "/x", "byte_size": 8}') == 403
+
+        grpc = grpcclient.InferenceServerClient(server.address("grpc"))
+        for refused in (
+            lambda: grpc.unload_model("add_one"),
+            lambda: grpc.load_model("evil", config=load_body.decode(), files={"file:1/model.py": evil.encode()}),
+            lambda: grpc.register_system_shared_memory("x", "/x", 8),
+        ):
+            with pytest.raises(InferenceServerException, match="restricted"):
+                refused()
+
+        assert grpc.is_model_ready("add_one")
+        x = np.array([[1.0, 2.0]], dtype=np.float32)
+        data = grpcclient.InferInput("INPUT0", list(x.shape), "FP32")
+        data.set_data_from_numpy(x)
+        np.testing.assert_allclose(grpc.infer("add_one", [data]).as_numpy("OUTPUT0"), x + 1)
+        assert grpc.get_model_config("add_one", as_json=True)["config"]["name"] == "add_one"  # clients read it
+
+        # The operator's key opens them, on both protocols.
+        assert server.admin_key == key
+        assert http_post(f"{base}/v2/repository/index", headers=server.admin_headers("http")) == 200
+        index = grpc.get_model_repository_index(headers=server.admin_headers("grpc"), as_json=True)
+        assert [m["name"] for m in index["models"]] == ["add_one"]
+        grpc.close()
+    assert not marker.exists(), "the load request ran its code"
+
+
+def test_a_weak_admin_key_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    server = TritonServer(make_config(write_model(tmp_path / "repo"), tmp_path, admin_key="short"))
+    with pytest.raises(ServerStartError, match="at least 16 characters"):
+        server.start()
+    assert server.pid is None

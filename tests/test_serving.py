@@ -20,7 +20,7 @@ from mtasr.mixtures import espeak_available, make_conversation
 from mtasr.nemo_streaming import load_models, run_nemo_multitalker
 from mtasr.server import ServerConfig, TritonServer
 from mtasr.stages import TRANSCRIPT
-from mtasr.triton_stage import OPEN_STREAMS_METRIC
+from mtasr.triton_stage import FREE_STREAMS_METRIC, OPEN_STREAMS_METRIC
 
 RIGHT_CONTEXTS = [0, 1, 6, 13]
 IDLE_TIMEOUT_S = 3.0
@@ -193,6 +193,63 @@ def test_eight_interleaved_streams_equal_each_stream_alone_over_grpc_and_http(se
         assert tokens_by_speaker(over_http[sid + 3000]) == alone[sid]
 
 
+def test_string_ids_sharing_long_prefixes_and_a_number_with_the_same_digits_are_separate_streams(served, conversations):
+    """A stream is keyed by its whole sequence id: string ids equal but for their last character, and
+    the numeric id 4242 beside the string "4242", are four streams. Interleaved chunk by chunk (gRPC)
+    or side by side (HTTP), each gets exactly its transcript alone, named by its own id."""
+    server, repo = served
+    size = chunk_samples(repo)
+    streams = {
+        "meeting-room-0001": chunked(conversations[1].audio, size),
+        "meeting-room-0002": chunked(conversations[2].audio, size),
+        4242: chunked(conversations[0].audio, size),
+        "4242": chunked(np.roll(conversations[2].audio, 5003), size),
+    }
+    alone = {sid: stream_grpc(server.address("grpc"), {sid: chunks})[sid] for sid, chunks in streams.items()}
+    assert len({json.dumps(tokens_by_speaker(r)) for r in alone.values()}) == 4, "inputs must differ to tell"
+    interleaved = stream_grpc(server.address("grpc"), streams)
+    over_http = stream_http(server.address("http"), streams)
+    for sid in streams:
+        for together in (interleaved, over_http):
+            assert tokens_by_speaker(together[sid]) == tokens_by_speaker(alone[sid]), sid
+            assert {seg["session_id"] for seg in json.loads(together[sid][-1][TRANSCRIPT][0])} <= {str(sid)}
+
+
+def test_sequence_ids_are_non_zero_uint64s_or_non_empty_strings(served, conversations):
+    """The id forms README's protocol section documents, sent as HTTP JSON: a uint64 or any non-empty
+    string (spaces, non-ASCII) is a stream; 0 and "" are refused; any other JSON value is refused by
+    Triton's HTTP front end before model code runs, with an error naming `sequence_id`."""
+    import urllib.error
+    import urllib.request
+
+    server, repo = served
+    chunk = chunked(conversations[0].audio, chunk_samples(repo))[0]
+
+    def post(sequence_id) -> tuple[int, str]:
+        body = {
+            "parameters": {"sequence_id": sequence_id, "sequence_start": True, "sequence_end": True},
+            "inputs": [{"name": "AUDIO", "shape": [1, len(chunk)], "datatype": "FP32", "data": chunk.tolist()}],
+        }
+        url = f"{server.url('http')}/v2/models/multitalker_asr/infer"
+        request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+
+    for good in (2**64 - 1, "room 7 · Zürich"):
+        status, text = post(good)
+        assert status == 200, text
+        transcript = next(o for o in json.loads(text)["outputs"] if o["name"] == TRANSCRIPT)["data"][0]
+        assert {seg["session_id"] for seg in json.loads(transcript)} <= {str(good)}
+    for empty in (0, ""):
+        assert post(empty)[0] == 400 and "non-zero or non-empty correlation ID" in post(empty)[1]
+    for bad in (-1, 1.5, True, None, 2**64):
+        status, text = post(bad)
+        assert status >= 400 and "sequence_id" in text, (bad, text)
+
+
 # -------------------------------------------------------------------------------------- bad input
 
 
@@ -304,6 +361,49 @@ def test_abandoned_streams_are_evicted_and_memory_stays_flat(served, conversatio
     # An evicted stream is gone: continuing it is refused, starting it again works.
     assert "START" in send(server, 20_000, chunk[None], False, True)
     assert not isinstance(send(server, 20_000, chunk[None], True, True), str)
+
+
+def stage_metric(server, name: str, stage: str) -> float:
+    """One stage's gauge `name`, summed over its instances, from the server's Prometheus metrics."""
+    import urllib.request
+
+    text = urllib.request.urlopen(server.url("metrics"), timeout=10).read().decode()
+    lines = [ln for ln in text.splitlines() if ln.startswith(name + "{") and f'stage="{stage}"' in ln]
+    assert lines, f"no {name} for {stage}"
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in lines)
+
+
+def test_a_start_beyond_the_stream_limit_is_refused_at_once_and_held_streams_carry_on(
+    tiny_checkpoints, conversations, tmp_path
+):
+    """With --max-sequences 2 and two streams held open, a third START gets "server full" within
+    seconds (not a silent wait for a slot), the held streams finish with exactly their tokens alone,
+    the free-slot gauge says 0 while they are held, and a stream starts again once one has ended."""
+    import threading
+
+    repo = export(tiny_checkpoints, tmp_path / "export", 13, "--max-sequences", "2", "--idle-timeout", "20")
+    size = chunk_samples(repo)
+    held = {1: chunked(conversations[1].audio, size), 2: chunked(conversations[2].audio, size)}
+    with triton(repo) as server:
+        alone = {sid: tokens_by_speaker(stream_grpc(server.address("grpc"), {sid: c})[sid]) for sid, c in held.items()}
+        assert stage_metric(server, FREE_STREAMS_METRIC, "features") == 2
+        results = {sid: [send(server, sid, c[0][None], True, False)] for sid, c in held.items()}
+        assert stage_metric(server, FREE_STREAMS_METRIC, "features") == 0
+
+        refused: list = []
+        started = time.monotonic()
+        third = threading.Thread(target=lambda: refused.append(send(server, 3, held[1][0][None], True, False)))
+        third.start()
+        third.join(timeout=10)
+        assert refused, "the third START is still waiting for a slot"
+        assert isinstance(refused[0], str) and "server full" in refused[0], refused[0]
+        print(f"refused in {time.monotonic() - started:.2f} s")
+
+        for sid, chunks in held.items():
+            for k in range(1, len(chunks)):
+                results[sid].append(send(server, sid, chunks[k][None], False, k == len(chunks) - 1))
+            assert tokens_by_speaker(results[sid]) == alone[sid]
+        assert not isinstance(send(server, 4, held[1][0][None], True, True), str)
 
 
 def test_two_instances_per_stage_keep_each_stream_on_one_instance(tiny_checkpoints, conversations, tmp_path):

@@ -10,7 +10,7 @@ from mtasr.streams import RequestError, StageRequest, StreamTable, waves
 from mtasr.transcript import Word, seglst
 
 
-def request(stream: int, start: bool = False, end: bool = False) -> StageRequest:
+def request(stream: int | str, start: bool = False, end: bool = False) -> StageRequest:
     return StageRequest(stream, start, end, {})
 
 
@@ -36,6 +36,31 @@ def test_stream_table_starts_restarts_ends_and_evicts_idle_streams():
     assert 9 in table and 7 not in table
     table.end(9)
     assert len(table) == 0
+
+
+def test_stream_table_keys_by_the_whole_id_and_keeps_numbers_and_strings_apart():
+    table: StreamTable[list] = StreamTable(idle_timeout_s=10)
+    ids = ["room-0001", "room-0002", 42, "42"]
+    for sid in ids:
+        table.admit(request(sid, start=True), list).append(sid)
+    assert [table.get(sid) for sid in ids] == [[sid] for sid in ids]
+    with pytest.raises(RequestError, match="sequence 'room-0003' is not active"):
+        table.get("room-0003")
+
+
+def test_stream_table_refuses_a_new_start_beyond_its_capacity_but_not_a_restart():
+    now = [0.0]
+    table: StreamTable[list] = StreamTable(idle_timeout_s=10, clock=lambda: now[0], capacity=2)
+    table.admit(request(1, start=True), list)
+    table.admit(request(2, start=True), list)
+    assert table.free() == 0
+    with pytest.raises(RequestError, match="server full"):
+        table.admit(request(3, start=True), list)
+    assert 3 not in table
+    table.admit(request(2, start=True), list)  # a restart of a held stream needs no new slot
+    now[0] = 11.0  # both idle past the timeout: a START evicts them rather than refusing
+    table.admit(request(3, start=True), list)
+    assert len(table) == 1 and table.free() == 1
 
 
 def test_a_slot_is_active_when_its_recent_maximum_exceeds_the_threshold():
