@@ -3,7 +3,8 @@
 Trained from scratch on our grammar's very predictable text, the plain RNNT first learns a language
 model in its prediction network and leaves the encoder collapsed (the same output for every
 utterance: 860 steps of blank-only hypotheses in the first default run). A CTC head on the encoder
-output forces it to carry the words from the start, as NeMo's hybrid RNNT-CTC models do (weight 0.3).
+output forces it to carry the words from the start, as NeMo's hybrid RNNT-CTC models do (the weight is
+the recipe's, `training.asr.AUX_CTC_WEIGHT`).
 The head is dropped when the checkpoint is saved: `to_plain_model` returns NeMo's own class, which is
 what export and serving read.
 """
@@ -14,7 +15,7 @@ import tarfile
 from pathlib import Path
 
 import torch
-from mtasr.training.asr import AUX_CTC_WEIGHT_KEY
+from mtasr.training.asr import AUX_CTC_WEIGHT, AUX_CTC_WEIGHT_KEY
 from nemo.collections.asr.models.multitalker_asr_models import EncDecMultiTalkerRNNTBPEModel
 from omegaconf import open_dict
 
@@ -24,7 +25,7 @@ HEAD = "aux_ctc_head."
 class MultiTalkerRNNTWithAuxCTC(EncDecMultiTalkerRNNTBPEModel):
     def __init__(self, cfg, trainer=None):
         super().__init__(cfg=cfg, trainer=trainer)
-        self.aux_ctc_weight = float(cfg.get(AUX_CTC_WEIGHT_KEY, 0.3))
+        self.aux_ctc_weight = float(cfg.get(AUX_CTC_WEIGHT_KEY, AUX_CTC_WEIGHT))
         # blank is the last class, as in the RNNT joint
         self.aux_ctc_head = torch.nn.Linear(int(cfg.encoder.d_model), self.decoder.blank_idx + 1)
 
@@ -81,15 +82,17 @@ def unpack_tokenizer(nemo_path: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def with_aux_ctc(nemo_path: Path, cfg_changes: dict, weight: float, tokenizer_dir: Path, trainer=None):
+def with_aux_ctc(nemo_path: Path, cfg_changes: dict, weight: float, tokenizer_dir: Path, trainer=None, adapt=None):
     """The `.nemo` model (fine-tuning) as MultiTalkerRNNTWithAuxCTC with a fresh CTC head; `cfg_changes`
-    (data, optimizer) applied to its config."""
+    (data, optimizer) applied to its config, then `adapt(cfg)` (e.g. attention contexts, dropout)."""
     given = EncDecMultiTalkerRNNTBPEModel.restore_from(str(nemo_path), map_location="cpu")
     cfg = given.cfg.copy()
     with open_dict(cfg):
         cfg.update(cfg_changes)
         cfg[AUX_CTC_WEIGHT_KEY] = weight
         cfg.tokenizer = {"dir": str(unpack_tokenizer(Path(nemo_path), tokenizer_dir)), "type": "bpe"}
+        if adapt is not None:
+            adapt(cfg)
     wrapped = MultiTalkerRNNTWithAuxCTC(cfg=cfg, trainer=trainer)
     missing, unexpected = wrapped.load_state_dict(given.state_dict(), strict=False)
     if unexpected or any(not k.startswith(HEAD) for k in missing):

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 WORK_DIR = Path("artifacts/training")
 
 
-def _train_settings(args: argparse.Namespace):
-    from mtasr.training.lightning import TrainSettings
+def _train_settings(args: argparse.Namespace, defaults):
+    """The recipe's TrainSettings (`defaults`: its schedule shape) with the command line's values."""
+    import dataclasses
 
-    return TrainSettings(
+    return dataclasses.replace(
+        defaults,
         max_steps=args.max_steps,
         batch_size=args.batch_size,
         val_every_steps=args.val_every,
@@ -57,7 +60,7 @@ def _corpus(args: argparse.Namespace) -> int:
 
     if missing := missing_engines():
         print(
-            f"error: {', '.join(missing)} not installed (apt-get install flite festival festvox-kdlpc16k)",
+            f"error: {', '.join(missing)} not installed (apt-get install flite festival festvox-kdlpc16k espeak-ng)",
             file=sys.stderr,
         )
         return 2
@@ -80,17 +83,23 @@ def _evalset(args: argparse.Namespace) -> int:
 
 
 def _asr(args: argparse.Namespace) -> int:
-    from mtasr.training.asr import SINGLE_SPEAKER, AsrRecipe, train_asr
+    from mtasr.training.asr import ASR_CURRICULUM, ASR_TRAIN, AsrRecipe, train_asr
 
-    weights = {"speaker_weights": dict(SINGLE_SPEAKER)} if args.single_speaker else {}
-    train_asr(args.corpus, args.out, AsrRecipe(train=_train_settings(args), **weights), init_from=args.init_from)
+    # --single-speaker: stage 1 of the default curriculum; otherwise stage 2's recipe (mixtures, every latency).
+    recipe = ASR_CURRICULUM[0] if args.single_speaker else ASR_CURRICULUM[1]
+    if args.init_from is None and not args.single_speaker:
+        recipe = AsrRecipe(train=recipe.train)  # from scratch: the serving latency only
+    train_asr(
+        args.corpus, args.out, dataclasses.replace(recipe, train=_train_settings(args, ASR_TRAIN)), args.init_from
+    )
     return 0
 
 
 def _diarizer(args: argparse.Namespace) -> int:
-    from mtasr.training.diarizer import DiarizerRecipe, train_diarizer
+    from mtasr.training.diarizer import DIARIZER_TRAIN, DiarizerRecipe, train_diarizer
 
-    train_diarizer(args.corpus, args.out, DiarizerRecipe(train=_train_settings(args)), init_from=args.init_from)
+    recipe = DiarizerRecipe(train=_train_settings(args, DIARIZER_TRAIN))
+    train_diarizer(args.corpus, args.out, recipe, init_from=args.init_from)
     return 0
 
 
@@ -109,19 +118,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     from mtasr.training.evaluate import evaluate, quality_table
 
     result = evaluate(args.model_repository, args.evalset, args.out, jobs=args.jobs)
-    print(quality_table(result["served"], result["diarizer"]), end="")
+    print(quality_table(result["served"], result["diarizer"], result["checks"]), end="")
     return 0
 
 
 def add_parsers(sub) -> None:
     """Register `train` (with its own subcommands) and `evaluate` on the top-level subparsers."""
     from mtasr.training.asr import ASR_FINE_TUNE, ASR_TRAIN
-    from mtasr.training.diarizer import DIARIZER_TRAIN
+    from mtasr.training.diarizer import DIARIZER_FINE_TUNE, DIARIZER_TRAIN
 
     train = sub.add_parser(
         "train",
         help="train the models in NeMo on simulated conversations",
-        description="Training in NeMo on simulated multi-speaker mixtures of flite/festival voices.",
+        description="Training in NeMo on simulated multi-speaker mixtures of flite/festival/espeak-ng voices.",
     )
     steps = train.add_subparsers(dest="step", required=True)
 
@@ -163,7 +172,12 @@ def add_parsers(sub) -> None:
         help="steps of each ASR stage (default: the recipes' own, "
         f"{ASR_TRAIN.max_steps} single-speaker + {ASR_FINE_TUNE.max_steps} on mixtures)",
     )
-    defaults.add_argument("--diarizer-steps", type=int, help=f"default: {DIARIZER_TRAIN.max_steps}")
+    defaults.add_argument(
+        "--diarizer-steps",
+        type=int,
+        help="steps of each diarizer stage (default: the recipes' own, "
+        f"{DIARIZER_TRAIN.max_steps} on mixtures + {DIARIZER_FINE_TUNE.max_steps} with conversations)",
+    )
     defaults.add_argument(
         "--install",
         action="store_true",

@@ -94,7 +94,7 @@ def reproduce_defaults(work_dir: Path, settings: DefaultsSettings = DefaultsSett
         write_demo_conversation(corpus)
     times["total"] = round(sum(times.values()), 1)
     (work_dir / "wall_times.json").write_text(json.dumps(times, indent=1) + "\n")
-    print(quality_table(groups["served"], groups["diarizer"]), end="")
+    print(quality_table(groups["served"], groups["diarizer"], groups["checks"]), end="")
     print(f"[defaults] wall time: {times['total'] / 60:.1f} min ({json.dumps(times)})", file=sys.stderr)
     return times
 

@@ -28,7 +28,7 @@ from mtasr.client.formats import (
     write_seglst,
     write_stm,
 )
-from mtasr.training.corpus import TEST_MANIFEST, read_manifest
+from mtasr.training.corpus import HELD_OUT_VOICE_MANIFEST, TEST_MANIFEST, read_manifest
 
 from mtasr.mixtures import Conversation, compose
 
@@ -40,15 +40,24 @@ STM_DIR = "stm"
 @dataclass(frozen=True)
 class EvalSetSettings:
     sessions: dict[int, int] = field(default_factory=lambda: {1: 8, 2: 8, 3: 6})  # speakers -> sessions
+    held_out_voice_sessions: int = 4  # single-speaker sessions of the voice no training sentence used
+    long_conversation: bool = True  # LONG_SESSION
     seed: int = 2026
+
+
+HELD_OUT_VOICE_GROUP = "voice"  # session prefix of the held-out voice's sessions ("voice-00", ...)
+LONG_SESSION = "long-00"  # a 5-minute 3-speaker conversation: does quality hold to the end of a long stream?
+LONG_SPEAKERS, LONG_DURATION_S = 3, 300.0
 
 
 def session_name(n_speakers: int, index: int) -> str:
     return f"spk{n_speakers}-{index:02d}"
 
 
-def corpus_conversation(test_entries: list[dict], n_speakers: int, seed: int) -> Conversation:
-    """A conversation of `n_speakers` corpus voices speaking their held-out utterances."""
+def corpus_conversation(
+    test_entries: list[dict], n_speakers: int, seed: int, voices: list[str] | None = None
+) -> Conversation:
+    """A conversation of `n_speakers` corpus voices (drawn, or `voices`) speaking their held-out utterances."""
     import soundfile as sf
 
     rng = np.random.default_rng(seed)
@@ -58,7 +67,8 @@ def corpus_conversation(test_entries: list[dict], n_speakers: int, seed: int) ->
     names = sorted(by_voice)
     if len(names) < n_speakers:
         raise ValueError(f"the corpus has {len(names)} voices; a {n_speakers}-speaker conversation needs more")
-    voices = [names[int(i)] for i in rng.choice(len(names), n_speakers, replace=False)]
+    if voices is None:
+        voices = [names[int(i)] for i in rng.choice(len(names), n_speakers, replace=False)]
     queues = {v: [by_voice[v][int(i)] for i in rng.permutation(len(by_voice[v]))] for v in voices}
 
     def speak(speaker: int):
@@ -67,6 +77,23 @@ def corpus_conversation(test_entries: list[dict], n_speakers: int, seed: int) ->
         return speaker, entry["text"], audio
 
     return compose(speak, n_speakers, rng, voices=voices)
+
+
+def long_conversation(test_entries: list[dict], n_speakers: int, duration_s: float, seed: int) -> Conversation:
+    """A conversation of at least `duration_s` seconds: short conversations of the same speakers one after
+    another with 0.5-2 s pauses between them, so every speaker stops and comes back many times."""
+    rng = np.random.default_rng(seed)
+    names = sorted({e["speaker_id"] for e in test_entries})
+    voices = [names[int(i)] for i in rng.choice(len(names), n_speakers, replace=False)]
+    pieces, offset, segments = [], 0.0, []
+    while offset < duration_s:
+        piece = corpus_conversation(test_entries, n_speakers, int(rng.integers(2**31)), voices)
+        gap = np.zeros(int(rng.uniform(0.5, 2.0) * piece.sample_rate), dtype=np.float32)
+        segments += [s._replace(start_s=s.start_s + offset, end_s=s.end_s + offset) for s in piece.segments]
+        pieces += [piece.audio, gap]
+        offset += (piece.audio.size + gap.size) / piece.sample_rate
+    audio = np.concatenate(pieces)
+    return Conversation(audio=audio, segments=segments, sources=audio[None], voices=voices)
 
 
 def reference_segments(conversation: Conversation, session: str) -> list:
@@ -137,6 +164,14 @@ def build_evalset(corpus_dir: Path, out_dir: Path, settings: EvalSetSettings = E
         for index in range(count):
             seed = settings.seed + 1000 * n_speakers + index
             write_session(corpus_conversation(entries, n_speakers, seed), session_name(n_speakers, index), out_dir)
+    held_out_manifest = Path(corpus_dir) / HELD_OUT_VOICE_MANIFEST
+    held_out = read_manifest(held_out_manifest) if held_out_manifest.is_file() else []
+    for index in range(settings.held_out_voice_sessions if held_out else 0):
+        conversation = corpus_conversation(held_out, 1, settings.seed + 9000 + index)
+        write_session(conversation, f"{HELD_OUT_VOICE_GROUP}-{index:02d}", out_dir)
+    if settings.long_conversation:
+        conversation = long_conversation(entries, LONG_SPEAKERS, LONG_DURATION_S, settings.seed + 7000)
+        write_session(conversation, LONG_SESSION, out_dir)
     (out_dir / "evalset.json").write_text(
         json.dumps({"sessions": {str(k): v for k, v in settings.sessions.items()}, "seed": settings.seed}) + "\n"
     )

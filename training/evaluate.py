@@ -14,9 +14,17 @@ from pathlib import Path
 import numpy as np
 from mtasr.training.evalset import AUDIO_DIR, REFERENCE_DIR
 
+SILENCE_S = 60.0
+SILENCE_SESSION = "silence-60s.wav"
+# The long conversation's first and last minute (its cpWER must not drift as the stream grows).
+LONG_WINDOWS = {"first_minute": (0.0, 60.0), "last_minute": (240.0, 300.0)}
 
-def transcribe_evalset(repo: Path, evalset_dir: Path, hyp_dir: Path, jobs: int = 2) -> None:
-    """Serve `repo` and write each session's SegLST/RTTM/text into `hyp_dir`."""
+
+def transcribe_evalset(
+    repo: Path, evalset_dir: Path, hyp_dir: Path, jobs: int = 2, extra: tuple[Path, ...] = ()
+) -> None:
+    """Serve `repo` and write each session's SegLST/RTTM/text (and those of the `extra` audio files) into
+    `hyp_dir`."""
     from mtasr.client.stream import StreamingClient
     from mtasr.client.transcribe import transcribe_file
     from tqdm import tqdm
@@ -27,6 +35,7 @@ def transcribe_evalset(repo: Path, evalset_dir: Path, hyp_dir: Path, jobs: int =
     sources = sorted((Path(evalset_dir) / AUDIO_DIR).glob("*.wav"))
     if not sources:
         raise FileNotFoundError(f"no evaluation audio under {evalset_dir / AUDIO_DIR}")
+    sources += list(extra)
     with TritonServer(local_server_config(repo)) as server:
         client = StreamingClient(server.address("grpc"))
         with (
@@ -92,9 +101,12 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f} %"
 
 
-def quality_table(groups: dict[str, dict], diarizer: dict[str, dict] | None = None) -> str:
+def quality_table(groups: dict[str, dict], diarizer: dict[str, dict] | None = None, checks: dict | None = None) -> str:
     """Markdown: speakers, sessions, reference words, (cp)WER and DER of the served transcripts, and the DER
-    of the streaming diarizer alone (its own turns, not the words')."""
+    of the streaming diarizer alone (its own turns, not the words'); then the `checks` (silence, long stream).
+
+    Groups: `spkN` (N speakers), `voice` (1 speaker, the voice held out of training), `long` (the
+    5-minute 3-speaker conversation)."""
     lines = [
         "| speakers | sessions | ref words | cpWER (= WER for 1 speaker) | DER (words' turns) | DER (diarizer alone) |",
         "|---|---|---|---|---|---|",
@@ -106,19 +118,80 @@ def quality_table(groups: dict[str, dict], diarizer: dict[str, dict] | None = No
             f"| {prefix.removeprefix('spk')} | {g['sessions']} | {g['cpwer']['length']} | "
             f"{_percent(g['cpwer']['error_rate'])} | {_percent(der)} | {_percent(alone)} |"
         )
+    if checks:
+        lines.append("")
+        lines.append(f"- words written for {SILENCE_S:.0f} s of silence: {checks['silence_words']}")
+        if windows := checks.get("long_conversation_cpwer"):
+            parts = ", ".join(f"{name.replace('_', ' ')} {_percent(rate)}" for name, rate in windows.items())
+            lines.append(f"- long conversation cpWER: {parts}")
     return "\n".join(lines) + "\n"
 
 
+def window_cpwer(hyp_dir: Path, evalset_dir: Path, session: str, windows: dict[str, tuple[float, float]]) -> dict:
+    """cpWER of one session over time windows ({name: (start s, end s)}): reference and hypothesis segments
+    are kept where their middle falls in the window."""
+    import tempfile
+
+    from mtasr.client.formats import SEGLST_SUFFIX, read_seglst, write_seglst
+    from mtasr.client.score import score
+
+    hyp = read_seglst(Path(hyp_dir) / f"{session}{SEGLST_SUFFIX}")
+    ref = read_seglst(Path(evalset_dir) / REFERENCE_DIR / f"{session}{SEGLST_SUFFIX}")
+    rates = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for side in ("hyp", "ref"):
+            (Path(tmp) / side).mkdir()
+        for name, (start, end) in windows.items():
+
+            def inside(s, start=start, end=end):
+                return start <= (s["start_time"] + s["end_time"]) / 2 < end
+
+            for side, segments in (("hyp", hyp), ("ref", ref)):
+                kept = [{**s, "session_id": name} for s in segments if inside(s)]
+                write_seglst(kept, Path(tmp) / side / f"{name}{SEGLST_SUFFIX}")
+            rates[name] = score(Path(tmp) / "hyp", Path(tmp) / "ref").overall.cpwer.rate
+            for side in ("hyp", "ref"):
+                (Path(tmp) / side / f"{name}{SEGLST_SUFFIX}").unlink()
+    return rates
+
+
+def silence_audio(path: Path, seconds: float = SILENCE_S) -> Path:
+    """`seconds` of digital silence as a 16 kHz WAV: the models must write no words for it."""
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, np.zeros(int(seconds * 16000), dtype=np.float32), 16000, subtype="PCM_16")
+    return path
+
+
+def _words_in(seglst: Path) -> int:
+    from mtasr.client.formats import read_seglst
+
+    return sum(len(s["words"].split()) for s in read_seglst(seglst))
+
+
 def evaluate(repo: Path, evalset_dir: Path, out_dir: Path, jobs: int = 2) -> dict[str, dict]:
-    """Transcribe and score; diarize and score; writes `out_dir/hyp/`, `diarizer/`, `quality.json`, `quality.md`."""
+    """Transcribe and score; diarize and score; the long conversation's first and last minute and the words
+    written for silence; writes `out_dir/hyp/`, `diarizer/`, `quality.json`, `quality.md`."""
+    from mtasr.client.formats import SEGLST_SUFFIX
+    from mtasr.training.evalset import LONG_SESSION
+
     out_dir = Path(out_dir)
     hyp_dir = out_dir / "hyp"
     hyp_dir.mkdir(parents=True, exist_ok=True)
-    transcribe_evalset(repo, evalset_dir, hyp_dir, jobs)
+    silence = silence_audio(out_dir / "extra" / SILENCE_SESSION)
+    transcribe_evalset(repo, evalset_dir, hyp_dir, jobs, extra=(silence,))
+    silence_words = _words_in(hyp_dir / f"{silence.stem}{SEGLST_SUFFIX}")
+    for suffix in (SEGLST_SUFFIX, ".rttm", ".stm", ".txt"):  # not a session of the evaluation set
+        (hyp_dir / f"{silence.stem}{suffix}").unlink(missing_ok=True)
     groups = score_by_speaker_count(hyp_dir, evalset_dir)
+    checks = {"silence_words": silence_words}
+    if (Path(evalset_dir) / REFERENCE_DIR / f"{LONG_SESSION}{SEGLST_SUFFIX}").is_file():
+        checks["long_conversation_cpwer"] = window_cpwer(hyp_dir, evalset_dir, LONG_SESSION, LONG_WINDOWS)
     diarizer_dir = out_dir / "diarizer"
     diarize_evalset(repo, evalset_dir, diarizer_dir)
     diarizer = score_by_speaker_count(diarizer_dir, evalset_dir)
-    (out_dir / "quality.json").write_text(json.dumps({"served": groups, "diarizer": diarizer}, indent=1) + "\n")
-    (out_dir / "quality.md").write_text(quality_table(groups, diarizer))
-    return {"served": groups, "diarizer": diarizer}
+    result = {"served": groups, "diarizer": diarizer, "checks": checks}
+    (out_dir / "quality.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out_dir / "quality.md").write_text(quality_table(groups, diarizer, checks))
+    return result

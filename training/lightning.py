@@ -22,6 +22,10 @@ class TrainSettings:
     progress: bool = True
     log_every_steps: int = 10
     threads: int = 0  # torch CPU threads; 0 = torch's default (all cores). Two jobs at once: 1 each.
+    # None: cosine decay from the peak over the whole run. A fraction: hold the peak for that share of
+    # the steps after warm-up, then decay linearly (a cosine tail starts decaying too early for runs
+    # that are still learning; the hold lets them resume at full rate).
+    hold_fraction: float | None = None
 
 
 def make_trainer(out_dir: Path, settings: TrainSettings, monitor: str, mode: str = "min", callbacks: Sequence = ()):
@@ -127,14 +131,13 @@ def resume_path(out_dir: Path) -> str | None:
 
 
 def optim_config(settings: TrainSettings) -> dict:
-    """AdamW with warm-up and cosine decay to 2 % of the peak `settings.lr` at `max_steps`."""
-    return {
-        "name": "adamw",
-        "lr": settings.lr,
-        "betas": [0.9, 0.98],
-        "weight_decay": 1e-3,
-        "sched": {"name": "CosineAnnealing", "warmup_steps": settings.warmup_steps, "min_lr": settings.lr / 50},
-    }
+    """AdamW with warm-up, then cosine decay to 2 % of the peak `settings.lr` at `max_steps`, or (with
+    `hold_fraction`) the peak held and a linear decay to 2 % at the end."""
+    sched = {"name": "CosineAnnealing", "warmup_steps": settings.warmup_steps, "min_lr": settings.lr / 50}
+    if settings.hold_fraction is not None:
+        hold = int(settings.hold_fraction * max(settings.max_steps - settings.warmup_steps, 0))
+        sched = {**sched, "name": "WarmupHoldAnnealLinear", "hold_steps": hold}
+    return {"name": "adamw", "lr": settings.lr, "betas": [0.9, 0.98], "weight_decay": 1e-3, "sched": sched}
 
 
 class Stopwatch:

@@ -139,11 +139,18 @@ def rebuild_models(repo: Path, tokenizer_dir: Path):
 
     from mtasr.export.asr import build_asr
     from mtasr.export.sortformer import build_sortformer
-    from mtasr.training.asr import ATT_CONTEXTS
+    from mtasr.training.asr import ALL_ATT_CONTEXTS
+    from omegaconf import open_dict
 
     manifest = json.loads((repo / "manifest.json").read_text())
     asr = build_asr("small", tokenizer_dir)
-    asr.cfg.encoder.att_context_size = ATT_CONTEXTS  # what the recipe trains (and the checkpoint records)
+    with open_dict(asr.cfg):
+        asr.cfg.encoder.att_context_size = ALL_ATT_CONTEXTS  # what the recipe trains (and the checkpoint records)
+        features = manifest["asr"]["features"]
+        if features.get("normalize") == "fixed":  # the statistics the recipe measured on its corpus
+            normalize = {"fixed_mean": list(features["fixed_mean"]), "fixed_std": list(features["fixed_std"])}
+            asr.cfg.preprocessor.normalize = normalize
+            asr.preprocessor.featurizer.normalize = normalize
     diarizer = build_sortformer("small")
     models = {"asr": asr, "diarizer": diarizer}
     assigned: dict[str, set[str]] = {"asr": set(), "diarizer": set()}

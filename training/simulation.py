@@ -43,20 +43,22 @@ def conversation_input_cfg(sessions_manifest: Path, weight: float, min_duration_
 
 
 def data_configs(
-    common: dict, manifest: Path, val_cuts: Path, speaker_weights: dict[int, float], seed: int
+    common: dict,
+    manifest: Path,
+    val_cuts: Path,
+    speaker_weights: dict[int, float],
+    seed: int,
+    memorise: bool = False,
 ) -> tuple[dict, dict]:
     """A recipe's lhotse `train_ds` (the simulator, endless) and `validation_ds` (the fixed cuts).
 
+    `memorise`: train on the validation cuts themselves, the check that a recipe can learn at all (a
+    handful of mixtures must be memorised within minutes).
     `defer_setup`: NeMo builds the loaders when `trainer.fit` starts, not in the model's constructor,
     so a recipe that supplies its own (the diarizer) or only restores a checkpoint builds none twice."""
     common = {**common, "defer_setup": True}
-    train = {
-        **common,
-        "input_cfg": simulator_input_cfg(manifest, speaker_weights),
-        "shuffle": True,
-        "shard_seed": seed,
-        "seed": seed,
-    }
+    source = {"cuts_path": str(val_cuts)} if memorise else {"input_cfg": simulator_input_cfg(manifest, speaker_weights)}
+    train = {**common, **source, "shuffle": True, "shard_seed": seed, "seed": seed}
     validation = {**common, "cuts_path": str(val_cuts), "shuffle": False, "force_finite": True}
     return train, validation
 

@@ -1,8 +1,10 @@
-"""Debian's flite and festival voices: the speakers of the training corpus.
+"""Debian's flite, festival and espeak-ng voices: the speakers of the training corpus.
 
-Seven clearly distinct voices. Two are pitch- and rate-shifted flite voices, so that a mixture of
-any two speakers is easy to tell apart by ear. Installed by `make system-deps` (flite, festival,
-festvox-kdlpc16k).
+Eleven distinct voices from three engines. Two are pitch- and rate-shifted flite voices, four are
+espeak-ng variants at their own pitch and rate, so that the models hear more than one synthesiser
+and a mixture of any two speakers is easy to tell apart by ear. One espeak-ng voice
+(`HELD_OUT_VOICES`) never speaks a training sentence: it measures how the models do on a speaker
+they have not heard. Installed by `make system-deps` (flite, festival, festvox-kdlpc16k, espeak-ng).
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ SAMPLE_RATE = 16000
 @dataclass(frozen=True)
 class Voice:
     name: str  # the speaker id in manifests
-    engine: str  # "flite" or "festival"
-    voice: str  # flite -voice name, or festival voice function without "voice_"
+    engine: str  # "flite", "festival" or "espeak-ng"
+    voice: str  # flite -voice name, festival voice function without "voice_", or espeak-ng -v
     flite_features: tuple[tuple[str, str], ...] = field(default=())  # --setf key=value
+    espeak_pitch_rate: tuple[int, int] = (50, 160)  # espeak-ng -p (0-99) and -s (words per minute)
 
 
 VOICES: tuple[Voice, ...] = (
@@ -34,7 +37,13 @@ VOICES: tuple[Voice, ...] = (
     Voice("ked", "festival", "ked_diphone"),  # US male, diphone, other speaker
     Voice("sltx", "flite", "slt", (("int_f0_target_mean", "250"), ("duration_stretch", "0.85"))),  # high, fast
     Voice("rmsx", "flite", "rms", (("int_f0_target_mean", "78"), ("duration_stretch", "1.2"))),  # deeper, slow
+    Voice("esm", "espeak-ng", "en-us+m3", espeak_pitch_rate=(35, 150)),  # US male
+    Voice("esf", "espeak-ng", "en-gb+f3", espeak_pitch_rate=(70, 165)),  # British female
+    Voice("esk", "espeak-ng", "en-us+klatt4", espeak_pitch_rate=(55, 140)),  # Klatt synthesiser
+    Voice("ess", "espeak-ng", "en-gb-scotland+m7", espeak_pitch_rate=(45, 170)),  # Scottish male: held out
 )
+# Voices that speak only evaluation sentences, never training ones (reported on their own).
+HELD_OUT_VOICES = ("ess",)
 VOICE_BY_NAME = {v.name: v for v in VOICES}
 
 
@@ -62,6 +71,11 @@ def _write_raw(voice: Voice, jobs: list[tuple[str, Path]]) -> None:
             for key, value in voice.flite_features:
                 cmd += ["--setf", f"{key}={value}"]
             subprocess.run(cmd + ["-t", text, str(path)], check=True, capture_output=True, timeout=60)
+    elif voice.engine == "espeak-ng":
+        pitch, rate = voice.espeak_pitch_rate
+        for text, path in jobs:
+            cmd = ["espeak-ng", "-v", voice.voice, "-p", str(pitch), "-s", str(rate), "-w", str(path), text]
+            subprocess.run(cmd, check=True, capture_output=True, timeout=60)
     elif voice.engine == "festival":
         # One festival process per batch: its start-up costs more than an utterance.
         with tempfile.NamedTemporaryFile("w", suffix=".scm") as script:
@@ -87,8 +101,9 @@ def synthesize_to_files(voice: Voice, jobs: list[tuple[str, Path]]) -> list[floa
 
     if missing_engines((voice,)):
         raise SynthesisError(
-            f"{voice.engine} is not installed: the training corpus needs Debian's flite, festival and "
-            "festvox-kdlpc16k (apt-get install flite festival festvox-kdlpc16k, or `make system-deps` as root)"
+            f"{voice.engine} is not installed: the training corpus needs Debian's flite, festival, "
+            "festvox-kdlpc16k and espeak-ng (apt-get install flite festival festvox-kdlpc16k espeak-ng, "
+            "or `make system-deps` as root)"
         )
     _write_raw(voice, jobs)
     durations = []
