@@ -205,12 +205,18 @@ def _config(right_context_ctx: list[int], max_num_of_spks: int, batch_size: int,
 
 
 def load_models(asr_nemo: Path, diar_nemo: Path):
-    """Both checkpoints restored on CPU, in eval mode (no streaming settings applied yet)."""
+    """Both checkpoints restored on CPU, in eval mode (no streaming settings applied yet).
+
+    NeMo's fixed feature normalisation (the default pair's) fails for more than one stream at once; the
+    loop batches streams, so NeMo is patched to broadcast it (`export.nemo_fixes`)."""
     import torch
     from nemo.collections.asr.models import ASRModel
     from nemo.collections.asr.models.sortformer_diar_models import SortformerEncLabelModel
     from nemo.utils import logging as nemo_logging
 
+    from mtasr.export.nemo_fixes import patch_fixed_normalization
+
+    patch_fixed_normalization()
     cpu = torch.device("cpu")
     with nemo_logging.temp_verbosity(nemo_logging.WARNING):
         diar_model = SortformerEncLabelModel.restore_from(restore_path=str(diar_nemo), map_location=cpu)
