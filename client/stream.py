@@ -28,11 +28,43 @@ OUTPUTS = tuple(name for name, _, _ in CLIENT_OUTPUTS)
 
 
 class StreamError(RuntimeError):
-    """The stream failed; `final_words` are the words the server had completed before that."""
+    """The stream failed; `final_words` are the words the server had completed before that.
 
-    def __init__(self, message: str, final_words: list[Word] | None = None) -> None:
+    `lost` is true when the server no longer holds the stream's state (it restarted, was stopped, or
+    went away mid-stream): the stream cannot continue, but a new stream can start once it is back."""
+
+    def __init__(self, message: str, final_words: list[Word] | None = None, lost: bool = False) -> None:
         super().__init__(message)
         self.final_words = final_words or []
+        self.lost = lost
+
+
+# How a stream whose state is gone shows itself: the connection broke or was refused (the server
+# died, restarted or stopped), or a chunk reached a server that never saw the stream's START.
+_LOST_SIGNS = (
+    "must specify the START flag",
+    "is not active here",
+    "UNAVAILABLE",
+    "Socket closed",
+    "no longer in valid state",
+    "Connection refused",
+    "Connection reset",
+    "Broken pipe",
+    "RemoteDisconnected",
+)
+
+
+def _failure(url: str, index: int, err: object, words: list[Word]) -> StreamError:
+    """The error for chunk `index` failing with `err`, saying so plainly when the stream was lost."""
+    text = str(err) or type(err).__name__
+    if index > 0 and any(sign.lower() in f"{text} {type(err).__name__}".lower() for sign in _LOST_SIGNS):
+        return StreamError(
+            f"the stream was lost at chunk {index}: the server at {url} restarted, stopped or went away, and "
+            f"this stream's state is gone; start a new stream to go on ({text})",
+            words,
+            lost=True,
+        )
+    return StreamError(f"chunk {index} failed: {text}", words)
 
 
 @dataclass(frozen=True)
@@ -195,6 +227,7 @@ class StreamingClient:
         client = grpcclient.InferenceServerClient(self.url)
         outputs = [grpcclient.InferRequestedOutput(name) for name in OUTPUTS]
         words: list[Word] = []
+        index = 0
         try:
             client.start_stream(callback=lambda result, error: answers.put((result, error)))
             start = time.perf_counter()
@@ -219,14 +252,14 @@ class StreamingClient:
                     ) from None
                 latency = time.perf_counter() - sent
                 if error is not None:
-                    raise StreamError(f"chunk {index} failed: {error}", words)
+                    raise _failure(self.url, index, error, words)
                 update = _update(index, {name: result.as_numpy(name)[0] for name in OUTPUTS}, latency)
                 words += update.words
                 yield update
         except StreamError:
             raise
         except Exception as err:  # the channel broke
-            raise StreamError(f"the stream to {self.url} broke: {err}", words) from None
+            raise _failure(self.url, index, f"the stream broke: {err}", words) from None
         finally:
             try:
                 client.stop_stream(cancel_requests=True)
@@ -257,7 +290,7 @@ class StreamingClient:
                         sequence_end=last,
                     )
                 except Exception as err:
-                    raise StreamError(f"chunk {index} failed: {err}", words) from None
+                    raise _failure(self.url, index, err, words) from None
                 latency = time.perf_counter() - sent
                 update = _update(index, {name: result.as_numpy(name)[0] for name in OUTPUTS}, latency)
                 words += update.words

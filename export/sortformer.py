@@ -164,8 +164,11 @@ _SIZES: dict[str, dict[str, Any]] = {
 }
 
 
-def sortformer_config(size: str, streaming: dict[str, Any] | None = None) -> DictConfig:
-    """SortformerEncLabelModel config ("tiny", "small" or "full"); ``streaming`` overrides sortformer_modules keys."""
+def sortformer_config(
+    size: str, streaming: dict[str, Any] | None = None, conv_norm_type: str | None = None
+) -> DictConfig:
+    """SortformerEncLabelModel config ("tiny", "small" or "full"); ``streaming`` overrides sortformer_modules keys,
+    ``conv_norm_type`` the size's norm in the convolution modules."""
     if size not in _SIZES:
         raise ValueError(f"unknown Sortformer size {size!r}; expected one of {sorted(_SIZES)}")
     g = copy.deepcopy(_SIZES[size])
@@ -232,7 +235,7 @@ def sortformer_config(size: str, streaming: dict[str, Any] | None = None) -> Dic
             "untie_biases": True,
             "pos_emb_max_len": g.get("pos_emb_max_len", 5000),
             "conv_kernel_size": 9,
-            "conv_norm_type": g.get("conv_norm_type", "batch_norm"),
+            "conv_norm_type": conv_norm_type or g.get("conv_norm_type", "batch_norm"),
             "conv_context_size": None,
             "dropout": 0.1,
             "dropout_pre_encoder": 0.1,
@@ -265,12 +268,14 @@ def sortformer_config(size: str, streaming: dict[str, Any] | None = None) -> Dic
     return OmegaConf.create(cfg)
 
 
-def build_sortformer(size: str, seed: int = 0, streaming: dict[str, Any] | None = None) -> torch.nn.Module:
+def build_sortformer(
+    size: str, seed: int = 0, streaming: dict[str, Any] | None = None, conv_norm_type: str | None = None
+) -> torch.nn.Module:
     """A randomly initialised SortformerEncLabelModel in eval mode (no datasets, no trainer)."""
     from nemo.collections.asr.models import SortformerEncLabelModel
 
     torch.manual_seed(seed)
-    model = SortformerEncLabelModel(cfg=sortformer_config(size, streaming))
+    model = SortformerEncLabelModel(cfg=sortformer_config(size, streaming, conv_norm_type))
     return model.eval()
 
 

@@ -46,6 +46,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import logging
     import os
 
     from mtasr.deployment import load_manifest, models_to_load
@@ -70,11 +71,13 @@ def _serve(args: argparse.Namespace) -> int:
         # From the environment, not a flag: a flag would show in every user's process list.
         admin_key=os.environ.get(ENV_ADMIN_KEY) or None,
     )
-    return serve_forever(config)
+    # The supervisor says on stderr, beside the server's own log, why it restarted or stopped the server.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s mtasr serve %(levelname)s: %(message)s")
+    return serve_forever(config, grace_s=args.grace_period)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mtasr.server import ADMIN_KEY_HEADER, ENV_ADMIN_KEY, RESTRICTED_APIS
+    from mtasr.server import ADMIN_KEY_HEADER, DEFAULT_GRACE_S, ENV_ADMIN_KEY, RESTRICTED_APIS
 
     parser = argparse.ArgumentParser(
         prog="mtasr", description="Streaming multi-talker speech recognition served by NVIDIA Triton."
@@ -160,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="run tritonserver on an exported model repository",
         description="Start the real tritonserver (the nvidia-pytriton wheel's, or the one on PATH inside NVIDIA's "
-        "container) on a model repository, wait until it is ready, and stop it cleanly on Ctrl-C/SIGTERM. The "
+        "container) on a model repository, wait until it is ready, restart it within seconds when it or a stage "
+        "process dies or stops answering, and stop it gracefully on Ctrl-C/SIGTERM. The "
         f"{', '.join(RESTRICTED_APIS)} APIs need the header {ADMIN_KEY_HEADER} with the key in ${ENV_ADMIN_KEY} "
         "(at least 16 characters); without it they are closed to everyone.",
     )
@@ -180,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--all-models",
         action="store_true",
         help="also load the graph models when the stages run the graphs themselves (default: only what is used)",
+    )
+    serve.add_argument(
+        "--grace-period",
+        type=float,
+        default=DEFAULT_GRACE_S,
+        metavar="SECONDS",
+        help="on SIGTERM/Ctrl-C, new streams are refused and open streams get this long to end before the server "
+        f"stops (default: {DEFAULT_GRACE_S:g}; a second signal stops at once)",
     )
     serve.set_defaults(func=_serve)
 

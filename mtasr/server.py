@@ -30,6 +30,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import ipaddress
+import logging
 import os
 import re
 import secrets
@@ -51,6 +52,8 @@ from typing import BinaryIO, Literal
 
 __all__ = [
     "ADMIN_KEY_HEADER",
+    "DEFAULT_GRACE_S",
+    "ENV_DRAIN_FILE",
     "ENV_ADMIN_KEY",
     "RESTRICTED_APIS",
     "ServerConfig",
@@ -66,6 +69,8 @@ __all__ = [
 ]
 
 Protocol = Literal["http", "grpc", "metrics"]
+
+logger = logging.getLogger(__name__)
 
 #: Where NVIDIA's Triton container keeps its backends.
 SYSTEM_BACKEND_DIR = Path("/opt/tritonserver/backends")
@@ -90,6 +95,21 @@ _GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
 RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")
 # Header values must survive Triton's `<apis>:<key>=<value>` flag syntax and HTTP/gRPC metadata.
 _ADMIN_KEY_FORM = re.compile(r"[A-Za-z0-9._~+/-]{16,}")
+
+#: Environment variable naming the file whose existence tells the stages to refuse new streams
+#: (set by :class:`TritonServer` for its stubs; see :meth:`TritonServer.drain`).
+ENV_DRAIN_FILE = "MTASR_DRAIN_FILE"
+#: How often the stages look for that file (and, while draining, publish their open streams beside it).
+DRAIN_POLL_S = 0.5
+#: Supervision (:func:`serve_forever`): how often the server, its stubs and readiness are checked,
+#: how long one readiness probe may take, and how many failed probes in a row mean it is hung.
+PROBE_INTERVAL_S = 0.5
+PROBE_TIMEOUT_S = 5.0
+PROBE_FAILURES = 3
+#: Restarts that fail one after another before ``mtasr serve`` gives up (exit 1).
+MAX_FAILED_RESTARTS = 5
+#: Default time in-flight streams get to finish after SIGTERM/SIGINT (``mtasr serve --grace-period``).
+DEFAULT_GRACE_S = 30.0
 
 # Log lines that look like errors on every CPU-only start and say nothing about the models.
 _BENIGN_LOG_PATTERNS = (
@@ -472,6 +492,9 @@ class TritonServer:
         self._admin_key = config.admin_key or secrets.token_urlsafe(32)
         self._log_is_temp = False
         self._became_ready = False
+        self._restarting = False
+        # Stages refuse new streams while this file exists (see drain()); the stubs inherit its path.
+        self._drain_file = Path(tempfile.gettempdir()) / f"mtasr-drain-{os.getpid()}-{id(self):x}"
 
     # -- properties ---------------------------------------------------------------------------
 
@@ -623,6 +646,7 @@ class TritonServer:
             old = [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
             env["LD_LIBRARY_PATH"] = os.pathsep.join(old + [lib for lib in libs if lib not in old])
         env.pop("PYTHONHOME", None)  # would point the stub's embedded Python elsewhere
+        env[ENV_DRAIN_FILE] = str(self._drain_file)
         return env
 
     def start(self) -> TritonServer:
@@ -645,8 +669,12 @@ class TritonServer:
         self._command = self.build_args(self._ports)
 
         self._became_ready = False
+        # A restart (see restart()) appends to the same log: one file tells the whole story.
+        restarting = self._restarting and self._log_path is not None
         self._log_is_temp = cfg.log_file is None
-        if cfg.log_file is None:
+        if restarting:
+            pass
+        elif cfg.log_file is None:
             # Removed again after a clean stop (see stop()); kept when the server fails, for its error.
             fd, name = tempfile.mkstemp(prefix=f"tritonserver-{self._ports['http']}-", suffix=".log")
             os.close(fd)
@@ -654,10 +682,11 @@ class TritonServer:
         else:
             self._log_path = Path(cfg.log_file)
             self._log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log_fh = open(self._log_path, "wb")  # noqa: SIM115 - lives as long as the server
+        self._log_fh = open(self._log_path, "ab" if restarting else "wb")  # noqa: SIM115 - lives as long as the server
 
         preexec = _set_parent_death_signal if cfg.kill_on_parent_exit else None
         try:
+            self._remove_drain_files()
             self._popen = subprocess.Popen(
                 self._command,
                 stdin=subprocess.DEVNULL,
@@ -782,10 +811,110 @@ class TritonServer:
         self._reap_group()
         self._returncode = popen.wait()
         self._close_log()
+        self._remove_drain_files()
         if self._log_is_temp and self._became_ready and self._returncode == 0 and self._log_path is not None:
             # A clean run's temp log says nothing anyone needs; a failed one's is kept (errors name it).
             self._log_path.unlink(missing_ok=True)
         return self._returncode
+
+    def restart(self) -> TritonServer:
+        """Kill the server and its stubs at once (their state is lost either way) and start it again on
+        the same ports, appending to the same log; :class:`ServerStartError` when it does not come back."""
+        if self._popen is not None:
+            if self._popen.poll() is None:
+                try:
+                    os.killpg(self._popen.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self._reap_group()
+            self._returncode = self._popen.wait()
+            self._close_log()
+            self._popen = None
+        self._restarting = True
+        try:
+            return self.start()
+        finally:
+            self._restarting = False
+
+    def stub_processes(self) -> dict[int, str]:
+        """The live python-backend stubs of this server: pid -> the model each one runs."""
+        if not self.is_running():
+            return {}
+        stubs = {}
+        for pid in _group_members(self._popen.pid):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue  # exited meanwhile
+            if len(argv) > 1 and argv[0].decode(errors="replace").endswith(STUB_NAME):
+                # argv[1] is <repository>/<model>/<version>/model.py
+                stubs[pid] = Path(argv[1].decode(errors="replace")).parent.parent.name
+        return stubs
+
+    def http_get(self, path: str, timeout_s: float = PROBE_TIMEOUT_S) -> tuple[int, bytes]:
+        """GET ``path`` on the server's HTTP port: (status, body); status 0 when it did not answer."""
+        try:
+            with urllib.request.urlopen(f"{self.url('http')}{path}", timeout=timeout_s) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, b""
+        except (urllib.error.URLError, OSError):
+            return 0, b""
+
+    def open_streams(self) -> int | None:
+        """Streams the server holds state for (the most any stage holds), None when unreadable."""
+        from mtasr.triton_stage import OPEN_STREAMS_METRIC  # the stages' module: imported only when asked
+
+        try:
+            with urllib.request.urlopen(self.url("metrics"), timeout=PROBE_TIMEOUT_S) as resp:
+                text = resp.read().decode(errors="replace")
+        except (urllib.error.URLError, OSError):
+            return None
+        per_stage: dict[str, float] = {}
+        for stage, value in re.findall(
+            rf'^{OPEN_STREAMS_METRIC}\{{[^}}]*stage="([^"]+)"[^}}]*\}}\s+(\S+)', text, re.MULTILINE
+        ):
+            per_stage[stage] = per_stage.get(stage, 0.0) + float(value)
+        return int(max(per_stage.values())) if per_stage else None
+
+    def drain(self) -> None:
+        """From now on the stages refuse every START ("server shutting down"); open streams carry on."""
+        self._drain_file.touch()
+
+    def end_open_streams(self) -> int:
+        """Send END for every stream the stages still hold (they publish them while draining); how many.
+
+        Triton counts an open sequence as an inference in flight: stopping with one waits out the exit
+        timeout and then crashes. The stream's client gets an error on its next chunk."""
+        import json
+
+        from mtasr.deployment import ENSEMBLE
+        from mtasr.stages import AUDIO
+
+        ids: set[int | str] = set()
+        for path in self._drain_file.parent.glob(f"{self._drain_file.name}.*.json"):
+            try:
+                ids.update(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                continue  # being replaced; the next call reads it
+        for stream in ids:
+            body = {
+                "parameters": {"sequence_id": stream, "sequence_start": False, "sequence_end": True},
+                "inputs": [{"name": AUDIO, "shape": [1, 0], "datatype": "FP32", "data": []}],
+            }
+            request = urllib.request.Request(
+                f"{self.url('http')}/v2/models/{ENSEMBLE}/infer", data=json.dumps(body).encode(), method="POST"
+            )
+            try:
+                urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S).close()
+            except (urllib.error.URLError, OSError):
+                pass  # ended meanwhile by its client, or refused: either way no longer open
+        return len(ids)
+
+    def _remove_drain_files(self) -> None:
+        self._drain_file.unlink(missing_ok=True)
+        for path in self._drain_file.parent.glob(f"{self._drain_file.name}.*"):
+            path.unlink(missing_ok=True)
 
     def _reap_group(self) -> None:
         """Kill whatever is left in the server's process group (stubs of a crashed server)."""
@@ -880,11 +1009,46 @@ def _is_loopback(host: str) -> bool:
         return False  # another name: it may resolve to anything
 
 
-def serve_forever(config: ServerConfig, echo_log: bool = True) -> int:
-    """Run the server until SIGINT/SIGTERM (then stop it cleanly) or until it exits by itself.
+class _Watch:
+    """What is wrong with a running server, checked every :data:`PROBE_INTERVAL_S`: the process
+    exited, a stub died (Triton 2.51 never restarts one, and its model still counts as ready), or
+    readiness failed :data:`PROBE_FAILURES` times in a row."""
 
-    Returns the process exit code for the CLI: 0 after a requested stop, the server's status
-    (or 1) when it died, 2 when it could not start. ``echo_log`` copies the server log to stderr.
+    def __init__(self, server: TritonServer) -> None:
+        self.server = server
+        self.stubs = server.stub_processes()
+        self.failed_probes = 0
+
+    def problem(self) -> str | None:
+        code = self.server.returncode
+        if code is not None:
+            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+            return f"tritonserver {how}"
+        stubs = self.server.stub_processes()
+        for pid, model in self.stubs.items():
+            # A stub gone while its model is still ready died; one gone with its model was unloaded.
+            if pid not in stubs and self.server.http_get(f"/v2/models/{model}/ready")[0] == 200:
+                return f"the python-backend stub of model '{model}' (pid {pid}) died"
+        self.stubs = stubs
+        status = self.server.http_get("/v2/health/ready")[0]
+        self.failed_probes = 0 if status == 200 else self.failed_probes + 1
+        if self.failed_probes >= PROBE_FAILURES:
+            answer = f"HTTP {status}" if status else f"no answer within {PROBE_TIMEOUT_S:g} s"
+            return f"the readiness probe failed {self.failed_probes} times in a row ({answer})"
+        return None
+
+
+def serve_forever(config: ServerConfig, echo_log: bool = True, grace_s: float = DEFAULT_GRACE_S) -> int:
+    """Run and supervise the server until SIGINT/SIGTERM, then stop it gracefully.
+
+    Supervision: a server that exits or crashes, a stage stub that dies, or a server that fails its
+    readiness probe is killed with its stubs (the listeners close, so it is not ready at once) and
+    started again on the same ports; streams that were in flight are lost (their clients get an
+    error). On SIGINT/SIGTERM new streams are refused, open streams get up to ``grace_s`` seconds to
+    end (a second signal cuts that short), then the server stops.
+
+    Returns the process exit code for the CLI: 0 after a requested stop, 1 when the server could
+    not be brought back, 2 when it could not start. ``echo_log`` copies the server log to stderr.
     """
     server = TritonServer(config)
     stop_requested: list[int] = []
@@ -906,16 +1070,36 @@ def serve_forever(config: ServerConfig, echo_log: bool = True) -> int:
         print(ready_banner(server), flush=True)
         if echo_log and server.log_path is not None:
             # Held open: a clean stop removes a temp log, and its last lines must still be echoed.
+            # Restarts append to the same file, so this one handle follows them too.
             log = open(server.log_path, "rb")  # noqa: SIM115 - closed in finally
+        watch = _Watch(server)
+        failed_restarts = 0
         while not stop_requested:
             _echo_new_log(log)
-            code = server.wait(timeout=0.5)
-            if code is not None:
-                _echo_new_log(log)
-                server.stop()
-                print(f"tritonserver exited by itself with code {code}", file=sys.stderr, flush=True)
-                return code if code > 0 else 1
-        print(f"stopping tritonserver (signal {stop_requested[0]})", file=sys.stderr, flush=True)
+            time.sleep(PROBE_INTERVAL_S)
+            why = None if stop_requested else watch.problem()
+            if why is None:
+                continue
+            _echo_new_log(log)
+            logger.warning("%s: restarting it; streams in flight are lost", why)
+            began = time.monotonic()
+            try:
+                server.restart()
+            except ServerStartError as exc:
+                failed_restarts += 1
+                logger.error("restart %d of %d failed: %s", failed_restarts, MAX_FAILED_RESTARTS, exc)
+                if failed_restarts >= MAX_FAILED_RESTARTS:
+                    return 1
+                time.sleep(min(30.0, 2.0**failed_restarts))  # a crash loop must not spin
+                continue
+            failed_restarts = 0
+            logger.warning(
+                "tritonserver is back (pid %d), ready %.1f s after the restart began",
+                server.pid,
+                time.monotonic() - began,
+            )
+            watch = _Watch(server)
+        _drain(server, grace_s, stop_requested, log)
         code = server.stop()
         _echo_new_log(log)
         return 0 if code in (0, -signal.SIGINT) else (code if code and code > 0 else 1)
@@ -926,6 +1110,34 @@ def serve_forever(config: ServerConfig, echo_log: bool = True) -> int:
             server.stop()
         if log is not None:
             log.close()
+
+
+def _drain(server: TritonServer, grace_s: float, stop_requested: list[int], log: BinaryIO | None) -> None:
+    """Refuse new streams and wait up to ``grace_s`` for the open ones to end (or a second signal)."""
+    if not server.is_running():
+        return
+    server.drain()
+    deadline = time.monotonic() + grace_s
+    still_open = server.open_streams()
+    logger.warning(
+        "stopping (signal %d): new streams are refused; %s open stream(s) get up to %g s to end",
+        stop_requested[0],
+        "?" if still_open is None else still_open,
+        grace_s,
+    )
+    while still_open and time.monotonic() < deadline and len(stop_requested) < 2:
+        _echo_new_log(log)
+        time.sleep(0.2)
+        still_open = server.open_streams()
+    if still_open:
+        logger.warning("%d stream(s) still open after the grace period: ending them", still_open)
+    # Streams still open, and refused STARTs, hold Triton sequences that would stall its stop: END them.
+    # The stages publish them every DRAIN_POLL_S; a second round catches one that raced the first.
+    time.sleep(2 * DRAIN_POLL_S)
+    for _ in range(2):
+        if not server.end_open_streams():
+            break
+        time.sleep(2 * DRAIN_POLL_S)
 
 
 def _echo_new_log(log: BinaryIO | None) -> None:

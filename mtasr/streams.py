@@ -59,6 +59,11 @@ class StreamTable(Generic[State]):
     def __contains__(self, stream: StreamId) -> bool:
         return stream in self._states
 
+    def ids(self) -> list[StreamId]:
+        """Every held stream's id (a snapshot)."""
+        with self._lock:
+            return list(self._states)
+
     def states(self) -> list[State]:
         """Every held stream's state (a snapshot)."""
         with self._lock:

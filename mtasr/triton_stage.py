@@ -8,15 +8,18 @@ background thread evicts streams idle past the timeout even when no request arri
 from __future__ import annotations
 
 import json
+import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 
 from mtasr.deployment import ServingSettings, build_stage, load_manifest, local_graphs
 from mtasr.graphs import TritonGraph, single_threaded_blas
+from mtasr.server import DRAIN_POLL_S, ENV_DRAIN_FILE
 from mtasr.stages import STAGE_IO, RequestError
-from mtasr.streams import StageRequest
+from mtasr.streams import StageRequest, describe_stream
 
 # CORRID stays in the configs (the sequence batcher fills it) but streams are keyed by the request's id.
 CONTROL_START, CONTROL_END, CONTROL_CORRID = "START", "END", "CORRID"
@@ -77,18 +80,42 @@ class TritonPythonModel:
                 kind=pb_utils.MetricFamily.GAUGE,
             )
             self._free_streams = self._free_family.Metric(labels=labels)
+        # Set by `mtasr serve`: while this file exists the server is shutting down and takes no new streams.
+        self._drain_file = os.environ.get(ENV_DRAIN_FILE)
         self._lock = threading.Lock()
+        # Sequences whose START was refused -> when; Triton keeps them open until the idle timeout.
+        self._refused: dict = {}
         self._update_gauges()  # the free slots are known before the first stream
+        self._streams_file = f"{self._drain_file}.{args['model_instance_name']}.json" if self._drain_file else None
         self._stop = threading.Event()
         period = max(0.5, min(10.0, settings.sequence_idle_s / 4))
         self._evictor = threading.Thread(target=self._evict_loop, args=(period,), daemon=True)
         self._evictor.start()
 
     def _evict_loop(self, period: float) -> None:
-        while not self._stop.wait(period):
+        last_eviction = time.monotonic()
+        while not self._stop.wait(DRAIN_POLL_S):
+            if self._drain_file and os.path.exists(self._drain_file):
+                self._publish_open_streams()
+            if time.monotonic() - last_eviction < period:
+                continue
+            last_eviction = time.monotonic()
             with self._lock:
                 self.stage.streams.evict_idle()
                 self._update_gauges()
+                expired = time.monotonic() - self.stage.streams.idle_timeout_s
+                self._refused = {s: t for s, t in self._refused.items() if t > expired}
+
+    def _publish_open_streams(self) -> None:
+        # While draining, `mtasr serve` ends the streams still open after the grace period by sending
+        # their END itself: Triton counts an open sequence as in flight and crashes when it stops with one.
+        with self._lock:
+            # Refused STARTs too: each still holds a sequence in Triton's batcher until its END.
+            ids = [*self.stage.streams.ids(), *self._refused]
+        tmp = f"{self._streams_file}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(ids, f)
+        os.replace(tmp, self._streams_file)  # readers never see half a file
 
     def _update_gauges(self) -> None:
         self._open_streams.set(len(self.stage.streams))
@@ -121,10 +148,29 @@ class TritonPythonModel:
             inputs=tensors,
         )
 
+    def _refuse_if_draining(self, request: StageRequest | RequestError) -> StageRequest | RequestError:
+        # Only STARTs pay for the check (one stat); streams already open carry on to their END.
+        if (
+            isinstance(request, StageRequest)
+            and request.start
+            and self._drain_file
+            and os.path.exists(self._drain_file)
+        ):
+            self._note_refused(request.stream)
+            return RequestError(
+                f"server shutting down: {describe_stream(request.stream)} was not started; "
+                "start it again on another server or once this one is back"
+            )
+        return request
+
+    def _note_refused(self, stream: int | str) -> None:
+        with self._lock:
+            self._refused[stream] = time.monotonic()
+
     def execute(self, requests: list) -> list:
         import triton_python_backend_utils as pb_utils
 
-        parsed = [self._parse(r) for r in requests]
+        parsed = [self._refuse_if_draining(self._parse(r)) for r in requests]
         valid = [p for p in parsed if isinstance(p, StageRequest)]
         with self._lock:
             results = iter(self.stage.process(valid))
@@ -133,6 +179,10 @@ class TritonPythonModel:
         for item in parsed:
             result = next(results) if isinstance(item, StageRequest) else item
             if isinstance(result, RequestError):
+                if isinstance(item, StageRequest) and item.start:
+                    self._note_refused(item.stream)
+                if isinstance(item, StageRequest) and item.start:
+                    self._refused[item.stream] = time.monotonic()
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(result))))
                 continue
             tensors = [pb_utils.Tensor(name, np.ascontiguousarray(result[name])[None]) for name, _, _ in self.outputs]

@@ -18,13 +18,13 @@ needs_voices = pytest.mark.skipif(
 
 
 def test_test_sentences_never_occur_in_training():
-    train, test = split_sentences(2000, 100, seed=3)
-    assert len(set(train)) == 2000 and len(set(test)) == 100
-    assert not set(train) & set(test)
-    # The split is by sentence, not by draw: asking for more training text never moves a test sentence.
-    more_train, same_test = split_sentences(3000, 100, seed=3)
-    assert not set(more_train) & set(test)
-    assert {w for s in train + test for w in s.split()} <= vocabulary()
+    train, test, dev = split_sentences(2000, 100, seed=3, n_dev=50)
+    assert len(set(train)) == 2000 and len(set(test)) == 100 and len(set(dev)) == 50
+    assert not set(train) & set(test) and not set(train) & set(dev) and not set(dev) & set(test)
+    # The split is by sentence, not by draw: asking for more training text never moves a held-out sentence.
+    more_train, _, _ = split_sentences(3000, 100, seed=3, n_dev=50)
+    assert not set(more_train) & (set(test) | set(dev))
+    assert {w for s in train + test + dev for w in s.split()} <= vocabulary()
 
 
 def test_vectorised_rnnt_loss_equals_nemo_loss_and_gradient():
@@ -54,7 +54,13 @@ def corpus(tmp_path_factory) -> Path:
     if missing_engines():
         pytest.skip("flite/festival not installed (make system-deps installs them)")
     settings = CorpusSettings(
-        train_sentences=120, test_sentences=20, train_utterances_per_voice=24, test_utterances_per_voice=4
+        train_sentences=120,
+        test_sentences=20,
+        dev_sentences=10,
+        train_utterances_per_voice=24,
+        test_utterances_per_voice=4,
+        dev_utterances_per_voice=2,
+        silence_utterances=4,
     )
     return build_corpus(tmp_path_factory.mktemp("corpus"), settings)
 
@@ -84,7 +90,7 @@ def test_corpus_manifests_are_nemo_manifests_of_every_voice(corpus):
 FRAME_S = 0.08  # one diarizer target frame
 # Steps the recipes may take to memorise a handful of mixtures (measured: see the tests).
 MEMORISE_ASR_STEPS = 200
-MEMORISE_DIARIZER_STEPS = 300
+MEMORISE_DIARIZER_STEPS = 150
 
 
 def assert_targets_match_turns(targets: np.ndarray, turns: list[dict], window: tuple[float, float], what: str):

@@ -54,8 +54,8 @@ SINGLE_SPEAKER = {1: 1.0}
 ASR_FINE_TUNE = TrainSettings(
     max_steps=2000, batch_size=12, val_every_steps=500, lr=3e-4, warmup_steps=100, hold_fraction=0.6
 )
-# Mostly mixtures now; single speakers keep what stage 1 learnt.
-ASR_SPEAKER_WEIGHTS = {1: 0.3, 2: 0.5, 3: 0.2}
+# Mixtures of two and three speakers; single speakers keep what stage 1 learnt.
+ASR_SPEAKER_WEIGHTS = {1: 0.4, 2: 0.4, 3: 0.2}
 # The auxiliary CTC head's weight (training.asr_model): a word-piece CTC loss per utterance, as strong
 # as the RNNT loss, keeps the encoder carrying the words while the prediction network learns the grammar.
 AUX_CTC_WEIGHT = 1.0
@@ -120,7 +120,7 @@ def feature_normalization(manifest: Path, preprocessor_cfg: DictConfig, n_uttera
     cfg.pop("_target_", None)
     cfg.update(normalize="NA", dither=0.0, pad_to=0)
     preprocessor = AudioToMelSpectrogramPreprocessor(**cfg).eval()
-    entries = read_manifest(manifest)
+    entries = [e for e in read_manifest(manifest) if e["text"]]  # speech only
     picked = np.random.default_rng(0).permutation(len(entries))[:n_utterances]
     total = total_sq = None
     frames = 0
@@ -170,11 +170,24 @@ def build_config(recipe: AsrRecipe, tokenizer_dir: Path, manifest: Path, val_cut
     return cfg
 
 
+def with_silence(manifest: Path, out_dir: Path) -> Path:
+    """The training manifest plus the corpus's wordless silence/noise clips (`out_dir/train_with_silence.json`),
+    or `manifest` itself for a corpus without them. In a mixture the clips are a speaker who says nothing."""
+    from mtasr.training.corpus import SILENCE_MANIFEST
+
+    silence = manifest.parent / SILENCE_MANIFEST
+    if not silence.is_file():
+        return manifest
+    combined = out_dir / "train_with_silence.json"
+    combined.write_text(manifest.read_text() + silence.read_text())
+    return combined
+
+
 def train_tokenizer(manifest: Path, vocab_size: int, out_dir: Path) -> Path:
     """A SentencePiece BPE tokenizer over the training texts."""
     from mtasr.export.tokenizer import train_tokenizer as train_spm
 
-    texts = sorted({entry["text"] for entry in read_manifest(manifest)})
+    texts = sorted({entry["text"] for entry in read_manifest(manifest) if entry["text"]})
     return train_spm(texts, vocab_size, out_dir)
 
 
@@ -190,6 +203,7 @@ def train_asr(corpus_dir: Path, out_dir: Path, recipe: AsrRecipe = AsrRecipe(), 
 
     patch_fixed_normalization()
     out_dir, manifest, val_cuts = prepare_run(corpus_dir, out_dir, recipe.train, recipe.validation_counts())
+    manifest = with_silence(manifest, out_dir)
     trainer = make_trainer(out_dir, recipe.train, MONITOR)
     if init_from is None:
         tokenizer_dir = out_dir / "tokenizer"

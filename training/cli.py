@@ -67,8 +67,10 @@ def _corpus(args: argparse.Namespace) -> int:
     settings = CorpusSettings(
         train_sentences=args.train_sentences,
         test_sentences=args.test_sentences,
+        dev_sentences=args.dev_sentences,
         train_utterances_per_voice=args.train_per_voice,
         test_utterances_per_voice=args.test_per_voice,
+        dev_utterances_per_voice=args.dev_per_voice,
         seed=args.seed,
     )
     print(build_corpus(args.out, settings))
@@ -125,7 +127,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 def add_parsers(sub) -> None:
     """Register `train` (with its own subcommands) and `evaluate` on the top-level subparsers."""
     from mtasr.training.asr import ASR_FINE_TUNE, ASR_TRAIN
+    from mtasr.training.corpus import CorpusSettings
     from mtasr.training.diarizer import DIARIZER_FINE_TUNE, DIARIZER_TRAIN
+
+    corpus_defaults = CorpusSettings()
 
     train = sub.add_parser(
         "train",
@@ -136,11 +141,28 @@ def add_parsers(sub) -> None:
 
     corpus = steps.add_parser("corpus", help="synthesise the single-speaker corpus (NeMo manifests)")
     corpus.add_argument("--out", type=Path, default=WORK_DIR / "corpus")
-    corpus.add_argument("--train-sentences", type=int, default=3000)
-    corpus.add_argument("--test-sentences", type=int, default=150)
-    corpus.add_argument("--train-per-voice", type=int, default=700, help="training utterances per voice")
-    corpus.add_argument("--test-per-voice", type=int, default=40, help="held-out utterances per voice")
-    corpus.add_argument("--seed", type=int, default=0)
+    corpus.add_argument("--train-sentences", type=int, default=corpus_defaults.train_sentences)
+    corpus.add_argument("--test-sentences", type=int, default=corpus_defaults.test_sentences)
+    corpus.add_argument("--dev-sentences", type=int, default=corpus_defaults.dev_sentences, help="validation sentences")
+    corpus.add_argument(
+        "--train-per-voice",
+        type=int,
+        default=corpus_defaults.train_utterances_per_voice,
+        help="training utterances per voice",
+    )
+    corpus.add_argument(
+        "--test-per-voice",
+        type=int,
+        default=corpus_defaults.test_utterances_per_voice,
+        help="held-out utterances per voice",
+    )
+    corpus.add_argument(
+        "--dev-per-voice",
+        type=int,
+        default=corpus_defaults.dev_utterances_per_voice,
+        help="validation utterances per voice",
+    )
+    corpus.add_argument("--seed", type=int, default=corpus_defaults.seed)
     corpus.set_defaults(func=_corpus)
 
     evalset = steps.add_parser("evalset", help="write the fixed 1/2/3-speaker evaluation set with references")

@@ -151,7 +151,9 @@ def rebuild_models(repo: Path, tokenizer_dir: Path):
             normalize = {"fixed_mean": list(features["fixed_mean"]), "fixed_std": list(features["fixed_std"])}
             asr.cfg.preprocessor.normalize = normalize
             asr.preprocessor.featurizer.normalize = normalize
-    diarizer = build_sortformer("small")
+    diarizer = build_sortformer(
+        "small", conv_norm_type=_diarizer_conv_norm(repo / manifest["graphs"]["diarizer"]["file"])
+    )
     models = {"asr": asr, "diarizer": diarizer}
     assigned: dict[str, set[str]] = {"asr": set(), "diarizer": set()}
     for graph, (which, prefix) in GRAPH_ROOTS.items():
@@ -162,6 +164,15 @@ def rebuild_models(repo: Path, tokenizer_dir: Path):
         if missing:
             raise ValueError(f"{which}: {len(missing)} weights are in no graph: {missing[:5]}")
     return asr.eval(), diarizer.eval()
+
+
+def _diarizer_conv_norm(onnx_path: Path) -> str:
+    """The norm of the diarizer's convolution modules: layer norm keeps its named weights in the graph, batch
+    norm is folded into the depthwise convolution before it (earlier default pairs were trained with it)."""
+    import onnx
+
+    names = {t.name for t in onnx.load(str(onnx_path), load_external_data=False).graph.initializer}
+    return "layer_norm" if any(n.endswith("conv.batch_norm.weight") for n in names) else "batch_norm"
 
 
 # Defined by NeMo's SortformerModules but used by no forward pass: no graph holds it (kept as initialised).

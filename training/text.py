@@ -1,8 +1,8 @@
 """The project's own text source: a small English grammar over a fixed vocabulary.
 
 Sentences are generated deterministically from a seed, so the corpus needs no downloaded text.
-`split_sentences` hashes each sentence into train or test, so a test sentence never occurs in
-training whatever the number of sentences asked for.
+`split_sentences` hashes each sentence into train, dev (validation) or test, so a held-out sentence
+never occurs in training whatever the number of sentences asked for.
 """
 
 from __future__ import annotations
@@ -82,23 +82,38 @@ def vocabulary() -> set[str]:
     return words
 
 
-def is_test_sentence(text: str, test_fraction: float) -> bool:
-    """Whether `text` belongs to the held-out side (by its hash: stable across runs and counts)."""
-    digest = hashlib.sha1(text.encode()).digest()
-    return int.from_bytes(digest[:4], "big") < test_fraction * 2**32
+TEST_FRACTION = 0.1  # share of all sentences held out for evaluation
+DEV_FRACTION = 0.05  # share held out for validation (checkpoint selection), disjoint from both others
 
 
-def split_sentences(n_train: int, n_test: int, seed: int = 0, test_fraction: float = 0.1) -> tuple[list, list]:
-    """`n_train` and `n_test` distinct sentences, disjoint by construction, in a seeded order."""
+def _hash_position(text: str) -> float:
+    """Where `text` falls in [0, 1): stable across runs, counts and seeds."""
+    return int.from_bytes(hashlib.sha1(text.encode()).digest()[:4], "big") / 2**32
+
+
+def is_test_sentence(text: str, test_fraction: float = TEST_FRACTION) -> bool:
+    """Whether `text` belongs to the held-out evaluation side (by its hash)."""
+    return _hash_position(text) < test_fraction
+
+
+def sentence_side(text: str) -> str:
+    """ "test", "dev" or "train", by the sentence's hash: a sentence is on one side whatever else is drawn."""
+    position = _hash_position(text)
+    if position < TEST_FRACTION:
+        return "test"
+    return "dev" if position < TEST_FRACTION + DEV_FRACTION else "train"
+
+
+def split_sentences(n_train: int, n_test: int, seed: int = 0, n_dev: int = 0) -> tuple[list, list, list]:
+    """`n_train`, `n_test` and `n_dev` distinct sentences, disjoint by construction, in a seeded order."""
     rng = np.random.default_rng(seed)
-    train: dict[str, None] = {}
-    test: dict[str, None] = {}
-    for _ in range(200 * (n_train + n_test) + 1000):
+    wanted = {"train": n_train, "test": n_test, "dev": n_dev}
+    sides: dict[str, dict[str, None]] = {name: {} for name in wanted}
+    for _ in range(200 * sum(wanted.values()) + 1000):
         text = sentence(rng)
-        side = test if is_test_sentence(text, test_fraction) else train
-        limit = n_test if side is test else n_train
-        if len(side) < limit:
+        side = sides[sentence_side(text)]
+        if len(side) < wanted[sentence_side(text)]:
             side[text] = None
-        if len(train) == n_train and len(test) == n_test:
-            return list(train), list(test)
-    raise ValueError(f"the grammar cannot give {n_train} train and {n_test} test sentences")
+        if all(len(sides[name]) == n for name, n in wanted.items()):
+            return list(sides["train"]), list(sides["test"]), list(sides["dev"])
+    raise ValueError(f"the grammar cannot give {n_train} train, {n_dev} dev and {n_test} test sentences")
