@@ -3,9 +3,8 @@
 Writes `train.json`, `dev.json` (validation), `test.json`, `held_out_voice.json` and `silence.json`,
 NeMo manifests (one JSON object per line with `audio_filepath`, `duration`, `text`, `speaker_id`), and
 the WAVs under `wav/<voice>/`. Held-out sentences never occur in training (`text.split_sentences`); the
-held-out voices
-(`voices.HELD_OUT_VOICES`) speak test sentences only, into their own manifest. Each utterance is
-spoken at a random level (`level_db`), so the models do not learn one loudness per voice. A finished
+held-out voices (`voices.HELD_OUT_VOICES`) speak test sentences only, into their own manifest. Each
+utterance is spoken at a random level (`level_db`), so the models do not learn one loudness per voice. A finished
 corpus records its settings in `corpus.json`; asking again for the same settings reuses it.
 """
 
