@@ -199,16 +199,21 @@ class StreamingClient:
 
     def transcribe(
         self,
-        audio: np.ndarray,
+        audio: np.ndarray | Iterable[np.ndarray],
         sequence_id: int | None = None,
         *,
         realtime: bool = False,
         on_update: Callable[[Update], None] | None = None,
     ) -> Transcript:
-        """Stream a whole signal in the server's chunk size; return the final transcript."""
+        """Stream a signal in the server's chunk size; return the final transcript. `audio` is the
+        whole signal, or its blocks of any sizes as they are read (see client.audio.open_audio)."""
         settings = self.settings()
-        audio = np.ascontiguousarray(audio, dtype=np.float32)
-        chunks = (audio[i : i + settings.chunk_samples] for i in range(0, len(audio), settings.chunk_samples))
+        if isinstance(audio, np.ndarray):
+            whole = np.ascontiguousarray(audio, dtype=np.float32)
+            size = settings.chunk_samples
+            chunks: Iterable[np.ndarray] = (whole[i : i + size] for i in range(0, len(whole), size))
+        else:
+            chunks = rechunk(audio, settings.chunk_samples)
         transcript = Transcript(sequence_id or secrets.randbits(63) or 1)
         # A StreamError from stream() already carries every word it yielded.
         for update in self.stream(chunks, transcript.sequence_id, realtime=realtime):
@@ -303,6 +308,22 @@ def _pace(start: float, index: int, period_s: float) -> None:
     """Real time: chunk `index` is complete `(index + 1) * period` after the stream began."""
     if period_s:
         time.sleep(max(0.0, start + (index + 1) * period_s - time.perf_counter()))
+
+
+def rechunk(blocks: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    """Float32 chunks of exactly `size` samples (the last one shorter) from blocks of any sizes."""
+    pending: list[np.ndarray] = []
+    held = 0
+    for block in blocks:
+        pending.append(np.asarray(block, np.float32).ravel())
+        held += len(pending[-1])
+        if held >= size:
+            joined = np.concatenate(pending)
+            whole = len(joined) // size * size
+            yield from (joined[i : i + size] for i in range(0, whole, size))
+            pending, held = [joined[whole:]], len(joined) - whole
+    if held:
+        yield np.concatenate(pending)
 
 
 def _with_last_flag(chunks: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, bool]]:

@@ -5,7 +5,8 @@ whitespace replaced by `_`, which RTTM and STM need), `<stem>.rttm` (who spoke w
 `<stem>.txt` (readable, one line per segment). A file that cannot be read or transcribed is
 reported and skipped; an output that cannot be written is reported and the others are still
 written; the other files are still transcribed, and the exit code says something failed (1). A
-server that cannot be reached stops everything at once (2).
+server that cannot be reached stops everything at once (2). Files are read and resampled as they
+stream, a few seconds at a time: client memory does not grow with the recording's length.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtasr.client.audio import AudioError, load_audio
+from mtasr.client.audio import AudioError, open_audio
 from mtasr.client.stream import StreamError, StreamingClient, Transcript, Update
 
 
@@ -82,22 +83,37 @@ def transcribe_file(
     client: StreamingClient, source: str, out_dir: Path, realtime: bool, live: LiveLines | None
 ) -> FileResult:
     stem = output_stem(source)
-    rate = client.settings().sample_rate
     try:
-        audio = load_audio(source, rate)
+        audio = open_audio(source, client.settings().sample_rate)
     except AudioError as err:
         return FileResult(source, [], str(err))
+    unreadable: list[AudioError] = []
+    read_s = 0.0
+
+    def blocks_until_unreadable():
+        # A file that breaks part way through ends its stream there (the last block sent carries
+        # END), so the server frees the stream at once; the file is then reported as failed.
+        nonlocal read_s
+        try:
+            for block in audio.blocks():
+                read_s += len(block) / audio.sample_rate
+                yield block
+        except AudioError as err:
+            unreadable.append(err)
+
     try:
-        transcript = client.transcribe(audio, realtime=realtime, on_update=live)
+        transcript = client.transcribe(blocks_until_unreadable(), realtime=realtime, on_update=live)
     except StreamError as err:
         return FileResult(source, [], f"{source}: {err} ({len(err.final_words)} words were final before that)")
+    if unreadable:
+        return FileResult(source, [], f"{unreadable[0]} (after {read_s:.1f} s of it; nothing written)")
     written, errors = write_outputs(transcript, stem, out_dir)
     return FileResult(
         source,
         written,
         "\n".join(f"{source}: {e}" for e in errors) or None,
         words=len(transcript.words),
-        audio_s=len(audio) / rate,
+        audio_s=audio.seconds,
     )
 
 

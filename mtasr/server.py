@@ -50,6 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal
 
+from mtasr.http_guard import GUARD_KEY_HEADER, HttpGuard
+
 __all__ = [
     "ADMIN_KEY_HEADER",
     "DEFAULT_GRACE_S",
@@ -93,6 +95,8 @@ _GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
 #: code (``file:`` overrides) and unloads models; system shared memory would let a client map the
 #: python backend's own regions; logging and trace change the server's behaviour.
 RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")
+# Every other HTTP API group: behind the guard, Triton answers them only with the guard's key.
+_GUARDED_APIS = ("health", "metadata", "inference", "model-config", "statistics")
 # Header values must survive Triton's `<apis>:<key>=<value>` flag syntax and HTTP/gRPC metadata.
 _ADMIN_KEY_FORM = re.compile(r"[A-Za-z0-9._~+/-]{16,}")
 
@@ -110,6 +114,8 @@ PROBE_FAILURES = 3
 MAX_FAILED_RESTARTS = 5
 #: Default time in-flight streams get to finish after SIGTERM/SIGINT (``mtasr serve --grace-period``).
 DEFAULT_GRACE_S = 30.0
+#: After the grace period: how long ``mtasr serve`` keeps ending streams the stages still hold.
+END_ROUNDS_S = 5.0
 
 # Log lines that look like errors on every CPU-only start and say nothing about the models.
 _BENIGN_LOG_PATTERNS = (
@@ -384,6 +390,9 @@ class ServerConfig:
     #: Key for the restricted APIs (:data:`RESTRICTED_APIS`); None: a random one per start, so
     #: nobody but this process can use them.
     admin_key: str | None = None
+    #: Put :class:`~mtasr.http_guard.HttpGuard` on the HTTP port, Triton's own HTTP behind it on a
+    #: private loopback port: requests whose declared shapes would crash Triton get a 400 instead.
+    http_guard: bool = True
 
 
 def _gpu_present() -> bool:
@@ -493,6 +502,7 @@ class TritonServer:
         self._log_is_temp = False
         self._became_ready = False
         self._restarting = False
+        self._guard: HttpGuard | None = None
         # Stages refuse new streams while this file exists (see drain()); the stubs inherit its path.
         self._drain_file = Path(tempfile.gettempdir()) / f"mtasr-drain-{os.getpid()}-{id(self):x}"
 
@@ -576,6 +586,9 @@ class TritonServer:
         cfg = self.config
         ports: dict[str, int] = {}
         for proto in ("http", "grpc", "metrics"):
+            if proto == "http" and self._guard is not None:  # a restart: the guard keeps the port
+                ports[proto] = self._guard.port
+                continue
             port = int(getattr(cfg, f"{proto}_port"))
             if port == 0:
                 for _ in range(20):
@@ -587,6 +600,8 @@ class TritonServer:
         if dup:
             raise ServerStartError(f"http, grpc and metrics ports must differ, got {ports}")
         for proto, port in ports.items():
+            if proto == "http" and self._guard is not None:
+                continue
             why = _port_taken(cfg.host, port)
             if why is not None:
                 raise ServerStartError(
@@ -604,6 +619,10 @@ class TritonServer:
         # Shared-memory regions of the python backend are named prefix + model instance: two
         # servers with the same model names would collide without a per-server prefix.
         shm_prefix = f"mtasr_{os.getpid()}_{ports['http']}_"
+        # Behind the guard, Triton's HTTP is private and answers only requests the guard forwarded.
+        http_host, http_port = (
+            ("127.0.0.1", ports["triton_http"]) if "triton_http" in ports else (cfg.host, ports["http"])
+        )
         args = [
             str(inst.binary),
             f"--model-repository={Path(cfg.model_repository).resolve()}",
@@ -615,8 +634,8 @@ class TritonServer:
             f"--exit-timeout-secs={int(cfg.exit_timeout_s)}",
             f"--log-verbose={int(cfg.log_verbose)}",
             "--allow-http=true",
-            f"--http-address={cfg.host}",
-            f"--http-port={ports['http']}",
+            f"--http-address={http_host}",
+            f"--http-port={http_port}",
             "--allow-grpc=true",
             f"--grpc-address={cfg.host}",
             f"--grpc-port={ports['grpc']}",
@@ -628,6 +647,8 @@ class TritonServer:
             f"--http-restricted-api={','.join(RESTRICTED_APIS)}:{ADMIN_KEY_HEADER}={self._admin_key}",
             f"--grpc-restricted-protocol={','.join(RESTRICTED_APIS)}:{ADMIN_KEY_HEADER}={self._admin_key}",
         ]
+        if self._guard is not None:
+            args.append(f"--http-restricted-api={','.join(_GUARDED_APIS)}:{GUARD_KEY_HEADER}={self._guard.key}")
         if not gpu:
             args.append("--pinned-memory-pool-byte-size=0")  # nothing to pin without CUDA
         args.extend(str(a) for a in cfg.extra_args)
@@ -666,6 +687,11 @@ class TritonServer:
         except TritonNotFoundError as exc:
             raise ServerStartError(str(exc)) from exc
         self._ports = self._resolve_ports()
+        if cfg.http_guard:
+            try:
+                self._start_guard()
+            except OSError as exc:
+                raise ServerStartError(f"cannot listen on {cfg.host}:{self._ports['http']} ({exc})") from exc
         self._command = self.build_args(self._ports)
 
         self._became_ready = False
@@ -699,10 +725,30 @@ class TritonServer:
             )
         except OSError as exc:
             self._close_log()
+            self._stop_guard_unless_restarting()
             raise ServerStartError(f"cannot execute {install.binary}: {exc}") from exc
         atexit.register(self.stop)
-        self._wait_ready(time.monotonic() + cfg.startup_timeout_s)
+        try:
+            self._wait_ready(time.monotonic() + cfg.startup_timeout_s)
+        except ServerStartError:
+            self._stop_guard_unless_restarting()
+            raise
         return self
+
+    def _stop_guard_unless_restarting(self) -> None:
+        # A failed restart keeps the guard: its clients get "unavailable" until the next try.
+        if self._guard is not None and not self._restarting:
+            self._guard.stop()
+            self._guard = None
+
+    def _start_guard(self) -> None:
+        """The HTTP guard on the public port (once; it outlives restarts), Triton on a new private port."""
+        upstream = find_free_port("127.0.0.1")
+        if self._guard is None:
+            self._guard = HttpGuard(self.config.host, self._ports["http"], upstream)
+            self._ports["http"] = self._guard.port
+        self._guard.upstream_port = upstream
+        self._ports["triton_http"] = upstream
 
     def _wait_ready(self, deadline: float) -> None:
         ready_url = f"{self.url('http')}/v2/health/ready"
@@ -778,7 +824,10 @@ class TritonServer:
         if errors:
             parts.append("Errors in the server log:\n  " + "\n  ".join(errors[-20:]))
         parts.append(f"Last lines of {self._log_path}:\n  " + "\n  ".join(tail or ["(empty)"]))
-        parts.append("Command: " + " ".join(self._command).replace(self._admin_key, "<admin key>"))
+        command = " ".join(self._command).replace(self._admin_key, "<admin key>")
+        if self._guard is not None:
+            command = command.replace(self._guard.key, "<guard key>")
+        parts.append("Command: " + command)
         return "\n".join(parts)
 
     # -- stop ---------------------------------------------------------------------------------
@@ -812,6 +861,7 @@ class TritonServer:
         self._returncode = popen.wait()
         self._close_log()
         self._remove_drain_files()
+        self._stop_guard_unless_restarting()
         if self._log_is_temp and self._became_ready and self._returncode == 0 and self._log_path is not None:
             # A clean run's temp log says nothing anyone needs; a failed one's is kept (errors name it).
             self._log_path.unlink(missing_ok=True)
@@ -1132,11 +1182,11 @@ def _drain(server: TritonServer, grace_s: float, stop_requested: list[int], log:
     if still_open:
         logger.warning("%d stream(s) still open after the grace period: ending them", still_open)
     # Streams still open, and refused STARTs, hold Triton sequences that would stall its stop: END them.
-    # The stages publish them every DRAIN_POLL_S; a second round catches one that raced the first.
+    # The stages publish them every DRAIN_POLL_S; rounds repeat until one finds nothing (a START can
+    # race a round, and under load a stage publishes late), for at most END_ROUNDS_S.
+    deadline = time.monotonic() + END_ROUNDS_S
     time.sleep(2 * DRAIN_POLL_S)
-    for _ in range(2):
-        if not server.end_open_streams():
-            break
+    while server.end_open_streams() and time.monotonic() < deadline:
         time.sleep(2 * DRAIN_POLL_S)
 
 

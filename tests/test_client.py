@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 import soundfile
-from mtasr.client.audio import AudioError, load_audio, resample
-from mtasr.client.stream import StreamError, StreamingClient
+from mtasr.client.audio import AudioError, load_audio, open_audio, resample, resample_blocks
+from mtasr.client.stream import StreamError, StreamingClient, rechunk
 
 from mtasr.mixtures import espeak_available, make_conversation
 from mtasr.server import ServerConfig, TritonServer, find_free_port
@@ -167,6 +167,59 @@ def test_an_output_that_cannot_be_written_is_that_files_error_line_and_the_other
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"cannot write {out / 'meeting.rttm'}" in errors[0], result.stderr
     assert (out / "meeting.seglst.json").is_file() and (out / "meeting.txt").is_file()
+
+
+@pytest.mark.parametrize(("source_rate", "target_rate"), [(44100, 16000), (8000, 16000), (48000, 16000), (16000, 8000)])
+def test_resampling_block_by_block_equals_resampling_the_whole_signal(source_rate, target_rate):
+    signal = np.random.default_rng(0).standard_normal(3 * source_rate + 17).astype(np.float32)
+    whole = resample(signal, source_rate, target_rate)
+    for block in (1, 441, 4000, len(signal)):
+        pieces = [signal[i : i + block] for i in range(0, len(signal), block)]
+        joined = np.concatenate(list(resample_blocks(pieces, source_rate, target_rate)))
+        assert joined.shape == whole.shape
+        np.testing.assert_allclose(joined, whole, atol=1e-6)
+
+
+def test_chunks_are_cut_at_the_same_samples_whatever_the_block_sizes():
+    signal = np.arange(10_000, dtype=np.float32)
+    blocks = [signal[:3], signal[3:3000], signal[3000:3001], signal[3001:]]
+    chunks = list(rechunk(blocks, 1792))
+    assert [len(c) for c in chunks] == [1792] * 5 + [10_000 - 5 * 1792]
+    np.testing.assert_array_equal(np.concatenate(chunks), signal)
+
+
+def test_a_long_file_is_read_in_flat_memory(tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "long.wav"
+    minutes, rate = 10, 48000
+    with soundfile.SoundFile(path, "w", rate, channels=2, subtype="PCM_16") as sound:
+        minute = (np.random.default_rng(1).standard_normal((60 * rate, 2)) * 0.1).astype(np.float32)
+        for _ in range(minutes):
+            sound.write(minute)
+    del minute
+    source = open_audio(path, 16000)
+    assert source.seconds == minutes * 60
+    resample(np.zeros(100, np.float32), rate, 16000)  # scipy's import is not the file's memory
+    tracemalloc.start()
+    samples = sum(len(block) for block in source.blocks())
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert samples == minutes * 60 * 16000
+    whole_file_bytes = minutes * 60 * 16000 * 4  # the resampled signal alone, were it read whole
+    assert peak < whole_file_bytes / 5, f"peak {peak / 1e6:.1f} MB while streaming a {minutes}-minute file"
+
+
+def test_a_file_that_breaks_part_way_ends_its_stream_and_is_reported(server, tmp_path):
+    path = tmp_path / "broken.wav"
+    audio = (np.random.default_rng(2).standard_normal(16000 * 12) * 0.1).astype(np.float32)
+    audio[16000 * 9] = np.nan  # read in blocks, so found only after several seconds have streamed
+    soundfile.write(path, audio, 16000, subtype="FLOAT")
+    result = mtasr("transcribe", str(path), "--url", server.address("grpc"), "-o", str(tmp_path / "out"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "holds NaN or infinite samples (after 5.0 s of it; nothing written)" in error
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_audio_errors_name_the_problem(tmp_path):

@@ -310,6 +310,76 @@ def test_bad_requests_get_their_own_clear_error_while_a_good_stream_carries_on(s
     assert tokens_by_speaker(good_results) == want
 
 
+def post(url: str, body: bytes, headers: dict | None = None) -> tuple[int, str]:
+    """A raw HTTP POST: (status, body text); status 0 when nothing answered."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, headers=headers or {}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode(errors="replace")
+    except OSError as err:
+        return 0, str(err)
+
+
+def test_requests_that_would_crash_triton_are_refused_in_front_of_it_while_streams_carry_on(served, conversations):
+    server, repo = served
+    infer = f"{server.url('http')}/v2/models/multitalker_asr/infer"
+    binary_header = json.dumps(
+        {
+            "parameters": {"sequence_id": 61, "sequence_start": True, "sequence_end": True},
+            "inputs": [
+                {"name": "AUDIO", "shape": [1, 2**62], "datatype": "FP32", "parameters": {"binary_data_size": 0}}
+            ],
+        }
+    ).encode()
+    deep = b'{"inputs": [{"name": "AUDIO", "shape": [1, 1], "datatype": "FP32", "data": ' + b"[" * 100_000
+    crashers = {
+        # Triton 2.51 allocates what the shape says before reading the data: std::bad_alloc, abort.
+        "JSON shape 2^40": (
+            json.dumps(
+                {"inputs": [{"name": "AUDIO", "shape": [1, 2**40], "datatype": "FP32", "data": [0.0]}]}
+            ).encode(),
+            {},
+        ),
+        # 2^62 x 4 bytes wraps to 0 in Triton's arithmetic: the features stub dies loading it.
+        "binary 2^62 samples, 0 bytes": (
+            binary_header,
+            {"Inference-Header-Content-Length": str(len(binary_header)), "Content-Type": "application/octet-stream"},
+        ),
+        # Triton's JSON parser recurses per level: 100,000 levels overflow its stack (SIGSEGV).
+        "data nested 100,000 deep": (deep + b"]" * 100_000 + b"}]}", {"Content-Type": "text/plain"}),
+    }
+    size = chunk_samples(repo)
+    good = chunked(conversations[1].audio, size)
+    want = tokens_by_speaker(stream_grpc(server.address("grpc"), {1: good})[1])
+    pid = server.pid
+    good_results = []
+    for k, piece in enumerate(good):
+        good_results.append(send(server, 62, piece[None], k == 0, k == len(good) - 1))
+        if k < len(crashers):  # one crashing request between each of the stream's chunks
+            name, (body, headers) = list(crashers.items())[k]
+            status, text = post(infer, body, headers)
+            assert status == 400 and json.loads(text)["error"], f"{name}: {status} {text[:200]}"
+    assert tokens_by_speaker(good_results) == want, "the stream in flight was not disturbed"
+    assert server.pid == pid and server.is_running(), "the same server process served it all"
+    status, text = post(f"{server.url('http')}/v2/models/multitalker_asr/generate", b'{"AUDIO": [[0.0]]}')
+    assert status == 404 and "generate" in text
+    # Triton's own HTTP port is private to the guard: without the guard's key it answers nothing.
+    (private,) = [arg.split("=", 1)[1] for arg in server.command if arg.startswith("--http-port=")]
+    assert int(private) != server.port("http")
+    status, _ = post(
+        f"http://127.0.0.1:{private}/v2/models/multitalker_asr/infer",
+        json.dumps({"inputs": [{"name": "AUDIO", "shape": [1, 1], "datatype": "FP32", "data": [0.0]}]}).encode(),
+    )
+    assert status == 403, status
+    status, _ = post(f"http://127.0.0.1:{private}/v2/repository/models/multitalker_asr/unload", b"{}")
+    assert status == 403, status
+
+
 def test_second_start_restarts_the_stream(served, conversations):
     """A START on a live sequence begins it afresh: its result is that of the new audio alone."""
     server, repo = served

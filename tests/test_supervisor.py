@@ -4,7 +4,6 @@ streams get a clear "lost" error; SIGTERM drains open streams and exits 0 within
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -16,10 +15,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import grpc
 import numpy as np
 import psutil
 import pytest
 from mtasr.client.stream import StreamError, StreamingClient
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from mtasr.deployment import ENSEMBLE
 from mtasr.server import STUB_NAME, find_free_port
@@ -162,26 +163,20 @@ def test_a_request_that_kills_a_stage_is_recovered_from(repo: Path) -> None:
     try:
         audio = speech_like(AUDIO_S, 0)
         expected = transcribe(serve.grpc, audio)
-        # Binary request declaring 2^62 samples with 0 bytes: the features stub dies loading it.
-        header = json.dumps(
-            {
-                "parameters": {"sequence_id": 7, "sequence_start": True, "sequence_end": True},
-                "inputs": [
-                    {"name": AUDIO, "shape": [1, 2**62], "datatype": "FP32", "parameters": {"binary_data_size": 0}}
-                ],
-            }
-        ).encode()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{serve.ports['http']}/v2/models/{ENSEMBLE}/infer",
-            data=header,
-            headers={"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"},
-            method="POST",
-        )
+        # Over gRPC (HTTP has the guard in front): 2^62 FP32 samples in 0 bytes pass Triton's size
+        # check (2^62 x 4 wraps to 0) and the features stub dies loading the tensor.
+        request = service_pb2.ModelInferRequest(model_name=ENSEMBLE)
+        for name, value in (("sequence_id", 7), ("sequence_start", True), ("sequence_end", True)):
+            field = "int64_param" if name == "sequence_id" else "bool_param"
+            setattr(request.parameters[name], field, value)
+        request.inputs.add(name=AUDIO, datatype="FP32", shape=[1, 2**62])
+        request.raw_input_contents.append(b"")
         sent = time.monotonic()
-        try:
-            urllib.request.urlopen(request, timeout=30).close()
-        except (urllib.error.URLError, OSError):
-            pass  # refused, or the server went away: either way the service must come back
+        with grpc.insecure_channel(serve.grpc) as channel:
+            try:
+                service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+            except grpc.RpcError:
+                pass  # refused, or the stage went away: either way the service must come back
         recovery = served_again(serve, audio, expected, sent)
         print(f"2^62-sample request: a new stream served correctly {recovery:.1f} s later")
         assert serve.proc.poll() is None
