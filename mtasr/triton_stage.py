@@ -181,8 +181,6 @@ class TritonPythonModel:
             if isinstance(result, RequestError):
                 if isinstance(item, StageRequest) and item.start:
                     self._note_refused(item.stream)
-                if isinstance(item, StageRequest) and item.start:
-                    self._refused[item.stream] = time.monotonic()
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(result))))
                 continue
             tensors = [pb_utils.Tensor(name, np.ascontiguousarray(result[name])[None]) for name, _, _ in self.outputs]
