@@ -931,8 +931,9 @@ class TritonServer:
         """From now on the stages refuse every START ("server shutting down"); open streams carry on."""
         self._drain_file.touch()
 
-    def end_open_streams(self) -> int:
-        """Send END for every stream the stages still hold (they publish them while draining); how many.
+    def end_open_streams(self, already_ended: frozenset = frozenset()) -> set[int | str]:
+        """Send END for every stream the stages still hold (they publish them while draining) and not in
+        `already_ended`; returns the ids it ended.
 
         Triton counts an open sequence as an inference in flight: stopping with one waits out the exit
         timeout and then crashes. The stream's client gets an error on its next chunk."""
@@ -947,6 +948,7 @@ class TritonServer:
                 ids.update(json.loads(path.read_text()))
             except (OSError, ValueError):
                 continue  # being replaced; the next call reads it
+        ids -= already_ended  # refused STARTs stay published until their idle timeout; one END frees each
         for stream in ids:
             body = {
                 "parameters": {"sequence_id": stream, "sequence_start": False, "sequence_end": True},
@@ -959,7 +961,7 @@ class TritonServer:
                 urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S).close()
             except (urllib.error.URLError, OSError):
                 pass  # ended meanwhile by its client, or refused: either way no longer open
-        return len(ids)
+        return ids
 
     def _remove_drain_files(self) -> None:
         self._drain_file.unlink(missing_ok=True)
@@ -1182,11 +1184,13 @@ def _drain(server: TritonServer, grace_s: float, stop_requested: list[int], log:
     if still_open:
         logger.warning("%d stream(s) still open after the grace period: ending them", still_open)
     # Streams still open, and refused STARTs, hold Triton sequences that would stall its stop: END them.
-    # The stages publish them every DRAIN_POLL_S; rounds repeat until one finds nothing (a START can
-    # race a round, and under load a stage publishes late), for at most END_ROUNDS_S.
+    # The stages publish them every DRAIN_POLL_S; rounds repeat until one finds no stream it has not
+    # ended yet (a START can race a round, and under load a stage publishes late), for at most END_ROUNDS_S.
     deadline = time.monotonic() + END_ROUNDS_S
+    ended: set[int | str] = set()
     time.sleep(2 * DRAIN_POLL_S)
-    while server.end_open_streams() and time.monotonic() < deadline:
+    while (new := server.end_open_streams(frozenset(ended))) and time.monotonic() < deadline:
+        ended |= new
         time.sleep(2 * DRAIN_POLL_S)
 
 
