@@ -27,7 +27,7 @@ system-deps:
 
 # Main job: export models, start Triton, stream a conversation, print per-speaker transcripts.
 demo: setup system-deps
-	$(BIN)/python -m mtasr.demo
+	$(BIN)/mtasr demo
 
 test: setup system-deps
 	$(BIN)/pytest -q

@@ -23,6 +23,7 @@ COPY mtasr mtasr
 COPY export export
 COPY client client
 COPY training training
+COPY bench bench
 RUN pip install -c requirements/constraints.txt ".[serve]" \
     && rm -rf build mtasr.egg-info
 

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from mtasr.export.onnx_io import GraphSpec, export_onnx
 from omegaconf import DictConfig, OmegaConf
 
+from mtasr.export.onnx_io import GraphSpec, export_onnx
 from mtasr.graph_io import (
     DECODER_INPUTS,
     DECODER_OUTPUTS,

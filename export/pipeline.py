@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mtasr import __version__
+from mtasr.deployment import ServingSettings
 from mtasr.export.checkpoints import (
     ASR_CLASS,
     DIARIZER_CLASS,
@@ -26,9 +28,6 @@ from mtasr.export.checkpoints import (
     inspect_checkpoint,
     load_model,
 )
-
-from mtasr import __version__
-from mtasr.deployment import ServingSettings
 
 MANIFEST_VERSION = 1
 SPEAKER_SLOTS = 4
@@ -120,7 +119,7 @@ def run_export(
         manifest = _export_into(staging, asr_info, diar_info, settings, progress)
         manifest["export_seconds"] = round(time.perf_counter() - started, 2)
         (staging / "model_repository" / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        from mtasr.export.repository import write_tensorrt_variant
+        from mtasr.export.tensorrt import write_tensorrt_variant
 
         if not settings.int8:  # TensorRT cannot build engines from int8 ONNX Runtime graphs
             write_tensorrt_variant(manifest, staging / "model_repository", staging / "tensorrt")
@@ -143,7 +142,6 @@ def _export_into(staging: Path, asr_info, diar_info, settings: ExportSettings, p
     from mtasr.export import asr, sortformer
     from mtasr.export.quantize import quantization_settings
     from mtasr.export.repository import write_python_repository
-
     from mtasr.features import FeatureConfig
 
     graphs_dir = staging / "graphs"

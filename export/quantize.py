@@ -44,8 +44,9 @@ def quantize_int8(source: Path, target: Path | None = None, external_data: str |
     ``external_data``, ``bytes`` and ``quantization``.
     """
     import onnx
-    from mtasr.export.onnx_io import save_onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from mtasr.export.onnx_io import save_onnx
 
     source = Path(source)
     target = Path(target) if target is not None else source

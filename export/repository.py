@@ -76,24 +76,3 @@ def write_python_repository(manifest: dict[str, Any], graphs_dir: Path, repo_dir
             graph_config(name, graph, max_batch(manifest, name), "python", settings)
         )
     write_pipeline_models(manifest, repo_dir)
-
-
-def write_tensorrt_variant(manifest: dict[str, Any], repo_dir: Path, trt_dir: Path) -> None:
-    """Configs for the TensorRT variant, plus the script that builds its engines on the target GPU."""
-    from mtasr.export.tensorrt import build_script, engine_profiles
-
-    settings = manifest["deployment"]
-    trt_repo = trt_dir / "model_repository"
-    for name, graph in manifest["graphs"].items():
-        (trt_repo / name / "1").mkdir(parents=True, exist_ok=True)
-        (trt_repo / name / "config.pbtxt").write_text(
-            graph_config(name, graph, max_batch(manifest, name), "tensorrt", settings)
-        )
-    # The stages call the TensorRT graph models through Triton (BLS), never ONNX Runtime.
-    write_pipeline_models(manifest, trt_repo, graph_backend="triton")
-    for file in ROOT_FILES:
-        if (repo_dir / file).exists():
-            shutil.copy2(repo_dir / file, trt_repo / file)
-    script = trt_dir / "build_engines.sh"
-    script.write_text(build_script(engine_profiles(manifest)))
-    script.chmod(0o755)

@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from mtasr.deployment import ENSEMBLE, STAGES, ServingSettings, chunk_geometry, max_chunk_samples
+from mtasr.protocol import CONTROL_CORRID, CONTROL_END, CONTROL_READY, CONTROL_START
 from mtasr.stages import CLIENT_INPUTS, CLIENT_OUTPUTS, STAGE_IO
-from mtasr.triton_stage import CONTROL_CORRID, CONTROL_END, CONTROL_START
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"  # the thin model.py files copied into repositories
 
-CONTROL_READY = "READY"
 # Triton slots per stream the stages admit (`max_sequences`). The features stage refuses a START
 # beyond `max_sequences` with "server full"; Triton keeps that refused sequence's slot until the
 # idle timeout (or an END), so the spare slots let refusals be answered at once instead of queueing

@@ -39,9 +39,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from mtasr.export.onnx_io import GraphSpec, export_onnx
 from omegaconf import DictConfig, OmegaConf
 
+from mtasr.export.onnx_io import GraphSpec, export_onnx
 from mtasr.sortformer_state import (
     CHUNK,
     CHUNK_LENGTHS,

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from mtasr.export.checkpoints import ExportError
-from mtasr.export.repository import max_batch
+from mtasr.export.repository import ROOT_FILES, graph_config, max_batch
+from mtasr.export.serving import write_pipeline_models
 
 Shape = list[int]
 
@@ -129,3 +130,22 @@ def _build_with_python_api(onnx_path: Path, plan: Path, profile: dict[str, dict[
     if engine is None:
         raise ExportError(f"TensorRT failed to build an engine for {onnx_path}")
     plan.write_bytes(bytes(engine))
+
+
+def write_tensorrt_variant(manifest: dict[str, Any], repo_dir: Path, trt_dir: Path) -> None:
+    """Configs for the TensorRT variant, plus the script that builds its engines on the target GPU."""
+    settings = manifest["deployment"]
+    trt_repo = trt_dir / "model_repository"
+    for name, graph in manifest["graphs"].items():
+        (trt_repo / name / "1").mkdir(parents=True, exist_ok=True)
+        (trt_repo / name / "config.pbtxt").write_text(
+            graph_config(name, graph, max_batch(manifest, name), "tensorrt", settings)
+        )
+    # The stages call the TensorRT graph models through Triton (BLS), never ONNX Runtime.
+    write_pipeline_models(manifest, trt_repo, graph_backend="triton")
+    for file in ROOT_FILES:
+        if (repo_dir / file).exists():
+            shutil.copy2(repo_dir / file, trt_repo / file)
+    script = trt_dir / "build_engines.sh"
+    script.write_text(build_script(engine_profiles(manifest)))
+    script.chmod(0o755)

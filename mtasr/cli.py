@@ -1,48 +1,50 @@
-"""The `mtasr` command line: one entry point, one subcommand per job."""
+"""The `mtasr` command line: one entry point, one subcommand per job.
+
+Lazy on purpose: `mtasr serve` runs inside NVIDIA's Triton container, where only the runtime folder
+(`mtasr/`) is on the path. Each subcommand's parser and handler live in its own module, which is
+imported only when that subcommand is chosen; `mtasr --help` lists them from the table below.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
-
-def _export(args: argparse.Namespace) -> int:
-    from mtasr.deployment import ServingSettings
-    from mtasr.export.checkpoints import ExportError
-    from mtasr.export.pipeline import ExportSettings, run_export
-
-    try:
-        settings = ExportSettings(
-            right_context=args.right_context,
-            max_streams_per_batch=args.max_streams,
-            graph_instances=args.instances,
-            intra_op_threads=args.threads,
-            tensorrt=args.tensorrt,
-            int8=args.int8,
-            stage_instances=args.stage_instances,
-            max_sequences=args.max_sequences,
-            serving=ServingSettings(
-                sequence_idle_s=args.idle_timeout,
-                max_chunk_s=args.max_chunk_seconds,
-                graph_backend=args.graph_backend,
-                all_slots_active=args.all_slots_active,
-            ),
-        )
-        if args.random:
-            from mtasr.random_models import build_random_pair
-
-            checkpoints = args.checkpoints or args.output.with_name(args.output.name + "-checkpoints")
-            asr_path, diar_path = build_random_pair(args.random, checkpoints)
-        else:
-            if not (args.asr and args.diarizer):
-                raise ExportError("give --asr and --diarizer checkpoints, or --random tiny|full")
-            asr_path, diar_path = args.asr, args.diarizer
-        run_export(asr_path, diar_path, args.output, settings, overwrite=args.overwrite)
-    except (ExportError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+# name: (module, the function there that registers the subcommand, its one-line help).
+# tests/test_cli.py checks each help against the one its module registers.
+SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
+    "export": (
+        "mtasr.export.cli",
+        "add_parser",
+        "convert .nemo checkpoints to ONNX graphs and a Triton model repository",
+    ),
+    "serve": ("mtasr.cli", "add_serve_parser", "run tritonserver on an exported model repository"),
+    "transcribe": (
+        "mtasr.client.transcribe",
+        "add_parser",
+        "stream audio files to a running server and write per-speaker transcripts",
+    ),
+    "score": ("mtasr.client.score", "add_parser", "score transcripts against references: cpWER, tcpWER, DER"),
+    "train": ("mtasr.training.cli", "add_train_parser", "train the models in NeMo on simulated conversations"),
+    "evaluate": (
+        "mtasr.training.cli",
+        "add_evaluate_parser",
+        "WER/cpWER/DER of a model repository on the evaluation set (served)",
+    ),
+    "demo": (
+        "mtasr.client.demo",
+        "add_parser",
+        "start Triton on the default models, stream a conversation, print per-speaker transcripts",
+    ),
+    "bench": (
+        "mtasr.bench.run",
+        "add_parser",
+        "benchmark the served pipeline (perf_analyzer) against NeMo's PyTorch streaming loop",
+    ),
+}
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -76,88 +78,8 @@ def _serve(args: argparse.Namespace) -> int:
     return serve_forever(config, grace_s=args.grace_period)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_serve_parser(sub) -> argparse.ArgumentParser:
     from mtasr.server import ADMIN_KEY_HEADER, DEFAULT_GRACE_S, ENV_ADMIN_KEY, RESTRICTED_APIS
-
-    parser = argparse.ArgumentParser(
-        prog="mtasr", description="Streaming multi-talker speech recognition served by NVIDIA Triton."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    export = sub.add_parser(
-        "export",
-        help="convert .nemo checkpoints to ONNX graphs and a Triton model repository",
-        description="Export a multitalker ASR .nemo and a Streaming Sortformer .nemo to ONNX graphs, a manifest, "
-        "a Triton model repository (ONNX Runtime in python-backend models) and the TensorRT variant with "
-        "its engine build script. Writes OUTPUT/model_repository and OUTPUT/tensorrt.",
-    )
-    export.add_argument("--asr", type=Path, help="multitalker ASR checkpoint (.nemo, EncDecMultiTalkerRNNTBPEModel)")
-    export.add_argument("--diarizer", type=Path, help="Streaming Sortformer checkpoint (.nemo)")
-    export.add_argument(
-        "--random",
-        choices=["tiny", "full"],
-        help="instead of checkpoints, build a random-initialised pair: tiny (tests) or full (released geometry: "
-        "0.6B ASR, Sortformer v2) and export it",
-    )
-    export.add_argument(
-        "--checkpoints", type=Path, help="where --random saves its .nemo files (default: OUTPUT-checkpoints)"
-    )
-    export.add_argument("--output", "-o", type=Path, required=True, help="output folder")
-    export.add_argument(
-        "--right-context",
-        type=int,
-        default=13,
-        help="encoder lookahead frames (0, 1, 6, 13 = 0.08, 0.16, 0.56, 1.12 s latency); must be one the "
-        "checkpoint supports (default: 13)",
-    )
-    export.add_argument(
-        "--max-streams",
-        type=int,
-        default=8,
-        help="streams per batched graph call; ASR graphs take 4x as many speaker instances (default: 8)",
-    )
-    export.add_argument("--instances", type=int, default=1, help="Triton instances per graph model (default: 1)")
-    export.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads, 0 = all cores")
-    export.add_argument(
-        "--stage-instances", type=int, default=1, help="Triton instances per stateful stage model (default: 1)"
-    )
-    export.add_argument(
-        "--max-sequences", type=int, default=1024, help="streams open at once per stage instance (default: 1024)"
-    )
-    export.add_argument(
-        "--idle-timeout",
-        type=float,
-        default=60.0,
-        help="seconds after which a stream that sent nothing is dropped and its state freed (default: 60)",
-    )
-    export.add_argument(
-        "--max-chunk-seconds",
-        type=float,
-        default=0.0,
-        help="longest audio one request may carry; 0 = two chunks, at least 1 s (default: 0)",
-    )
-    export.add_argument(
-        "--graph-backend",
-        choices=["triton", "onnxruntime"],
-        default="onnxruntime",
-        help="how the stages run the graphs: ONNX Runtime in the stage process (fastest on CPU), or calls to the "
-        "graph models through Triton (what the TensorRT variant does) (default: onnxruntime)",
-    )
-    export.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines here (needs TensorRT)")
-    export.add_argument(
-        "--int8",
-        action="store_true",
-        help="int8 dynamic quantisation of the encoder and diarizer weights (ONNX Runtime quantize_dynamic); smaller "
-        "and faster on CPU, at an accuracy cost. Writes no TensorRT variant, and does not combine with --tensorrt",
-    )
-    export.add_argument(
-        "--all-slots-active",
-        action="store_true",
-        help="benchmarking: run the ASR for every speaker slot every chunk, whatever the diarizer says (the "
-        "worst-case load; random-weight diarizers activate speakers regardless of the audio)",
-    )
-    export.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
-    export.set_defaults(func=_export)
 
     serve = sub.add_parser(
         "serve",
@@ -194,20 +116,29 @@ def build_parser() -> argparse.ArgumentParser:
         f"stops (default: {DEFAULT_GRACE_S:g}; a second signal stops at once)",
     )
     serve.set_defaults(func=_serve)
+    return serve
 
-    from mtasr import bench
-    from mtasr.client import score, transcribe
-    from mtasr.training import cli as training_cli
 
-    transcribe.add_parser(sub)
-    score.add_parser(sub)
-    training_cli.add_parsers(sub)
-    bench.add_parser(sub)
+def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The parser with every subcommand in `commands` (default: all) registered in full; the others
+    appear by name and help only, and their modules are not imported."""
+    full = set(SUBCOMMANDS if commands is None else commands)
+    parser = argparse.ArgumentParser(
+        prog="mtasr", description="Streaming multi-talker speech recognition served by NVIDIA Triton."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module, register, help_) in SUBCOMMANDS.items():
+        if name in full:
+            getattr(importlib.import_module(module), register)(sub)
+        else:
+            sub.add_parser(name, help=help_)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = [argv[0]] if argv and argv[0] in SUBCOMMANDS else []
+    args = build_parser(chosen).parse_args(argv)
     return args.func(args)
 
 

@@ -10,22 +10,17 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mtasr.chunker import ChunkGeometry
 from mtasr.features import FeatureConfig
 from mtasr.gating import GatingConfig
 from mtasr.graphs import Graph, OrtGraph
+from mtasr.protocol import ENSEMBLE, MANIFEST, STAGES  # noqa: F401  (re-exported)
 from mtasr.rnnt import DecoderGeometry
 from mtasr.sortformer_state import SortformerParams
 from mtasr.stages import AsrStage, CacheShapes, DiarizationStage, FeatureStage, SpeakerKernelStage
 
-if TYPE_CHECKING:
-    from mtasr.server import ServerConfig
-
-MANIFEST = "manifest.json"
-STAGES = ("features", "diarization", "speaker_kernels", "asr")
-ENSEMBLE = "multitalker_asr"
 # The graph models each stage calls.
 STAGE_GRAPHS = {"diarization": ("diarizer",), "asr": ("encoder", "decoder", "joint")}
 
@@ -105,16 +100,6 @@ def max_chunk_samples(manifest: Mapping[str, Any], settings: ServingSettings) ->
     if settings.max_chunk_s > 0:
         return int(round(settings.max_chunk_s * features["sample_rate"]))
     return max(2 * chunk_samples(manifest), int(features["sample_rate"]))
-
-
-def local_server_config(repo_dir: Path, **overrides: Any) -> ServerConfig:
-    """What `mtasr serve` runs for an exported repository, on free local ports (tools, demo, tests)."""
-    from mtasr.server import ServerConfig
-
-    settings = {"http_port": 0, "grpc_port": 0, "metrics_port": 0, **overrides}
-    return ServerConfig(
-        model_repository=Path(repo_dir), load_models=models_to_load(load_manifest(repo_dir)), **settings
-    )
 
 
 GraphFactory = Callable[[str], Graph]

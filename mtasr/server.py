@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 from mtasr.http_guard import GUARD_KEY_HEADER, HttpGuard
+from mtasr.protocol import DRAIN_POLL_S, ENSEMBLE, ENV_DRAIN_FILE, OPEN_STREAMS_METRIC
 
 __all__ = [
     "ADMIN_KEY_HEADER",
@@ -66,6 +67,7 @@ __all__ = [
     "find_free_port",
     "find_tritonserver",
     "listen_urls",
+    "local_server_config",
     "ready_banner",
     "serve_forever",
 ]
@@ -100,11 +102,6 @@ _GUARDED_APIS = ("health", "metadata", "inference", "model-config", "statistics"
 # Header values must survive Triton's `<apis>:<key>=<value>` flag syntax and HTTP/gRPC metadata.
 _ADMIN_KEY_FORM = re.compile(r"[A-Za-z0-9._~+/-]{16,}")
 
-#: Environment variable naming the file whose existence tells the stages to refuse new streams
-#: (set by :class:`TritonServer` for its stubs; see :meth:`TritonServer.drain`).
-ENV_DRAIN_FILE = "MTASR_DRAIN_FILE"
-#: How often the stages look for that file (and, while draining, publish their open streams beside it).
-DRAIN_POLL_S = 0.5
 #: Supervision (:func:`serve_forever`): how often the server, its stubs and readiness are checked,
 #: how long one readiness probe may take, and how many failed probes in a row mean it is hung.
 PROBE_INTERVAL_S = 0.5
@@ -393,6 +390,16 @@ class ServerConfig:
     #: Put :class:`~mtasr.http_guard.HttpGuard` on the HTTP port, Triton's own HTTP behind it on a
     #: private loopback port: requests whose declared shapes would crash Triton get a 400 instead.
     http_guard: bool = True
+
+
+def local_server_config(repo_dir: str | Path, **overrides) -> ServerConfig:
+    """What `mtasr serve` runs for an exported repository, on free local ports (tools, demo, tests)."""
+    from mtasr.deployment import load_manifest, models_to_load
+
+    settings = {"http_port": 0, "grpc_port": 0, "metrics_port": 0, **overrides}
+    return ServerConfig(
+        model_repository=Path(repo_dir), load_models=models_to_load(load_manifest(repo_dir)), **settings
+    )
 
 
 def _gpu_present() -> bool:
@@ -913,7 +920,6 @@ class TritonServer:
 
     def open_streams(self) -> int | None:
         """Streams the server holds state for (the most any stage holds), None when unreadable."""
-        from mtasr.triton_stage import OPEN_STREAMS_METRIC  # the stages' module: imported only when asked
 
         try:
             with urllib.request.urlopen(self.url("metrics"), timeout=PROBE_TIMEOUT_S) as resp:
@@ -939,7 +945,6 @@ class TritonServer:
         timeout and then crashes. The stream's client gets an error on its next chunk."""
         import json
 
-        from mtasr.deployment import ENSEMBLE
         from mtasr.stages import AUDIO
 
         ids: set[int | str] = set()

@@ -17,19 +17,18 @@ import numpy as np
 
 from mtasr.deployment import ServingSettings, build_stage, load_manifest, local_graphs
 from mtasr.graphs import TritonGraph, single_threaded_blas
-from mtasr.server import DRAIN_POLL_S, ENV_DRAIN_FILE
+from mtasr.protocol import (  # noqa: F401  (re-exported: the stage models' names)
+    CONTROL_CORRID,
+    CONTROL_END,
+    CONTROL_START,
+    DRAIN_POLL_S,
+    ENV_DRAIN_FILE,
+    FREE_STREAMS_METRIC,
+    OPEN_STREAMS_METRIC,
+    SPEAKER_STATES_METRIC,
+)
 from mtasr.stages import STAGE_IO, RequestError
 from mtasr.streams import StageRequest, describe_stream
-
-# CORRID stays in the configs (the sequence batcher fills it) but streams are keyed by the request's id.
-CONTROL_START, CONTROL_END, CONTROL_CORRID = "START", "END", "CORRID"
-# Prometheus gauges on Triton's metrics port: streams whose state a stage holds, per stage, and
-# the speaker instances (encoder caches and hypotheses) the asr stage holds across its streams.
-OPEN_STREAMS_METRIC = "mtasr_open_streams"
-SPEAKER_STATES_METRIC = "mtasr_speaker_states"
-# Streams that may still start on a stage instance that limits them (the features stage: a START
-# beyond the limit gets "server full").
-FREE_STREAMS_METRIC = "mtasr_free_stream_slots"
 
 
 def _control(request, name: str) -> int:

@@ -27,6 +27,6 @@ def tiny_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
     if override := os.environ.get("MTASR_TEST_CHECKPOINTS"):
         asr, diarizer = (Path(p).resolve() for p in override.split(","))
         return asr, diarizer
-    from mtasr.random_models import build_random_pair
+    from mtasr.export.random_models import build_random_pair
 
     return build_random_pair("tiny", tmp_path_factory.mktemp("tiny_checkpoints"))

@@ -6,6 +6,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+
 from mtasr.export import asr
 
 TOLERANCE = 1e-4

@@ -11,10 +11,13 @@ import sys
 import numpy as np
 import pytest
 
-from mtasr import bench, bench_report
-from mtasr.bench import BenchResult, LoadPoint, MemoryPoint, fit_memory, right_context_for
-from mtasr.bench_accuracy import Int8Cost, edit_distance
-from mtasr.bench_steady import SteadyCost, chunk_windows, split_ms
+from mtasr.bench import report as bench_report
+from mtasr.bench import run as bench
+from mtasr.bench.accuracy import Int8Cost, edit_distance
+from mtasr.bench.plan import right_context_for
+from mtasr.bench.results import BenchResult, LoadPoint, MemoryPoint
+from mtasr.bench.run import fit_memory
+from mtasr.bench.steady import SteadyCost, chunk_windows, split_ms
 
 
 def test_latency_settings_are_right_contexts():
@@ -151,7 +154,7 @@ def test_plot_is_a_png(tmp_path):
 def test_quick_benchmark_writes_a_complete_report(tmp_path):
     """`mtasr bench --mode quick`: every (system, concurrency) of the plan measured, figures sane."""
     pytest.importorskip("nemo.collections.asr")
-    from mtasr.mixtures import espeak_available
+    from mtasr.training.mixtures import espeak_available
 
     if not espeak_available():
         pytest.skip("espeak-ng (Debian package 'espeak-ng') is needed")

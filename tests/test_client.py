@@ -10,11 +10,11 @@ import time
 import numpy as np
 import pytest
 import soundfile
+
 from mtasr.client.audio import AudioError, load_audio, open_audio, resample, resample_blocks
 from mtasr.client.stream import StreamError, StreamingClient, rechunk
-
-from mtasr.mixtures import espeak_available, make_conversation
 from mtasr.server import ServerConfig, TritonServer, find_free_port
+from mtasr.training.mixtures import espeak_available, make_conversation
 
 pytestmark = pytest.mark.skipif(not espeak_available(), reason="espeak-ng (Debian package 'espeak-ng') is needed")
 
@@ -54,6 +54,7 @@ def audio_files(tmp_path_factory):
 
 def test_grpc_and_http_give_the_same_seglst_and_valid_files(server, audio_files, tmp_path):
     import meeteval
+
     from mtasr.client.formats import read_rttm
 
     _, files = audio_files

@@ -25,15 +25,15 @@ def test_default_repository_is_a_complete_modest_export():
 
 def test_default_models_serve_the_demo_conversation_and_diarize_it(tmp_path):
     import soundfile as sf
+
     from mtasr.client.audio import load_audio
+    from mtasr.client.demo import score_against_reference
     from mtasr.client.formats import SEGLST_SUFFIX
     from mtasr.client.stream import StreamingClient
-    from mtasr.training.evaluate import activity_segments
-
-    from mtasr.demo import score_against_reference
-    from mtasr.deployment import load_manifest, local_server_config
+    from mtasr.deployment import load_manifest
     from mtasr.local_pipeline import LocalPipeline
-    from mtasr.server import TritonServer
+    from mtasr.server import TritonServer, local_server_config
+    from mtasr.training.evaluate import activity_segments
 
     manifest = load_manifest(DEFAULT_REPOSITORY)
     with TritonServer(local_server_config(DEFAULT_REPOSITORY)) as server:
@@ -71,10 +71,10 @@ def test_default_checkpoints_export_to_the_served_models(tmp_path):
 
     import numpy as np
     import soundfile as sf
-    from mtasr.training.defaults import DEFAULT_CHECKPOINTS
 
     from mtasr.deployment import chunk_samples, load_manifest
     from mtasr.local_pipeline import LocalPipeline
+    from mtasr.training.defaults import DEFAULT_CHECKPOINTS
 
     manifest = load_manifest(DEFAULT_REPOSITORY)
     cmd = [sys.executable, "-m", "mtasr.cli", "export", "--output", str(tmp_path / "export")]
@@ -100,6 +100,7 @@ def test_default_checkpoints_export_to_the_served_models(tmp_path):
 def test_checkpoints_are_recovered_from_the_repository_graphs(tmp_path):
     """`python -m mtasr.training.recover` rebuilds default_checkpoints/ weight for weight from model_repository/."""
     import torch
+
     from mtasr.training.defaults import DEFAULT_CHECKPOINTS
     from mtasr.training.recover import recover
 

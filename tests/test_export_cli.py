@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+
 from mtasr.export.repository import ROOT_FILES
 
 GRAPHS = ["encoder", "decoder", "joint", "diarizer"]
@@ -316,10 +317,10 @@ def test_int8_pipeline_runs_end_to_end_close_to_fp32(exported_int8, exported):
 def test_int8_cost_compares_tokens_speaker_activity_and_words(exported_int8, exported, tmp_path):
     """`mtasr bench`'s accuracy figures: nothing changes against itself; against int8, counts stay in range."""
     import soundfile as sf
+
+    from mtasr.bench.accuracy import measure_int8_cost
     from mtasr.client.formats import SEGLST_SUFFIX
     from mtasr.training.defaults import DEMO_CONVERSATION
-
-    from mtasr.bench_accuracy import measure_int8_cost
 
     fp32, int8 = exported / "model_repository", exported_int8 / "model_repository"
     demo, _ = sf.read(DEMO_CONVERSATION, dtype="float32")

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mtasr.export import asr, sortformer
 
+from mtasr.export import asr, sortformer
 from mtasr.features import FeatureConfig, StreamingLogMel, log_mel, mel_filterbank, num_frames, validate_audio
 
 SR = 16000

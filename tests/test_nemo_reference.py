@@ -1,4 +1,4 @@
-"""The NeMo side of the serving-parity comparison (mtasr/nemo_streaming.py) on the tiny random models,
+"""The NeMo side of the serving-parity comparison (bench/nemo_streaming.py) on the tiny random models,
 and NeMo 3.0.0's background-mask bug shown on its own code."""
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ pytest.importorskip("nemo.collections.asr")
 
 import torch  # noqa: E402
 
-from mtasr.mixtures import espeak_available, make_conversation  # noqa: E402
-from mtasr.nemo_streaming import (  # noqa: E402
+from mtasr.bench.nemo_streaming import (  # noqa: E402
     background_bug_can_matter,
     corrected_background_masks,
     load_models,
@@ -24,6 +23,7 @@ from mtasr.nemo_streaming import (  # noqa: E402
     run_nemo_multitalker,
     supported_right_contexts,
 )
+from mtasr.training.mixtures import espeak_available, make_conversation  # noqa: E402
 
 needs_espeak = pytest.mark.skipif(
     not espeak_available(), reason="espeak-ng (Debian package 'espeak-ng') is not installed"

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mtasr.client import perf_analyzer as pa
 
-from mtasr.mixtures import espeak_available, make_conversation
+from mtasr.bench import perf_analyzer as pa
 from mtasr.server import ServerConfig, TritonServer
+from mtasr.training.mixtures import espeak_available, make_conversation
 
 
 def test_input_data_round_trip(tmp_path):

@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from mtasr.client.formats import (
     FormatError,
     file_stem,

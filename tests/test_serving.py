@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from serving_client import OUTPUT_NAMES, chunked, stream_grpc, stream_http, tokens_by_speaker
 
+from mtasr.bench.nemo_streaming import load_models, run_nemo_multitalker
 from mtasr.deployment import STAGES, ServingSettings, load_manifest
 from mtasr.deployment import chunk_samples as deployment_chunk_samples
 from mtasr.local_pipeline import LocalPipeline
-from mtasr.mixtures import espeak_available, make_conversation
-from mtasr.nemo_streaming import load_models, run_nemo_multitalker
 from mtasr.server import ServerConfig, TritonServer
 from mtasr.stages import TRANSCRIPT
+from mtasr.training.mixtures import espeak_available, make_conversation
 from mtasr.triton_stage import FREE_STREAMS_METRIC, OPEN_STREAMS_METRIC
 
 RIGHT_CONTEXTS = [0, 1, 6, 13]

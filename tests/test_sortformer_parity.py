@@ -36,7 +36,6 @@ from mtasr.export.sortformer import (  # noqa: E402
     build_sortformer,
     export_sortformer,
 )
-
 from mtasr.sortformer_state import (  # noqa: E402
     DROP_EXTRA_PRE_ENCODED,
     FIFO,

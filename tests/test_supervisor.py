@@ -19,9 +19,9 @@ import grpc
 import numpy as np
 import psutil
 import pytest
-from mtasr.client.stream import StreamError, StreamingClient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from mtasr.client.stream import StreamError, StreamingClient
 from mtasr.deployment import ENSEMBLE
 from mtasr.server import STUB_NAME, find_free_port
 from mtasr.stages import AUDIO

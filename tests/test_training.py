@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from mtasr.training.text import split_sentences, vocabulary
 from mtasr.training.voices import missing_engines
 
@@ -29,8 +30,9 @@ def test_test_sentences_never_occur_in_training():
 
 def test_vectorised_rnnt_loss_equals_nemo_loss_and_gradient():
     import torch
-    from mtasr.training.rnnt_loss import VectorisedRNNTLoss
     from nemo.collections.asr.losses.rnnt import RNNTLoss
+
+    from mtasr.training.rnnt_loss import VectorisedRNNTLoss
 
     torch.manual_seed(0)
     vocab = 30  # blank = 29, NeMo's convention (last index)
@@ -68,6 +70,7 @@ def corpus(tmp_path_factory) -> Path:
 @needs_voices
 def test_corpus_manifests_are_nemo_manifests_of_every_voice(corpus):
     import soundfile as sf
+
     from mtasr.training.corpus import HELD_OUT_VOICE_MANIFEST, TEST_MANIFEST, TRAIN_MANIFEST, read_manifest
     from mtasr.training.voices import HELD_OUT_VOICES, VOICES
 
@@ -137,11 +140,12 @@ def test_conversation_simulator_targets_agree_with_the_conversation_rttm(corpus,
     over that stretch, a returning speaker keeping its slot."""
     import random
 
+    from nemo.collections.asr.parts.utils.asr_multispeaker_utils import MultiSpeakerMixtureGenerator
+
     from mtasr.client.formats import read_rttm
     from mtasr.training.corpus import TRAIN_MANIFEST
     from mtasr.training.diarizer import mixture_batch
     from mtasr.training.evalset import REFERENCE_DIR, write_conversations
-    from nemo.collections.asr.parts.utils.asr_multispeaker_utils import MultiSpeakerMixtureGenerator
 
     sessions = write_conversations(corpus / TRAIN_MANIFEST, tmp_path, 6, {2: 0.5, 3: 0.5}, seed=3)
     generator = MultiSpeakerMixtureGenerator(
@@ -172,19 +176,19 @@ def _train_losses(run_dir: Path) -> list[float]:
 def test_short_training_run_trains_restores_exports_and_serves(corpus, tmp_path, caplog):
     """A few dozen real NeMo training steps of both recipes on CPU, then export and the served pipeline."""
     import torch
+    from nemo.collections.asr.models import SortformerEncLabelModel
+    from nemo.collections.asr.models.multitalker_asr_models import EncDecMultiTalkerRNNTBPEModel
+    from serving_client import chunked, tokens_by_speaker
+
     from mtasr.client.stream import StreamingClient
     from mtasr.export.pipeline import ExportSettings, run_export
+    from mtasr.local_pipeline import LocalPipeline
+    from mtasr.server import ServerConfig, TritonServer
     from mtasr.training.asr import AsrRecipe, train_asr
     from mtasr.training.corpus import TEST_MANIFEST, read_manifest
     from mtasr.training.diarizer import DiarizerRecipe, train_diarizer
     from mtasr.training.evalset import corpus_conversation
     from mtasr.training.lightning import TrainSettings
-    from nemo.collections.asr.models import SortformerEncLabelModel
-    from nemo.collections.asr.models.multitalker_asr_models import EncDecMultiTalkerRNNTBPEModel
-    from serving_client import chunked, tokens_by_speaker
-
-    from mtasr.local_pipeline import LocalPipeline
-    from mtasr.server import ServerConfig, TritonServer
 
     steps = TrainSettings(
         max_steps=24, batch_size=4, val_every_steps=12, lr=2e-3, warmup_steps=4, progress=False, log_every_steps=1

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mtasr.training.aux_ctc import AUX_CTC_WEIGHT_KEY
 from mtasr.training.corpus import read_manifest
 from mtasr.training.lightning import (
     Stopwatch,
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 CHECKPOINT_NAME = "asr.nemo"
-AUX_CTC_WEIGHT_KEY = "aux_ctc_weight"  # config key of the training-only CTC head (training.asr_model)
 MONITOR = "val_wer"
 # Attention contexts (right context = lookahead frames). From scratch the encoder learns only the
 # default serving one: with 0 or 1 frame of lookahead for 30 % of the steps it learnt far slower.
@@ -152,8 +152,9 @@ def _set_att_contexts(cfg: DictConfig, recipe: AsrRecipe) -> None:
 
 def build_config(recipe: AsrRecipe, tokenizer_dir: Path, manifest: Path, val_cuts: Path) -> DictConfig:
     """The small multitalker config (export.asr.asr_config) with the simulator as its data."""
-    from mtasr.export.asr import asr_config
     from omegaconf import open_dict
+
+    from mtasr.export.asr import asr_config
 
     cfg = asr_config(recipe.size, tokenizer_dir)
     train_ds, validation_ds = _data_config(recipe, manifest, val_cuts)

@@ -15,9 +15,10 @@ import tarfile
 from pathlib import Path
 
 import torch
-from mtasr.training.asr import AUX_CTC_WEIGHT, AUX_CTC_WEIGHT_KEY
 from nemo.collections.asr.models.multitalker_asr_models import EncDecMultiTalkerRNNTBPEModel
 from omegaconf import open_dict
+
+from mtasr.training.aux_ctc import AUX_CTC_WEIGHT_KEY
 
 HEAD = "aux_ctc_head."
 
@@ -25,7 +26,8 @@ HEAD = "aux_ctc_head."
 class MultiTalkerRNNTWithAuxCTC(EncDecMultiTalkerRNNTBPEModel):
     def __init__(self, cfg, trainer=None):
         super().__init__(cfg=cfg, trainer=trainer)
-        self.aux_ctc_weight = float(cfg.get(AUX_CTC_WEIGHT_KEY, AUX_CTC_WEIGHT))
+        # Set by whoever builds the config (training.asr.build_config, with_aux_ctc): the recipe's weight.
+        self.aux_ctc_weight = float(cfg[AUX_CTC_WEIGHT_KEY])
         # blank is the last class, as in the RNNT joint
         self.aux_ctc_head = torch.nn.Linear(int(cfg.encoder.d_model), self.decoder.blank_idx + 1)
 

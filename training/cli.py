@@ -126,6 +126,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def add_parsers(sub) -> None:
     """Register `train` (with its own subcommands) and `evaluate` on the top-level subparsers."""
+    add_train_parser(sub)
+    add_evaluate_parser(sub)
+
+
+def add_train_parser(sub) -> None:
+    """`train` and its steps."""
     from mtasr.training.asr import ASR_FINE_TUNE, ASR_TRAIN
     from mtasr.training.corpus import CorpusSettings
     from mtasr.training.diarizer import DIARIZER_FINE_TUNE, DIARIZER_TRAIN
@@ -207,6 +213,9 @@ def add_parsers(sub) -> None:
     )
     defaults.set_defaults(func=_defaults)
 
+
+def add_evaluate_parser(sub) -> None:
+    """`evaluate`: a model repository on the evaluation set."""
     ev = sub.add_parser("evaluate", help="WER/cpWER/DER of a model repository on the evaluation set (served)")
     ev.add_argument("model_repository", type=Path)
     ev.add_argument("--evalset", type=Path, default=WORK_DIR / "evalset")

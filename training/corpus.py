@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from mtasr.training.text import split_sentences
 from mtasr.training.voices import HELD_OUT_VOICES, VOICES, Voice, synthesize_to_files
 

@@ -38,6 +38,7 @@ class DefaultsSettings:
 def write_demo_conversation(corpus_dir: Path, target: Path = DEMO_CONVERSATION) -> Path:
     """The bundled demo: a 3-speaker conversation with overlaps, of held-out sentences (FLAC + SegLST)."""
     import soundfile as sf
+
     from mtasr.client.formats import SEGLST_SUFFIX, write_seglst
     from mtasr.training.corpus import TEST_MANIFEST, read_manifest
     from mtasr.training.evalset import corpus_conversation, reference_segments

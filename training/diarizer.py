@@ -107,8 +107,9 @@ def _data_config(recipe: DiarizerRecipe, manifest: Path, val_cuts: Path, model_c
 
 def build_config(recipe: DiarizerRecipe, manifest: Path, val_cuts: Path) -> DictConfig:
     """The small Sortformer config (export.sortformer.sortformer_config) with the simulator as its data."""
-    from mtasr.export.sortformer import sortformer_config
     from omegaconf import open_dict
+
+    from mtasr.export.sortformer import sortformer_config
 
     cfg = sortformer_config(recipe.size)
     train_ds, validation_ds = _data_config(recipe, manifest, val_cuts, cfg)

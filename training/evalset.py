@@ -1,7 +1,7 @@
 """The fixed evaluation set: 1-, 2- and 3-speaker conversations of held-out sentences, with references.
 
 Built from the corpus's test utterances (sentences never seen in training), laid out by
-`mtasr.mixtures.compose` (every change of speaker overlaps by 0.4-1 s), regenerated
+`mtasr.training.mixtures.compose` (every change of speaker overlaps by 0.4-1 s), regenerated
 deterministically from a seed instead of committed as audio. Writes
 
     audio/<session>.wav
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from mtasr.client.formats import (
     RTTM_SUFFIX,
     SEGLST_SUFFIX,
@@ -29,8 +30,7 @@ from mtasr.client.formats import (
     write_stm,
 )
 from mtasr.training.corpus import HELD_OUT_VOICE_MANIFEST, TEST_MANIFEST, read_manifest
-
-from mtasr.mixtures import Conversation, compose
+from mtasr.training.mixtures import Conversation, compose
 
 AUDIO_DIR = "audio"
 REFERENCE_DIR = "ref"

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
 from mtasr.training.evalset import AUDIO_DIR, REFERENCE_DIR
 
 SILENCE_S = 60.0
@@ -25,12 +26,11 @@ def transcribe_evalset(
 ) -> None:
     """Serve `repo` and write each session's SegLST/RTTM/text (and those of the `extra` audio files) into
     `hyp_dir`."""
-    from mtasr.client.stream import StreamingClient
-    from mtasr.client.transcribe import transcribe_file
     from tqdm import tqdm
 
-    from mtasr.deployment import local_server_config
-    from mtasr.server import TritonServer
+    from mtasr.client.stream import StreamingClient
+    from mtasr.client.transcribe import transcribe_file
+    from mtasr.server import TritonServer, local_server_config
 
     sources = sorted((Path(evalset_dir) / AUDIO_DIR).glob("*.wav"))
     if not sources:
@@ -67,8 +67,8 @@ def diarize_evalset(repo: Path, evalset_dir: Path, hyp_dir: Path) -> None:
     """The streaming diarizer alone, exactly as the served diarization stage runs it (in process), per session:
     `<session>.rttm` and a word-less `<session>.seglst.json` (so `mtasr score` reports its DER)."""
     import soundfile as sf
-    from mtasr.client.formats import RTTM_SUFFIX, SEGLST_SUFFIX, write_rttm, write_seglst
 
+    from mtasr.client.formats import RTTM_SUFFIX, SEGLST_SUFFIX, write_rttm, write_seglst
     from mtasr.deployment import chunk_samples, load_manifest
     from mtasr.local_pipeline import LocalPipeline
 

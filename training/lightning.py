@@ -77,6 +77,7 @@ def prepare_run(corpus_dir: Path, out_dir: Path, settings: TrainSettings, valida
 
     Returns (run folder, training manifest, validation cut manifest)."""
     import lightning.pytorch as pl
+
     from mtasr.training.corpus import DEV_MANIFEST, TRAIN_MANIFEST
     from mtasr.training.simulation import write_validation_cuts
 

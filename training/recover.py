@@ -137,10 +137,11 @@ def rebuild_models(repo: Path, tokenizer_dir: Path):
     """The (ASR, diarizer) models of the small configs with the repository's weights, in eval mode."""
     import json
 
+    from omegaconf import open_dict
+
     from mtasr.export.asr import build_asr
     from mtasr.export.sortformer import build_sortformer
     from mtasr.training.asr import ALL_ATT_CONTEXTS
-    from omegaconf import open_dict
 
     manifest = json.loads((repo / "manifest.json").read_text())
     asr = build_asr("small", tokenizer_dir)

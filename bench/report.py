@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mtasr.bench_steady import format_split
+from mtasr.bench.steady import format_split
 
 if TYPE_CHECKING:
-    from mtasr.bench import BenchResult, LoadPoint
+    from mtasr.bench.results import BenchResult, LoadPoint
 
 REPORT, PLOT, RESULTS = "report.md", "latency.png", "results.json"
 SERVED, NEMO = "gRPC stream", "NeMo PyTorch"

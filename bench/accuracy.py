@@ -71,7 +71,7 @@ def measure_int8_cost(
     """Stream every conversation through both repositories and compare (see the module's docstring)."""
     import json
 
-    from mtasr.demo import score_against_reference
+    from mtasr.client.demo import score_against_reference
     from mtasr.deployment import chunk_samples, load_manifest
     from mtasr.local_pipeline import LocalPipeline, speaker_probabilities
     from mtasr.stages import TRANSCRIPT

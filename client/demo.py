@@ -35,19 +35,26 @@ def score_against_reference(seglst: list[dict], reference_path: Path, work_dir: 
     return score(work_dir / "hyp", work_dir / "ref").overall
 
 
-def main(argv: list[str] | None = None) -> int:
-    from mtasr.client.audio import load_audio
-    from mtasr.client.formats import SEGLST_SUFFIX, read_seglst, readable_transcript
-    from mtasr.client.stream import StreamingClient
-    from mtasr.deployment import local_server_config
-    from mtasr.server import TritonServer
+DESCRIPTION = "start Triton on the default models, stream a conversation, print per-speaker transcripts"
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
     from mtasr.training.defaults import DEFAULT_REPOSITORY, DEMO_CONVERSATION
 
-    parser = argparse.ArgumentParser(prog="python -m mtasr.demo", description=__doc__.splitlines()[0])
+    parser = sub.add_parser("demo", help=DESCRIPTION, description=__doc__.splitlines()[0])
     parser.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY)
     parser.add_argument("--audio", type=Path, default=DEMO_CONVERSATION, help="a conversation (any rate, mono or not)")
     parser.add_argument("--realtime", action="store_true", help="send one chunk per chunk duration, as a live call")
-    args = parser.parse_args(argv)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from mtasr.client.audio import load_audio
+    from mtasr.client.formats import SEGLST_SUFFIX, read_seglst, readable_transcript
+    from mtasr.client.stream import StreamingClient
+    from mtasr.server import TritonServer, local_server_config
+
     if not (args.model_repository / "manifest.json").is_file():
         print(
             f"error: {args.model_repository} holds no exported models (mtasr train defaults --install)", file=sys.stderr
@@ -77,6 +84,13 @@ def main(argv: list[str] | None = None) -> int:
             f"DER {100 * overall.der.rate:.1f} %"
         )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m mtasr.client.demo [options]`, the same as `mtasr demo [options]`."""
+    from mtasr.cli import main as cli_main
+
+    return cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

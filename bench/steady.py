@@ -7,13 +7,13 @@ measures one long stream chunk by chunk, batch 1, on both sides one after the ot
 
 - served: the exported repository's stages in this process (`LocalPipeline`, what each stage
   model runs inside Triton, without Triton's own overhead);
-- NeMo: its streaming multitalker loop (`mtasr.nemo_streaming`), one step per chunk.
+- NeMo: its streaming multitalker loop (`mtasr.bench.nemo_streaming`), one step per chunk.
 
 The median chunk time before the cache holds a short benchmark stream's worth and after it is
 full are the two figures reported, with where a served chunk's time goes once full (each graph's
 ONNX Runtime calls, and the rest: features, cache and state updates, gating, glue).
 
-`python -m mtasr.bench_steady REPO [--seconds 40]` prints the served side's split alone.
+`python -m mtasr.bench.steady REPO [--seconds 40]` prints the served side's split alone.
 """
 
 from __future__ import annotations
@@ -136,9 +136,9 @@ def measure_steady_cost(
     all_slots_active: bool,
 ) -> SteadyCost:
     """Both sides on one long stream (see the module's docstring); `models` is NeMo's restored pair."""
-    from mtasr.bench import SAMPLE_RATE, right_context_for
+    from mtasr.bench.nemo_streaming import run_nemo_multitalker
+    from mtasr.bench.plan import SAMPLE_RATE, right_context_for
     from mtasr.deployment import load_manifest
-    from mtasr.nemo_streaming import run_nemo_multitalker
 
     fill_s = diarizer_fill_s(load_manifest(repo))
     chunks = served_chunk_seconds(repo, audio)
@@ -164,11 +164,11 @@ def measure_steady_cost(
 def _main() -> int:
     import argparse
 
-    from mtasr.bench import SAMPLE_RATE, conversation_audio
+    from mtasr.bench.plan import SAMPLE_RATE, conversation_audio
     from mtasr.deployment import chunk_samples, load_manifest
 
     parser = argparse.ArgumentParser(
-        prog="python -m mtasr.bench_steady",
+        prog="python -m mtasr.bench.steady",
         description="Time one long 4-speaker stream chunk by chunk through an exported repository's stages in "
         "this process, and print where a chunk's time goes before and after the diarizer's cache is full.",
     )

@@ -8,10 +8,10 @@ For each model set and latency setting (chunk 0.16 / 0.56 / 1.12 s = encoder rig
    multi-speaker mixtures as sequences (one sequence = one stream, one request = one chunk): a
    concurrency sweep over gRPC streaming and over HTTP; at 1.12 s it then holds streams open to
    measure memory per stream and per speaker instance,
-3. runs NeMo's own streaming multitalker loop (`mtasr.nemo_streaming`) in PyTorch on the same
+3. runs NeMo's own streaming multitalker loop (`mtasr.bench.nemo_streaming`) in PyTorch on the same
    checkpoints and audio, B streams batched per step the way NeMo's script batches a manifest,
 
-and writes OUT/report.md, OUT/latency.png and OUT/results.json (`mtasr.bench_report`).
+and writes OUT/report.md, OUT/latency.png and OUT/results.json (`mtasr.bench.report`).
 
 Served and NeMo figures of one setting come from the same machine in the same run, one after the
 other (never concurrently), so their ratio is meaningful even on a noisy host.
@@ -28,210 +28,23 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import asdict, dataclass, field, replace
-from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
 import numpy as np
 
-from mtasr.bench_accuracy import Int8Cost
-from mtasr.bench_steady import SteadyCost
-
-ENCODER_FRAME_S = 0.08  # FastConformer 8x subsampling of 10 ms features
-SAMPLE_RATE = 16000
-MODEL_SETS = ("tiny", "full", "default")
-# Random-weight diarizers activate speakers whatever the audio says (the full-size one: always the
-# same two of four). These sets run with every speaker slot active on both sides: the worst-case load.
-ALL_SLOTS_ACTIVE = ("tiny", "full")
-
-
-def right_context_for(latency_s: float) -> int:
-    """The encoder right context whose chunk is `latency_s` long (0.16 s -> 1, 1.12 s -> 13)."""
-    frames = round(latency_s / ENCODER_FRAME_S)
-    if frames < 1 or abs(frames * ENCODER_FRAME_S - latency_s) > 1e-6:
-        raise ValueError(f"latency {latency_s} s is not a whole number of {ENCODER_FRAME_S} s encoder frames")
-    return frames - 1
-
-
-@dataclass(frozen=True)
-class BenchPlan:
-    """What one `mtasr bench` run measures."""
-
-    mode: str
-    models: tuple[str, ...]
-    latencies_s: tuple[float, ...]
-    concurrency: tuple[int, ...]  # perf_analyzer concurrent streams, gRPC streaming and HTTP
-    nemo_batches: tuple[int, ...]  # NeMo streams per batch
-    speakers: int = 4  # speakers in every benchmark stream
-    stream_s: float = 12.0  # audio per stream
-    memory_streams: tuple[int, ...] = (1, 2, 4, 8)  # streams held open for the memory figures
-    memory_latency_s: float = 1.12
-    measurement_ms: int = 8000  # perf_analyzer window
-    max_trials: int = 6
-    stability_percentage: float = 25.0
-    int8: bool = False  # also bench the int8-quantised export of every model set ...
-    int8_latencies_s: tuple[float, ...] | None = None  # ... at these settings (None: every one)
-    # One stream this long (past the diarizer's cache fill) timed chunk by chunk on both sides, at the
-    # memory setting (mtasr.bench_steady); None: not measured.
-    steady_stream_s: float | None = None
-
-    def __post_init__(self) -> None:
-        unknown = set(self.models) - set(MODEL_SETS)
-        if unknown:
-            raise ValueError(f"unknown model sets {sorted(unknown)}; choose from {', '.join(MODEL_SETS)}")
-        for latency in self.latencies_s:
-            right_context_for(latency)
-        if min(self.concurrency + self.nemo_batches + self.memory_streams) < 1:
-            raise ValueError("concurrency, batch and stream counts must be >= 1")
-        if not 1 <= self.speakers <= 4:
-            raise ValueError("speakers must be 1..4")
-
-    @property
-    def measured_latency_s(self) -> float:
-        """The setting of the memory and long-stream figures: `memory_latency_s`, else the last one benched."""
-        return self.memory_latency_s if self.memory_latency_s in self.latencies_s else self.latencies_s[-1]
-
-    @property
-    def streams(self) -> int:
-        """Distinct conversations in the input data: one per concurrent stream at most."""
-        return max(self.concurrency + self.nemo_batches + self.memory_streams)
-
-
-PLANS = {
-    # The suite's: tiny random models, one latency, two concurrency levels; about two minutes.
-    "quick": BenchPlan(
-        "quick",
-        models=("tiny",),
-        latencies_s=(1.12,),
-        concurrency=(1, 2),
-        nemo_batches=(1, 2),
-        stream_s=4.0,
-        memory_streams=(1, 2),
-        steady_stream_s=8.0,  # the tiny diarizer's cache is full after 3.84 s
-        measurement_ms=1500,
-        max_trials=4,
-        stability_percentage=100.0,
-    ),
-    # The headline: full-size architecture and the default models at the three latency settings, fp32
-    # and int8. On 2 cores throughput saturates by 2-4 streams, so the sweep stops at 4.
-    "full": BenchPlan(
-        "full",
-        models=("full", "default"),
-        latencies_s=(0.16, 0.56, 1.12),
-        concurrency=(1, 2, 4),
-        nemo_batches=(1, 2, 4),
-        stream_s=8.0,
-        memory_streams=(1, 2, 3, 4, 6, 8),
-        int8=True,
-        int8_latencies_s=(1.12,),
-        steady_stream_s=40.0,  # the full-size diarizer's cache is full after 30 s
-    ),
-}
-
-
-# ------------------------------------------------------------------------------------------ results
-
-
-@dataclass
-class LoadPoint:
-    """One row of the table: a system at one concurrency (served) or batch size (NeMo)."""
-
-    model: str
-    latency_s: float  # the setting: chunk length
-    system: str  # "gRPC stream", "HTTP", "NeMo PyTorch"
-    concurrency: int
-    chunks_per_s: float
-    audio_s_per_s: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-
-    @property
-    def rtf(self) -> float:
-        """Processing time per second of audio for each stream: concurrency / audio seconds per second."""
-        return self.concurrency / self.audio_s_per_s if self.audio_s_per_s > 0 else float("inf")
-
-    @property
-    def realtime(self) -> bool:
-        """Every stream keeps up (RTF < 1) and 99 % of chunks are answered within a chunk length."""
-        return self.rtf < 1 and self.p99_ms < 1000 * self.latency_s
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "rtf": self.rtf, "realtime": self.realtime}
-
-
-@dataclass
-class MemoryPoint:
-    streams: int
-    speaker_states: int
-    rss_mb: float
-
-
-@dataclass
-class Memory:
-    model: str
-    idle_mb: float  # the server after start, before any request
-    first_stream_mb: float  # what the first open stream added: its state and one-time set-up (arenas)
-    points: list[MemoryPoint]  # idle, then each number of open streams
-    per_stream_mb: float | None
-    per_speaker_mb: float | None  # measured, when the run separates it from per stream
-    speaker_state_mb: float  # encoder cache bytes of one speaker instance, from the manifest's shapes
-    after_sweep_mb: float | None = None  # after the perf_analyzer sweep, every stream closed
-
-
-@dataclass
-class BenchResult:
-    plan: BenchPlan
-    points: list[LoadPoint] = field(default_factory=list)
-    memory: list[Memory] = field(default_factory=list)
-    active_speakers: dict[str, float] = field(default_factory=dict)  # "model @ latency" -> mean per chunk
-    setup: dict[str, str] = field(default_factory=dict)  # machine, versions
-    unstable: list[str] = field(default_factory=list)  # perf_analyzer points never stable (not reported)
-    int8_costs: list[Int8Cost] = field(default_factory=list)  # int8 export against fp32, same audio
-    steady: list[SteadyCost] = field(default_factory=list)  # chunk cost once the diarizer's cache is full
-    seconds: float = 0.0
-
-    @classmethod
-    def from_dict(cls, data: dict) -> BenchResult:
-        """A result back from its results.json (`to_dict`), e.g. to render its report again."""
-
-        def fields_of(kind, values: dict):
-            return kind(**{f.name: values[f.name] for f in dataclass_fields(kind) if f.name in values})
-
-        plan = {k: tuple(v) if isinstance(v, list) else v for k, v in data["plan"].items()}
-        memory = []
-        for m in data["memory"]:
-            memory.append(fields_of(Memory, {**m, "points": [MemoryPoint(**p) for p in m["points"]]}))
-        return cls(
-            BenchPlan(**plan),
-            points=[fields_of(LoadPoint, p) for p in data["points"]],
-            memory=memory,
-            active_speakers=data["active_speakers"],
-            setup=data["setup"],
-            unstable=data["unstable"],
-            int8_costs=[fields_of(Int8Cost, c) for c in data["int8_costs"]],
-            steady=[fields_of(SteadyCost, c) for c in data.get("steady", [])],
-            seconds=data["seconds"],
-        )
-
-    def to_dict(self) -> dict:
-        return {
-            "plan": asdict(self.plan),
-            "points": [p.to_dict() for p in self.points],
-            "memory": [asdict(m) for m in self.memory],
-            "active_speakers": self.active_speakers,
-            "setup": self.setup,
-            "unstable": self.unstable,
-            "int8_costs": [
-                {**asdict(c), "token_change_rate": c.token_change_rate, "flip_rate": c.flip_rate}
-                for c in self.int8_costs
-            ],
-            "steady": [
-                {**asdict(c), "served_full_rtf": c.served_full_rtf, "nemo_full_rtf": c.nemo_full_rtf}
-                for c in self.steady
-            ],
-            "seconds": self.seconds,
-        }
+from mtasr.bench.accuracy import Int8Cost
+from mtasr.bench.plan import (
+    ALL_SLOTS_ACTIVE,
+    MODEL_SETS,
+    PLANS,
+    SAMPLE_RATE,
+    BenchPlan,
+    bench_audio,
+    conversation_audio,
+    right_context_for,
+    with_overrides,
+)
+from mtasr.bench.results import BenchResult, LoadPoint, Memory, MemoryPoint
 
 
 def _log(message: str) -> None:
@@ -254,7 +67,7 @@ def checkpoints_for(model: str, work_dir: Path) -> tuple[Path, Path]:
     folder = work_dir / "checkpoints" / model
     asr, diarizer = folder / "asr.nemo", folder / "diarizer.nemo"
     if not (asr.is_file() and diarizer.is_file()):
-        from mtasr.random_models import build_random_pair
+        from mtasr.export.random_models import build_random_pair
 
         _log(f"building the random {model} pair in {folder}")
         build_random_pair(model, folder)
@@ -315,7 +128,7 @@ def int8_cost(
     reference transcript) and the first benchmark stream."""
     import soundfile as sf
 
-    from mtasr.bench_accuracy import measure_int8_cost
+    from mtasr.bench.accuracy import measure_int8_cost
     from mtasr.client.formats import SEGLST_SUFFIX
     from mtasr.training.defaults import DEMO_CONVERSATION
 
@@ -327,20 +140,6 @@ def int8_cost(
     return measure_int8_cost(
         fp32_repo, int8_repo, name, latency_s, [demo, audios[0]], [reference, None], work / "int8-cost"
     )
-
-
-def conversation_audio(speakers: int, seed: int, seconds: float) -> np.ndarray:
-    """A real mixture of `speakers` espeak-ng voices with overlaps, repeated to `seconds`."""
-    from mtasr.mixtures import make_conversation
-
-    samples = int(round(seconds * SAMPLE_RATE))
-    audio = make_conversation(speakers, seed=seed).audio
-    return np.tile(audio, -(-samples // len(audio)))[:samples].astype(np.float32)
-
-
-def bench_audio(plan: BenchPlan) -> list[np.ndarray]:
-    """One conversation of `plan.speakers` voices per stream, `plan.stream_s` long."""
-    return [conversation_audio(plan.speakers, 100 + k, plan.stream_s) for k in range(plan.streams)]
 
 
 # ------------------------------------------------------------------------------------------ served
@@ -364,7 +163,7 @@ def sweep(
 ) -> list[LoadPoint]:
     """perf_analyzer at every concurrency, gRPC streaming then HTTP; one LoadPoint each, except
     where no stable measurement came twice (named in `unstable`)."""
-    from mtasr.client import perf_analyzer as pa
+    from mtasr.bench import perf_analyzer as pa
 
     binary = pa.provision()
     points = []
@@ -426,8 +225,8 @@ def measure_memory(server, repo: Path, plan: BenchPlan, model: str) -> Memory:
 
     from mtasr.client.stream import StreamingClient
     from mtasr.deployment import load_manifest
-    from mtasr.mixtures import make_conversation
     from mtasr.stages import CacheShapes
+    from mtasr.training.mixtures import make_conversation
     from mtasr.triton_stage import SPEAKER_STATES_METRIC
 
     idle = server.rss_mb()
@@ -480,7 +279,7 @@ def nemo_points(
     models, asr: Path, diarizer: Path, audios: list[np.ndarray], plan: BenchPlan, model: str, latency_s: float
 ) -> tuple[list[LoadPoint], float]:
     """NeMo's loop at every batch size; also the mean active speakers per chunk (batch 1, stream 0)."""
-    from mtasr.nemo_streaming import run_nemo_multitalker
+    from mtasr.bench.nemo_streaming import run_nemo_multitalker
 
     rc = right_context_for(latency_s)
     # Warm-up: NeMo's first pass through a stream is several times slower (lazy set-up).
@@ -543,9 +342,9 @@ def bench_served(
     unstable: list[str],
 ) -> tuple[list[LoadPoint], Memory | None]:
     """One export served: memory on the fresh server (at the memory setting), then the sweep."""
-    from mtasr.client import perf_analyzer as pa
-    from mtasr.deployment import chunk_samples, load_manifest, local_server_config
-    from mtasr.server import TritonServer
+    from mtasr.bench import perf_analyzer as pa
+    from mtasr.deployment import chunk_samples, load_manifest
+    from mtasr.server import TritonServer, local_server_config
 
     chunk = chunk_samples(load_manifest(repo))
     streams = [pa.split_chunks(a, chunk) for a in audios]
@@ -564,9 +363,9 @@ def bench_served(
 def run_bench(plan: BenchPlan, out_dir: Path) -> BenchResult:
     """Everything the plan asks, in order. The report folder is rewritten after every setting, so
     an interrupted run leaves the figures it had."""
-    from mtasr import bench_report
-    from mtasr.client import perf_analyzer as pa
-    from mtasr.nemo_streaming import load_models
+    from mtasr.bench import perf_analyzer as pa
+    from mtasr.bench import report as bench_report
+    from mtasr.bench.nemo_streaming import load_models
 
     started = time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -621,7 +420,7 @@ def run_bench(plan: BenchPlan, out_dir: Path) -> BenchResult:
             save()
         steady_repo = exports.get((model, False, plan.measured_latency_s))
         if plan.steady_stream_s and steady_repo is not None:
-            from mtasr.bench_steady import measure_steady_cost
+            from mtasr.bench.steady import measure_steady_cost
 
             _log(f"{name} @ {plan.measured_latency_s:.2f} s: one {plan.steady_stream_s:g} s stream, chunk by chunk")
             result.steady.append(
@@ -642,11 +441,6 @@ def run_bench(plan: BenchPlan, out_dir: Path) -> BenchResult:
     save()
     _log(f"done in {result.seconds / 60:.1f} min: {out_dir / bench_report.REPORT}")
     return result
-
-
-def with_overrides(plan: BenchPlan, **overrides) -> BenchPlan:
-    """The plan with the given fields replaced (None values ignored)."""
-    return replace(plan, **{k: v for k, v in overrides.items() if v is not None})
 
 
 # --------------------------------------------------------------------------------------------- CLI

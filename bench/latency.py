@@ -1,6 +1,6 @@
 """Chunk latency of a served repository: N concurrent streams, each paced in real time.
 
-    python -m mtasr.client.latency EXPORT/model_repository --streams 8 [--seconds 20]
+    python -m mtasr.bench.latency EXPORT/model_repository --streams 8 [--seconds 20]
 
 Starts tritonserver on the repository, opens N gRPC streams that each send one chunk per chunk
 duration (a live speaker) of a synthesised conversation, and reports the time from sending a
@@ -28,10 +28,9 @@ def _stream(client, sequence_id: int, audio: np.ndarray, out: list[float]) -> No
 
 def measure(repo: Path, streams: int, seconds: float) -> dict[str, float]:
     from mtasr.client.stream import StreamingClient
-
-    from mtasr.deployment import load_manifest, local_server_config
-    from mtasr.mixtures import make_conversation
-    from mtasr.server import TritonServer
+    from mtasr.deployment import load_manifest
+    from mtasr.server import TritonServer, local_server_config
+    from mtasr.training.mixtures import make_conversation
 
     manifest = load_manifest(repo)
     rate = manifest["asr"]["features"]["sample_rate"]
@@ -72,7 +71,7 @@ def measure(repo: Path, streams: int, seconds: float) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mtasr.client.latency", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m mtasr.bench.latency", description=__doc__.split("\n\n")[0])
     parser.add_argument("model_repository", type=Path)
     parser.add_argument("--streams", type=int, default=1, help="concurrent real-time streams (default: 1)")
     parser.add_argument("--seconds", type=float, default=20.0, help="audio per stream (default: 20)")

@@ -1,0 +1,117 @@
+"""What one `mtasr bench` run measures: the presets, the latency settings, the audio each stream sends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+ENCODER_FRAME_S = 0.08  # FastConformer 8x subsampling of 10 ms features
+SAMPLE_RATE = 16000
+MODEL_SETS = ("tiny", "full", "default")
+# Random-weight diarizers activate speakers whatever the audio says (the full-size one: always the
+# same two of four). These sets run with every speaker slot active on both sides: the worst-case load.
+ALL_SLOTS_ACTIVE = ("tiny", "full")
+
+
+def right_context_for(latency_s: float) -> int:
+    """The encoder right context whose chunk is `latency_s` long (0.16 s -> 1, 1.12 s -> 13)."""
+    frames = round(latency_s / ENCODER_FRAME_S)
+    if frames < 1 or abs(frames * ENCODER_FRAME_S - latency_s) > 1e-6:
+        raise ValueError(f"latency {latency_s} s is not a whole number of {ENCODER_FRAME_S} s encoder frames")
+    return frames - 1
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """What one `mtasr bench` run measures."""
+
+    mode: str
+    models: tuple[str, ...]
+    latencies_s: tuple[float, ...]
+    concurrency: tuple[int, ...]  # perf_analyzer concurrent streams, gRPC streaming and HTTP
+    nemo_batches: tuple[int, ...]  # NeMo streams per batch
+    speakers: int = 4  # speakers in every benchmark stream
+    stream_s: float = 12.0  # audio per stream
+    memory_streams: tuple[int, ...] = (1, 2, 4, 8)  # streams held open for the memory figures
+    memory_latency_s: float = 1.12
+    measurement_ms: int = 8000  # perf_analyzer window
+    max_trials: int = 6
+    stability_percentage: float = 25.0
+    int8: bool = False  # also bench the int8-quantised export of every model set ...
+    int8_latencies_s: tuple[float, ...] | None = None  # ... at these settings (None: every one)
+    # One stream this long (past the diarizer's cache fill) timed chunk by chunk on both sides, at the
+    # memory setting (mtasr.bench.steady); None: not measured.
+    steady_stream_s: float | None = None
+
+    def __post_init__(self) -> None:
+        unknown = set(self.models) - set(MODEL_SETS)
+        if unknown:
+            raise ValueError(f"unknown model sets {sorted(unknown)}; choose from {', '.join(MODEL_SETS)}")
+        for latency in self.latencies_s:
+            right_context_for(latency)
+        if min(self.concurrency + self.nemo_batches + self.memory_streams) < 1:
+            raise ValueError("concurrency, batch and stream counts must be >= 1")
+        if not 1 <= self.speakers <= 4:
+            raise ValueError("speakers must be 1..4")
+
+    @property
+    def measured_latency_s(self) -> float:
+        """The setting of the memory and long-stream figures: `memory_latency_s`, else the last one benched."""
+        return self.memory_latency_s if self.memory_latency_s in self.latencies_s else self.latencies_s[-1]
+
+    @property
+    def streams(self) -> int:
+        """Distinct conversations in the input data: one per concurrent stream at most."""
+        return max(self.concurrency + self.nemo_batches + self.memory_streams)
+
+
+PLANS = {
+    # The suite's: tiny random models, one latency, two concurrency levels; about two minutes.
+    "quick": BenchPlan(
+        "quick",
+        models=("tiny",),
+        latencies_s=(1.12,),
+        concurrency=(1, 2),
+        nemo_batches=(1, 2),
+        stream_s=4.0,
+        memory_streams=(1, 2),
+        steady_stream_s=8.0,  # the tiny diarizer's cache is full after 3.84 s
+        measurement_ms=1500,
+        max_trials=4,
+        stability_percentage=100.0,
+    ),
+    # The headline: full-size architecture and the default models at the three latency settings, fp32
+    # and int8. On 2 cores throughput saturates by 2-4 streams, so the sweep stops at 4.
+    "full": BenchPlan(
+        "full",
+        models=("full", "default"),
+        latencies_s=(0.16, 0.56, 1.12),
+        concurrency=(1, 2, 4),
+        nemo_batches=(1, 2, 4),
+        stream_s=8.0,
+        memory_streams=(1, 2, 3, 4, 6, 8),
+        int8=True,
+        int8_latencies_s=(1.12,),
+        steady_stream_s=40.0,  # the full-size diarizer's cache is full after 30 s
+    ),
+}
+
+
+def with_overrides(plan: BenchPlan, **overrides) -> BenchPlan:
+    """The plan with the given fields replaced (None values ignored)."""
+    return replace(plan, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def conversation_audio(speakers: int, seed: int, seconds: float) -> np.ndarray:
+    """A real mixture of `speakers` espeak-ng voices with overlaps, repeated to `seconds`."""
+    from mtasr.training.mixtures import make_conversation
+
+    samples = int(round(seconds * SAMPLE_RATE))
+    audio = make_conversation(speakers, seed=seed).audio
+    return np.tile(audio, -(-samples // len(audio)))[:samples].astype(np.float32)
+
+
+def bench_audio(plan: BenchPlan) -> list[np.ndarray]:
+    """One conversation of `plan.speakers` voices per stream, `plan.stream_s` long."""
+    return [conversation_audio(plan.speakers, 100 + k, plan.stream_s) for k in range(plan.streams)]

@@ -1,0 +1,143 @@
+"""`mtasr export`: its command-line parser and handler (imported only when that subcommand runs)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mtasr.deployment import ServingSettings
+from mtasr.export.pipeline import ExportSettings
+
+_DEFAULTS = ExportSettings()
+_SERVING = ServingSettings()
+
+
+def run(args: argparse.Namespace) -> int:
+    from mtasr.export.checkpoints import ExportError
+    from mtasr.export.pipeline import run_export
+
+    try:
+        settings = ExportSettings(
+            right_context=args.right_context,
+            max_streams_per_batch=args.max_streams,
+            graph_instances=args.instances,
+            intra_op_threads=args.threads,
+            tensorrt=args.tensorrt,
+            int8=args.int8,
+            stage_instances=args.stage_instances,
+            max_sequences=args.max_sequences,
+            serving=ServingSettings(
+                sequence_idle_s=args.idle_timeout,
+                max_chunk_s=args.max_chunk_seconds,
+                graph_backend=args.graph_backend,
+                all_slots_active=args.all_slots_active,
+            ),
+        )
+        if args.random:
+            from mtasr.export.random_models import build_random_pair
+
+            checkpoints = args.checkpoints or args.output.with_name(args.output.name + "-checkpoints")
+            asr_path, diar_path = build_random_pair(args.random, checkpoints)
+        else:
+            if not (args.asr and args.diarizer):
+                raise ExportError("give --asr and --diarizer checkpoints, or --random tiny|full")
+            asr_path, diar_path = args.asr, args.diarizer
+        run_export(asr_path, diar_path, args.output, settings, overwrite=args.overwrite)
+    except (ExportError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    export = sub.add_parser(
+        "export",
+        help="convert .nemo checkpoints to ONNX graphs and a Triton model repository",
+        description="Export a multitalker ASR .nemo and a Streaming Sortformer .nemo to ONNX graphs, a manifest, "
+        "a Triton model repository (ONNX Runtime in python-backend models) and the TensorRT variant with "
+        "its engine build script. Writes OUTPUT/model_repository and OUTPUT/tensorrt.",
+    )
+    export.add_argument("--asr", type=Path, help="multitalker ASR checkpoint (.nemo, EncDecMultiTalkerRNNTBPEModel)")
+    export.add_argument("--diarizer", type=Path, help="Streaming Sortformer checkpoint (.nemo)")
+    export.add_argument(
+        "--random",
+        choices=["tiny", "full"],
+        help="instead of checkpoints, build a random-initialised pair: tiny (tests) or full (released geometry: "
+        "0.6B ASR, Sortformer v2) and export it",
+    )
+    export.add_argument(
+        "--checkpoints", type=Path, help="where --random saves its .nemo files (default: OUTPUT-checkpoints)"
+    )
+    export.add_argument("--output", "-o", type=Path, required=True, help="output folder")
+    export.add_argument(
+        "--right-context",
+        type=int,
+        default=_DEFAULTS.right_context,
+        help="encoder lookahead frames (0, 1, 6, 13 = 0.08, 0.16, 0.56, 1.12 s latency); must be one the "
+        f"checkpoint supports (default: {_DEFAULTS.right_context})",
+    )
+    export.add_argument(
+        "--max-streams",
+        type=int,
+        default=_DEFAULTS.max_streams_per_batch,
+        help="streams per batched graph call; ASR graphs take 4x as many speaker instances "
+        f"(default: {_DEFAULTS.max_streams_per_batch})",
+    )
+    export.add_argument(
+        "--instances",
+        type=int,
+        default=_DEFAULTS.graph_instances,
+        help=f"Triton instances per graph model (default: {_DEFAULTS.graph_instances})",
+    )
+    export.add_argument(
+        "--threads", type=int, default=_DEFAULTS.intra_op_threads, help="ONNX Runtime intra-op threads, 0 = all cores"
+    )
+    export.add_argument(
+        "--stage-instances",
+        type=int,
+        default=_DEFAULTS.stage_instances,
+        help=f"Triton instances per stateful stage model (default: {_DEFAULTS.stage_instances})",
+    )
+    export.add_argument(
+        "--max-sequences",
+        type=int,
+        default=_DEFAULTS.max_sequences,
+        help=f"streams open at once per stage instance (default: {_DEFAULTS.max_sequences})",
+    )
+    export.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=_SERVING.sequence_idle_s,
+        help="seconds after which a stream that sent nothing is dropped and its state freed "
+        f"(default: {_SERVING.sequence_idle_s:g})",
+    )
+    export.add_argument(
+        "--max-chunk-seconds",
+        type=float,
+        default=_SERVING.max_chunk_s,
+        help=f"longest audio one request may carry; 0 = two chunks, at least 1 s (default: {_SERVING.max_chunk_s:g})",
+    )
+    export.add_argument(
+        "--graph-backend",
+        choices=["triton", "onnxruntime"],
+        default=_SERVING.graph_backend,
+        help="how the stages run the graphs: ONNX Runtime in the stage process (fastest on CPU), or calls to the "
+        f"graph models through Triton (what the TensorRT variant does) (default: {_SERVING.graph_backend})",
+    )
+    export.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines here (needs TensorRT)")
+    export.add_argument(
+        "--int8",
+        action="store_true",
+        help="int8 dynamic quantisation of the encoder and diarizer weights (ONNX Runtime quantize_dynamic); smaller "
+        "and faster on CPU, at an accuracy cost. Writes no TensorRT variant, and does not combine with --tensorrt",
+    )
+    export.add_argument(
+        "--all-slots-active",
+        action="store_true",
+        help="benchmarking: run the ASR for every speaker slot every chunk, whatever the diarizer says (the "
+        "worst-case load; random-weight diarizers activate speakers regardless of the audio)",
+    )
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    export.set_defaults(func=run)
+    return export
