@@ -52,7 +52,7 @@ def edit_distance(a: np.ndarray, b: np.ndarray) -> int:
 
 def tokens_by_speaker(results: list[dict]) -> dict[int, np.ndarray]:
     """Every token a stream emitted, per speaker slot, in order."""
-    from mtasr.stages import TOKEN_IDS, TOKEN_SPEAKERS
+    from mtasr.protocol import TOKEN_IDS, TOKEN_SPEAKERS
 
     ids = np.concatenate([np.ravel(r[TOKEN_IDS]) for r in results]).astype(np.int64)
     slots = np.concatenate([np.ravel(r[TOKEN_SPEAKERS]) for r in results])
@@ -74,7 +74,7 @@ def measure_int8_cost(
     from mtasr.client.demo import score_against_reference
     from mtasr.deployment import chunk_samples, load_manifest
     from mtasr.local_pipeline import LocalPipeline, speaker_probabilities
-    from mtasr.stages import TRANSCRIPT
+    from mtasr.protocol import TRANSCRIPT
 
     chunk = chunk_samples(load_manifest(fp32_repo))
     if chunk_samples(load_manifest(int8_repo)) != chunk:

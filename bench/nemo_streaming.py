@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from mtasr.export.asr import supported_right_contexts  # noqa: F401  (re-exported)
 
 # The script's MultitalkerTranscriptionConfig defaults (NeMo 3.0.0), as plain values.
 _SCRIPT_DEFAULTS: dict[str, Any] = {
@@ -122,11 +122,6 @@ class NemoResult:
     wall_s: float = 0.0  # the whole loop, every stream of the batch
     step_s: list[float] = field(default_factory=list)  # wall time of each step (one chunk of every stream)
     batch_size: int = 1
-
-
-def supported_right_contexts(asr_model) -> list[int]:
-    """Right contexts the ASR checkpoint's encoder was trained with."""
-    return sorted({int(c[1]) for c in asr_model.encoder.att_context_size_all})
 
 
 def att_context_for(asr_model, right_context: int) -> list[int]:

@@ -22,7 +22,6 @@ import base64
 import contextlib
 import csv
 import fcntl
-import importlib.util
 import io
 import json
 import os
@@ -39,13 +38,12 @@ from typing import Literal
 
 import numpy as np
 
-from mtasr.deployment import ENSEMBLE
-from mtasr.stages import AUDIO
+from mtasr.protocol import AUDIO, ENSEMBLE
+from mtasr.server import pytriton_root, user_cache_dir
 
 VERSION = "2.51.0"
 MODEL_NAME = ENSEMBLE
 INPUT_NAME = AUDIO
-ENV_CACHE_DIR = "MTASR_CACHE_DIR"
 # perf_analyzer's sonames that the tritonclient wheel leaves to the system, and where the
 # pytriton wheel keeps them (auditwheel renames them ``<name>-<hash>.so.<ver>``).
 REQUIRED_LIBS = {
@@ -66,21 +64,15 @@ class PerfAnalyzerError(RuntimeError):
 
 
 def default_cache_dir() -> Path:
-    """``$MTASR_CACHE_DIR/perf_analyzer`` or ``$XDG_CACHE_HOME/mtasr/perf_analyzer`` (``~/.cache``)."""
-    if os.environ.get(ENV_CACHE_DIR):
-        root = Path(os.environ[ENV_CACHE_DIR]).expanduser()
-    else:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mtasr"
-    return root / "perf_analyzer"
+    """``perf_analyzer`` in the server launcher's user cache (``$MTASR_CACHE_DIR`` or ``$XDG_CACHE_HOME/mtasr``)."""
+    return user_cache_dir() / "perf_analyzer"
 
 
 def pytriton_libs_dir() -> Path | None:
     """The installed ``nvidia_pytriton.libs/`` folder (found without importing pytriton)."""
-    spec = importlib.util.find_spec("pytriton")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    libs = Path(next(iter(spec.submodule_search_locations))).parent / "nvidia_pytriton.libs"
-    return libs if libs.is_dir() else None
+    root = pytriton_root()
+    libs = root.parent / "nvidia_pytriton.libs" if root is not None else None
+    return libs if libs is not None and libs.is_dir() else None
 
 
 def _find_lib(folder: Path, patterns: Sequence[str]) -> Path | None:

@@ -6,8 +6,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from mtasr.training.voices import SAMPLE_RATE
+
 ENCODER_FRAME_S = 0.08  # FastConformer 8x subsampling of 10 ms features
-SAMPLE_RATE = 16000
 MODEL_SETS = ("tiny", "full", "default")
 # Random-weight diarizers activate speakers whatever the audio says (the full-size one: always the
 # same two of four). These sets run with every speaker slot active on both sides: the worst-case load.

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import json
 import signal
 import subprocess
@@ -74,14 +73,6 @@ def checkpoints_for(model: str, work_dir: Path) -> tuple[Path, Path]:
     return asr, diarizer
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def export_for(
     asr: Path,
     diarizer: Path,
@@ -94,11 +85,12 @@ def export_for(
 ) -> Path:
     """An export at `right_context`, reused when the checkpoints and settings match (a subprocess:
     the export's torch memory is returned when it ends)."""
+    from mtasr.export.checkpoints import sha256_of
     from mtasr.export.quantize import quantization_settings
 
     key = {
-        "asr": _sha256(asr),
-        "diarizer": _sha256(diarizer),
+        "asr": sha256_of(asr),
+        "diarizer": sha256_of(diarizer),
         "right_context": right_context,
         "max_streams": max_streams,
         "int8": quantization_settings() if int8 else False,  # a changed scheme re-exports

@@ -1,7 +1,7 @@
 """Transcript files: SegLST JSON, NIST RTTM and STM, and a readable text form.
 
-A *segment* is a plain dict in SegLST form (the server's `TRANSCRIPT` output, see README.md,
-"Streaming protocol")::
+A *segment* is a plain dict in SegLST form (the server's `TRANSCRIPT` output, see docs/protocol.md,
+the id and tensors)::
 
     {"session_id": "meeting1", "speaker": "speaker_0", "start_time": 1.2, "end_time": 3.4, "words": "hello there"}
 

@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mtasr.deployment import ENSEMBLE
-from mtasr.stages import AUDIO, CLIENT_OUTPUTS
+from mtasr.protocol import AUDIO, CLIENT_OUTPUTS, ENSEMBLE, speaker_name
 
 OUTPUTS = tuple(name for name, _, _ in CLIENT_OUTPUTS)
 
@@ -110,7 +109,7 @@ class StreamSettings:
 
 def _update(index: int, outputs: dict[str, np.ndarray], latency_s: float) -> Update:
     words = [
-        Word(f"speaker_{slot}", text.decode(), float(start), float(end))
+        Word(speaker_name(slot), text.decode(), float(start), float(end))
         for slot, text, start, end in zip(
             outputs["WORD_SPEAKERS"].tolist(),
             outputs["WORDS"].tolist(),

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from mtasr.export.checkpoints import ExportError
-from mtasr.export.repository import ROOT_FILES, graph_config, max_batch
+from mtasr.export.repository import ROOT_FILES, max_batch
 from mtasr.export.serving import write_pipeline_models
+from mtasr.export.triton_config import graph_config
 
 Shape = list[int]
 

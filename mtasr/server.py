@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 from mtasr.http_guard import GUARD_KEY_HEADER, HttpGuard
-from mtasr.protocol import DRAIN_POLL_S, ENSEMBLE, ENV_DRAIN_FILE, OPEN_STREAMS_METRIC
+from mtasr.protocol import AUDIO, DRAIN_POLL_S, ENSEMBLE, ENV_DRAIN_FILE, OPEN_STREAMS_METRIC
 
 __all__ = [
     "ADMIN_KEY_HEADER",
@@ -154,7 +154,7 @@ class TritonInstall:
     version: str | None = None
 
 
-def _user_cache_dir() -> Path:
+def user_cache_dir() -> Path:
     """The per-user cache root for mtasr (respects MTASR_CACHE_DIR and XDG_CACHE_HOME)."""
     if os.environ.get(ENV_CACHE_DIR):
         return Path(os.environ[ENV_CACHE_DIR]).expanduser()
@@ -171,7 +171,7 @@ def _python_libdirs() -> list[Path]:
     return []
 
 
-def _pytriton_root() -> Path | None:
+def pytriton_root() -> Path | None:
     """The installed ``pytriton`` package folder, found without importing it (import is slow)."""
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
@@ -229,7 +229,7 @@ def _build_backend_dir(src_backends: Path, stub: Path, target: Path) -> None:
 
 def _pytriton_install() -> TritonInstall | None:
     """The tritonserver inside the nvidia-pytriton wheel, with a backend dir holding our stub."""
-    root = _pytriton_root()
+    root = pytriton_root()
     if root is None:
         return None
     dist = root / "tritonserver"
@@ -250,7 +250,7 @@ def _pytriton_install() -> TritonInstall | None:
         version = "unknown"
     # One cache entry per wheel location: two venvs with the same version must not share links.
     tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:10]
-    backend_dir = _user_cache_dir() / "triton-backends" / f"pytriton-{version}-py{py}-{tag}" / "backends"
+    backend_dir = user_cache_dir() / "triton-backends" / f"pytriton-{version}-py{py}-{tag}" / "backends"
     src_backends = dist / "backends"
     if not _backends_complete(backend_dir, src_backends):
         try:
@@ -944,8 +944,6 @@ class TritonServer:
         Triton counts an open sequence as an inference in flight: stopping with one waits out the exit
         timeout and then crashes. The stream's client gets an error on its next chunk."""
         import json
-
-        from mtasr.stages import AUDIO
 
         ids: set[int | str] = set()
         for path in self._drain_file.parent.glob(f"{self._drain_file.name}.*.json"):

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mtasr.protocol import speaker_name  # noqa: F401  (re-exported)
+
 WORD_START = "\u2581"
 
 
@@ -64,10 +66,6 @@ class WordAssembler:
         word = Word(self.slot, text, self._frames[0] * self.frame_s, (self._frames[-1] + 1) * self.frame_s)
         self._ids, self._frames = [], []
         return [word] if text else []
-
-
-def speaker_name(slot: int) -> str:
-    return f"speaker_{slot}"
 
 
 def seglst(words: list[Word], session_id: str, segment_gap_s: float) -> list[dict]:

@@ -1,6 +1,6 @@
 """A bare tritonclient driver for the serving tests: many streams, gRPC streaming or HTTP.
 
-Deliberately plain tritonclient (what README tells users to write); the project's client library
+Deliberately plain tritonclient (what docs/protocol.md tells users to write); the project's client library
 is separate. Each stream is a list of audio chunks; results come back per stream, in order, as
 dicts of output arrays (batch dimension removed) or an error string.
 """

@@ -9,7 +9,7 @@ from mtasr.training.defaults import DEFAULT_REPOSITORY, DEMO_CONVERSATION
 # The committed diarizer alone on the demo conversation (3 speakers, overlapping turns): 20.7 % DER
 # (all missed speech: one speaker's return is partly missed), with a margin. One session guards
 # against regressions; the quality table comes from `mtasr evaluate` on the whole evaluation set.
-# The committed ASR model does not transcribe usefully yet (README, "Default models"), so nothing
+# The committed ASR model does not transcribe usefully yet (docs/training.md, "The committed default pair"), so nothing
 # here claims words.
 MAX_DEMO_DIARIZER_DER = 0.30
 

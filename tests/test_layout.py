@@ -228,3 +228,31 @@ def test_the_static_subcommand_table_matches_each_module(name):
     (choice,) = [c for c in action._choices_actions if c.dest == name]
     assert choice.help == SUBCOMMANDS[name][2]
     assert action.choices[name]._actions[1:]  # registered in full: it has options
+
+
+def _closure(*roots: str) -> set[str]:
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(GRAPH[name] - seen)
+    return seen
+
+
+def test_the_client_takes_only_wire_names_from_the_runtime():
+    """The streaming client needs the ensemble's name and its tensors: `mtasr.protocol`, not the stages."""
+    runtime = {m for m in MODULES if MODULES[m].parent == ROOT / "mtasr"}
+    assert _closure("mtasr.client.stream", "mtasr.client.audio") & runtime == {"mtasr.protocol"}
+
+
+def test_the_protocol_imports_nothing():
+    assert imported_names("mtasr.protocol", MODULES["mtasr.protocol"]) <= {"__future__", "__future__.annotations"}
+
+
+def test_the_client_public_api():
+    import mtasr.client
+
+    assert sorted(mtasr.client.__all__) == ["StreamError", "StreamingClient", "Transcript", "Update", "load_audio"]
+    assert all(hasattr(mtasr.client, name) for name in mtasr.client.__all__)

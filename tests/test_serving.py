@@ -216,7 +216,7 @@ def test_string_ids_sharing_long_prefixes_and_a_number_with_the_same_digits_are_
 
 
 def test_sequence_ids_are_non_zero_uint64s_or_non_empty_strings(served, conversations):
-    """The id forms README's protocol section documents, sent as HTTP JSON: a uint64 or any non-empty
+    """The id forms docs/protocol.md documents, sent as HTTP JSON: a uint64 or any non-empty
     string (spaces, non-ASCII) is a stream; 0 and "" are refused; any other JSON value is refused by
     Triton's HTTP front end before model code runs, with an error naming `sequence_id`."""
     import urllib.error

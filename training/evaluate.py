@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mtasr.protocol import speaker_name
 from mtasr.training.evalset import AUDIO_DIR, REFERENCE_DIR
 
 SILENCE_S = 60.0
@@ -58,7 +59,7 @@ def activity_segments(probs, frame_s: float, session: str, threshold: float = 0.
         edges = np.flatnonzero(np.diff(np.concatenate([[0], active[:, slot].astype(int), [0]])))
         for start, end in zip(edges[::2], edges[1::2], strict=True):
             segments.append(
-                make_segment(session, f"speaker_{slot}", round(start * frame_s, 3), round(end * frame_s, 3))
+                make_segment(session, speaker_name(slot), round(start * frame_s, 3), round(end * frame_s, 3))
             )
     return sorted(segments, key=lambda s: s["start_time"])
 

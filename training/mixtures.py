@@ -15,7 +15,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from mtasr.training.voices import SAMPLE_RATE
+
 MIN_DURATION_S = 6.0
 MAX_DURATION_S = 15.0
 
@@ -91,7 +92,8 @@ def synthesize(text: str, voice: Voice) -> np.ndarray:
             "(apt-get install espeak-ng, or `make system-deps` as root)"
         )
     import soundfile as sf
-    from scipy.signal import resample_poly
+
+    from mtasr.client.audio import resample
 
     cmd = ["espeak-ng", "-v", voice.name, "-p", str(voice.pitch), "-s", str(voice.speed), "--stdout", text]
     wav = subprocess.run(cmd, check=True, capture_output=True, timeout=60).stdout
@@ -99,8 +101,7 @@ def synthesize(text: str, voice: Voice) -> np.ndarray:
     if audio.ndim > 1:
         audio = audio.mean(axis=1)
     if rate != SAMPLE_RATE:
-        g = int(np.gcd(int(rate), SAMPLE_RATE))
-        audio = resample_poly(audio.astype(np.float64), SAMPLE_RATE // g, int(rate) // g)
+        audio = resample(audio.astype(np.float64), int(rate), SAMPLE_RATE)
     audio = np.asarray(audio, dtype=np.float32)
     loud = np.nonzero(np.abs(audio) > 1e-3 * max(float(np.abs(audio).max()), 1e-9))[0]
     if loud.size == 0:

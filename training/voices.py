@@ -97,7 +97,8 @@ def trim(audio: np.ndarray, threshold: float = 1e-3) -> np.ndarray:
 def synthesize_to_files(voice: Voice, jobs: list[tuple[str, Path]]) -> list[float]:
     """Speak each (text, path) into a 16 kHz mono WAV, silence trimmed; returns the durations in seconds."""
     import soundfile as sf
-    from scipy.signal import resample_poly
+
+    from mtasr.client.audio import resample
 
     if missing_engines((voice,)):
         raise SynthesisError(
@@ -112,8 +113,7 @@ def synthesize_to_files(voice: Voice, jobs: list[tuple[str, Path]]) -> list[floa
         if audio.ndim > 1:
             audio = audio.mean(axis=1)
         if rate != SAMPLE_RATE:
-            g = int(np.gcd(int(rate), SAMPLE_RATE))
-            audio = resample_poly(audio, SAMPLE_RATE // g, int(rate) // g).astype(np.float32)
+            audio = resample(audio, int(rate), SAMPLE_RATE)
         audio = trim(audio)
         if audio.size < SAMPLE_RATE // 10:
             raise SynthesisError(f"{voice.name} produced no speech for {text!r}")
