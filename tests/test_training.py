@@ -294,3 +294,19 @@ def test_diarizer_recipe_memorises_a_few_mixtures(corpus, tmp_path):
     recipe = DiarizerRecipe(train=steps, validation_mixtures={2: 2, 3: 2}, memorise=True)
     train_diarizer(corpus, tmp_path / "diarizer", recipe)
     assert _best(tmp_path / "diarizer", "val_f1_acc", max) >= 0.95
+
+
+def test_a_finished_stage_is_returned_not_trained_again(tmp_path):
+    """A stage's model file is written last: when it is there (a run copied from another machine, or
+    re-run), the stage is done, and nothing else (corpus, checkpoints, NeMo) is needed to go on."""
+    from mtasr.training.asr import CHECKPOINT_NAME as ASR_MODEL
+    from mtasr.training.asr import train_asr
+    from mtasr.training.diarizer import CHECKPOINT_NAME as DIARIZER_MODEL
+    from mtasr.training.diarizer import train_diarizer
+
+    for train, name in ((train_asr, ASR_MODEL), (train_diarizer, DIARIZER_MODEL)):
+        stage = tmp_path / name
+        stage.mkdir()
+        (stage / name).write_bytes(b"trained")
+        assert train(tmp_path / "no corpus", stage) == stage / name
+        assert sorted(p.name for p in stage.iterdir()) == [name]

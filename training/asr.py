@@ -17,6 +17,8 @@ from mtasr.training.corpus import read_manifest
 from mtasr.training.lightning import (
     Stopwatch,
     TrainSettings,
+    best_checkpoint,
+    finished_model,
     make_trainer,
     optim_config,
     prepare_run,
@@ -195,8 +197,10 @@ def train_tokenizer(manifest: Path, vocab_size: int, out_dir: Path) -> Path:
 def train_asr(corpus_dir: Path, out_dir: Path, recipe: AsrRecipe = AsrRecipe(), init_from: Path | None = None) -> Path:
     """Train (or fine-tune `init_from`) on simulated mixtures of the corpus; returns `out_dir/asr.nemo`.
 
-    Re-running with the same `out_dir` resumes from its `last.ckpt`.
+    Re-running with the same `out_dir` resumes from its `last.ckpt`, or returns its model when finished.
     """
+    if done := finished_model(Path(out_dir) / CHECKPOINT_NAME):
+        return done
     from mtasr.export.asr import ASR_SIZES
     from mtasr.export.nemo_fixes import patch_fixed_normalization
     from mtasr.training.asr_model import MultiTalkerRNNTWithAuxCTC, with_aux_ctc
@@ -223,7 +227,7 @@ def train_asr(corpus_dir: Path, out_dir: Path, recipe: AsrRecipe = AsrRecipe(), 
     model.loss = VectorisedRNNTLoss(blank=model.decoder.blank_idx)  # NeMo's CPU loss dominates a step
     with Stopwatch() as clock:
         trainer.fit(model, ckpt_path=resume_path(out_dir))
-    best = trainer.checkpoint_callback.best_model_path
+    best = best_checkpoint(trainer)
     if best:
         model = MultiTalkerRNNTWithAuxCTC.load_from_checkpoint(best, map_location="cpu")
     model = model.to_plain_model()

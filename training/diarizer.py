@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 from mtasr.training.lightning import (
     Stopwatch,
     TrainSettings,
+    best_checkpoint,
+    finished_model,
     make_trainer,
     optim_config,
     prepare_run,
@@ -228,8 +230,10 @@ def train_diarizer(
 ) -> Path:
     """Train (or fine-tune `init_from`) on simulated mixtures of the corpus; returns `out_dir/diarizer.nemo`.
 
-    Re-running with the same `out_dir` resumes from its `last.ckpt`.
+    Re-running with the same `out_dir` resumes from its `last.ckpt`, or returns its model when finished.
     """
+    if done := finished_model(Path(out_dir) / CHECKPOINT_NAME):
+        return done
     import lightning.pytorch
     from nemo.collections.asr.models import SortformerEncLabelModel
     from omegaconf import open_dict
@@ -252,7 +256,7 @@ def train_diarizer(
     lightning.pytorch.seed_everything(recipe.train.seed, workers=True)
     with Stopwatch() as clock:
         trainer.fit(model, ckpt_path=resume_path(out_dir))
-    best = trainer.checkpoint_callback.best_model_path
+    best = best_checkpoint(trainer)
     if best:
         model = SortformerEncLabelModel.load_from_checkpoint(best, map_location="cpu")
     _set_chunk_len(model, model.cfg.sortformer_modules.chunk_len)

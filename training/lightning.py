@@ -128,6 +128,24 @@ def training_log(out_dir: Path) -> list[dict]:
     return rows
 
 
+def finished_model(target: Path) -> Path | None:
+    """`target` (a stage's .nemo) when an earlier run finished the stage: it is written last, so a run
+    that was stopped part way has none. Re-running a finished stage returns it; delete it to train again."""
+    import sys
+
+    if Path(target).is_file():
+        print(f"[{Path(target).stem}] {target} exists: stage already trained, not training it again", file=sys.stderr)
+        return Path(target)
+    return None
+
+
+def best_checkpoint(trainer) -> str | None:
+    """The best checkpoint's path, if it is on disk (a run resumed from a copied `last.ckpt` may lack it:
+    the model then stays as trained, its last state)."""
+    best = trainer.checkpoint_callback.best_model_path
+    return best if best and Path(best).is_file() else None
+
+
 def resume_path(out_dir: Path) -> str | None:
     """`last.ckpt` of an interrupted run in `out_dir`, for `trainer.fit(ckpt_path=...)`."""
     last = out_dir / "checkpoints" / LAST_CHECKPOINT
