@@ -197,7 +197,8 @@ def train_tokenizer(manifest: Path, vocab_size: int, out_dir: Path) -> Path:
 def train_asr(corpus_dir: Path, out_dir: Path, recipe: AsrRecipe = AsrRecipe(), init_from: Path | None = None) -> Path:
     """Train (or fine-tune `init_from`) on simulated mixtures of the corpus; returns `out_dir/asr.nemo`.
 
-    Re-running with the same `out_dir` resumes from its `last.ckpt`, or returns its model when finished.
+    Re-running with the same `out_dir` resumes from its `last.ckpt`; a model copied
+    there without checkpoints (a finished stage) is returned as it is.
     """
     if done := finished_model(Path(out_dir) / CHECKPOINT_NAME):
         return done

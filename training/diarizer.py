@@ -230,7 +230,8 @@ def train_diarizer(
 ) -> Path:
     """Train (or fine-tune `init_from`) on simulated mixtures of the corpus; returns `out_dir/diarizer.nemo`.
 
-    Re-running with the same `out_dir` resumes from its `last.ckpt`, or returns its model when finished.
+    Re-running with the same `out_dir` resumes from its `last.ckpt`; a model copied
+    there without checkpoints (a finished stage) is returned as it is.
     """
     if done := finished_model(Path(out_dir) / CHECKPOINT_NAME):
         return done

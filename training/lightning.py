@@ -129,13 +129,18 @@ def training_log(out_dir: Path) -> list[dict]:
 
 
 def finished_model(target: Path) -> Path | None:
-    """`target` (a stage's .nemo) when an earlier run finished the stage: it is written last, so a run
-    that was stopped part way has none. Re-running a finished stage returns it; delete it to train again."""
+    """`target` (a stage's .nemo) when it was trained elsewhere and copied here without its checkpoints
+    (runs/defaults): the stage counts as finished. With a `last.ckpt` beside it the run resumes instead
+    (a longer run in the same folder continues where the last one stopped)."""
     import sys
 
-    if Path(target).is_file():
-        print(f"[{Path(target).stem}] {target} exists: stage already trained, not training it again", file=sys.stderr)
-        return Path(target)
+    target = Path(target)
+    if target.is_file() and resume_path(target.parent) is None:
+        print(
+            f"[{target.stem}] {target} has no checkpoint to resume from: stage finished, not training it again",
+            file=sys.stderr,
+        )
+        return target
     return None
 
 
