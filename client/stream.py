@@ -39,10 +39,12 @@ class StreamError(RuntimeError):
 
 
 # How a stream whose state is gone shows itself: the connection broke or was refused (the server
-# died, restarted or stopped), or a chunk reached a server that never saw the stream's START.
+# died, restarted or stopped), a chunk reached a server that never saw the stream's START, or the
+# model was being unloaded (a server stopping after its grace period) when the chunk arrived.
 _LOST_SIGNS = (
     "must specify the START flag",
     "is not active here",
+    "has no available versions",
     "UNAVAILABLE",
     "Socket closed",
     "no longer in valid state",

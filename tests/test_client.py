@@ -271,3 +271,13 @@ def test_a_server_that_dies_mid_stream_raises_with_the_final_words(tiny_checkpoi
     assert time.monotonic() - started < 60
     assert failure.value.final_words == [w for u in seen for w in u.words]
     assert failure.value.final_words, "some words were final before the server went away"
+
+
+def test_a_mid_stream_chunk_refused_by_an_unloading_model_says_the_stream_is_lost() -> None:
+    from mtasr.client.stream import _failure
+
+    unloading = "Request for unknown model: 'multitalker_asr' has no available versions"
+    assert _failure("localhost:1", 9, unloading, []).lost
+    # On the first chunk the same words mean the model was never there: a plain error, not a lost stream.
+    assert not _failure("localhost:1", 0, unloading, []).lost
+    assert not _failure("localhost:1", 9, "AUDIO: expected FP32, got INT16", []).lost
