@@ -25,6 +25,7 @@ from mtasr.training.lightning import (
     resume_path,
     save_trained,
 )
+from mtasr.training.normalization import feature_normalization
 from mtasr.training.simulation import data_configs
 
 if TYPE_CHECKING:
@@ -39,8 +40,6 @@ SERVING_ATT_CONTEXT = [[70, 13]]
 ALL_ATT_CONTEXTS = [[70, 13], [70, 6], [70, 1], [70, 0]]
 # Binary fractions: NeMo requires the probabilities to sum to exactly 1.0 in floating point.
 ALL_ATT_CONTEXT_PROBS = [0.625, 0.125, 0.125, 0.125]
-# Utterances whose log-mel frames give the fixed per-bin normalisation (`feature_normalization`).
-NORMALIZATION_UTTERANCES = 400
 
 
 # The default pair's ASR is trained in two stages (`train_asr_curriculum`). From scratch on mixtures
@@ -104,40 +103,6 @@ def _spec_augment() -> dict:
         "time_masks": 2,
         "time_width": 0.05,
     }
-
-
-def feature_normalization(manifest: Path, preprocessor_cfg: DictConfig, n_utterances: int = NORMALIZATION_UTTERANCES):
-    """NeMo's fixed normalisation ({fixed_mean, fixed_std}, one value per mel bin) measured on the log-mel
-    frames of `n_utterances` training utterances.
-
-    Un-normalised log-mels average about -10 with a std of 4, so the causal convolutions' zero padding
-    looks like a loud spike; per-utterance normalisation cannot stream. Fixed statistics do both."""
-    import numpy as np
-    import soundfile as sf
-    import torch
-    from nemo.collections.asr.modules import AudioToMelSpectrogramPreprocessor
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.to_container(preprocessor_cfg, resolve=True)
-    cfg.pop("_target_", None)
-    cfg.update(normalize="NA", dither=0.0, pad_to=0)
-    preprocessor = AudioToMelSpectrogramPreprocessor(**cfg).eval()
-    entries = [e for e in read_manifest(manifest) if e["text"]]  # speech only
-    picked = np.random.default_rng(0).permutation(len(entries))[:n_utterances]
-    total = total_sq = None
-    frames = 0
-    with torch.no_grad():
-        for i in picked:
-            audio, _ = sf.read(entries[int(i)]["audio_filepath"], dtype="float32")
-            signal = torch.from_numpy(audio)[None]
-            mel, length = preprocessor(input_signal=signal, length=torch.tensor([signal.shape[1]]))
-            x = mel[0, :, : int(length[0])].double()
-            total = x.sum(1) if total is None else total + x.sum(1)
-            total_sq = (x**2).sum(1) if total_sq is None else total_sq + (x**2).sum(1)
-            frames += x.shape[1]
-    mean = total / frames
-    std = (total_sq / frames - mean**2).clamp(min=1e-10).sqrt()
-    return {"fixed_mean": [round(float(v), 5) for v in mean], "fixed_std": [round(float(v), 5) for v in std]}
 
 
 def _set_dropout(cfg: DictConfig, p: float) -> None:

@@ -32,6 +32,7 @@ from mtasr.training.lightning import (
     resume_path,
     save_trained,
 )
+from mtasr.training.normalization import feature_normalization, fold_into_first_conv, set_normalization
 from mtasr.training.simulation import DEFAULT_SPEAKER_WEIGHTS, data_configs
 
 if TYPE_CHECKING:
@@ -76,6 +77,9 @@ class DiarizerRecipe:
     # None keeps the config's.
     causal_attention_rate: float | None = 0.0
     memorise: bool = False  # train on the validation mixtures: the overfit check of the recipe
+    # The ASR recipe's fixed per-bin feature normalisation (`training.normalization`). Served, the diarizer
+    # reads the ASR's features, so it must be trained on them; False: NeMo's "NA" (for an ASR trained so).
+    fixed_normalization: bool = True
 
 
 def _data_config(recipe: DiarizerRecipe, manifest: Path, val_cuts: Path, model_cfg: DictConfig) -> tuple[dict, dict]:
@@ -120,7 +124,20 @@ def build_config(recipe: DiarizerRecipe, manifest: Path, val_cuts: Path) -> Dict
         cfg.validation_ds = validation_ds
         cfg.optim = optim_config(recipe.train)
         _adapt(cfg, recipe)
+        if recipe.fixed_normalization:
+            cfg.preprocessor.normalize = feature_normalization(manifest, cfg.preprocessor)
     return cfg
+
+
+def _normalize_like_the_asr(model, recipe: DiarizerRecipe, manifest: Path) -> None:
+    """A restored model on the recipe's features; one trained without normalisation has the statistics
+    folded (approximately) into its first convolution, so fine-tuning starts close to where it was."""
+    if not recipe.fixed_normalization or not isinstance(model.cfg.preprocessor.get("normalize"), str):
+        return
+    normalize = feature_normalization(manifest, model.cfg.preprocessor)
+    if model.cfg.preprocessor.normalize == "NA":
+        fold_into_first_conv(model.encoder.pre_encode.conv[0], normalize)
+    set_normalization(model, normalize)
 
 
 def _adapt(cfg: DictConfig, recipe: DiarizerRecipe) -> None:
@@ -239,6 +256,9 @@ def train_diarizer(
     from nemo.collections.asr.models import SortformerEncLabelModel
     from omegaconf import open_dict
 
+    from mtasr.export.nemo_fixes import patch_fixed_normalization
+
+    patch_fixed_normalization()
     out_dir, manifest, val_cuts = prepare_run(corpus_dir, out_dir, recipe.train, recipe.validation_mixtures)
     trainer = make_trainer(out_dir, recipe.train, MONITOR, MONITOR_MODE, [_recipe_callback(recipe.train_chunk_len)])
     if init_from is None:
@@ -252,6 +272,7 @@ def train_diarizer(
             model.cfg.optim = optim_config(recipe.train)
             _adapt(model.cfg, recipe)
         _adapt_modules(model, recipe)
+        _normalize_like_the_asr(model, recipe, manifest)
         _attach_data(model)
     # the model's __init__ re-seeds `random`, which the simulator draws from
     lightning.pytorch.seed_everything(recipe.train.seed, workers=True)
