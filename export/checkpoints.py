@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,10 +58,36 @@ def inspect_checkpoint(path: Path, role: str, expected_class: str) -> Checkpoint
     except tarfile.TarError as err:
         raise ExportError(f"{role} checkpoint {path} is not a .nemo archive ({err})") from None
     target = str(config.get("target", "unknown"))
-    if target != expected_class:
-        found, expected = target.rsplit(".", 1)[-1], expected_class.rsplit(".", 1)[-1]
-        raise ExportError(f"{role} checkpoint {path} holds a {found}, expected {expected}")
+    check_model_class(target, expected_class, role, path)
     return CheckpointInfo(path=path, target=target, sha256=sha256_of(path), config=config)
+
+
+def check_model_class(target: str, expected_class: str, role: str, path: Any) -> None:
+    """`target` names `expected_class`, a path it is re-exported under, or a subclass of it.
+
+    NeMo records the path the class was saved under (`nemo.collections.asr.models.X` or the defining
+    module, or a user's subclass); the exact path is accepted without importing anything."""
+    if target == expected_class:
+        return
+    expected_name = expected_class.rsplit(".", 1)[-1]
+    found, expected = _import_class(target), _import_class(expected_class)
+    if found is None:
+        raise ExportError(
+            f"{role} checkpoint {path} holds {target}, which does not import here; expected {expected_name} "
+            "or a subclass of it"
+        )
+    if expected is None or not (isinstance(found, type) and issubclass(found, expected)):
+        raise ExportError(f"{role} checkpoint {path} holds {target}, which is not {expected_name} or a subclass of it")
+
+
+def _import_class(dotted: str) -> Any:
+    module, _, name = dotted.rpartition(".")
+    if not module:
+        return None
+    try:  # importing the module is what NeMo's restore_from does with the same path
+        return getattr(importlib.import_module(module), name, None)
+    except Exception:
+        return None
 
 
 def extract_tokenizer(path: Path, out_dir: Path) -> None:

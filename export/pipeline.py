@@ -28,6 +28,7 @@ from mtasr.export.checkpoints import (
     inspect_checkpoint,
     load_model,
 )
+from mtasr.export.compatibility import check_asr_config, check_diarizer_config
 
 MANIFEST_VERSION = 1
 SPEAKER_SLOTS = 4
@@ -101,6 +102,9 @@ def run_export(
     started = time.perf_counter()
     asr_info = inspect_checkpoint(asr_path, "ASR", ASR_CLASS)
     diar_info = inspect_checkpoint(diarizer_path, "diarizer", DIARIZER_CLASS)
+    asr_features = check_asr_config(asr_info.config, asr_info.path)
+    for note in check_diarizer_config(diar_info.config, asr_features, diar_info.path):
+        progress(f"note: {note}")
     check_output_dir(out_dir, overwrite)
     if settings.int8 and settings.tensorrt:
         raise ExportError(

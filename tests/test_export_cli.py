@@ -3,6 +3,7 @@ clear error line (non-zero exit, nothing left behind) for each kind of bad input
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -201,7 +202,7 @@ def test_bad_input_gives_one_clear_error_line_and_leaves_nothing(case, tiny_chec
     args = {"asr": str(asr_path), "diarizer": str(diar_path), "output": str(out), "rc": "13"}
     fragment = {
         "missing": "ASR checkpoint not found",
-        "wrong_class": "holds a SortformerEncLabelModel, expected EncDecMultiTalkerRNNTBPEModel",
+        "wrong_class": "SortformerEncLabelModel, which is not EncDecMultiTalkerRNNTBPEModel or a subclass of it",
         "not_nemo": "is not a .nemo archive",
         "right_context": "right context 5 is not supported",
         "unwritable": "is not writable",
@@ -235,6 +236,104 @@ def test_bad_input_gives_one_clear_error_line_and_leaves_nothing(case, tiny_chec
     assert_one_error_line(result, fragment)
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if "staging" in p.name]
+
+
+def with_config(nemo: Path, out: Path, change) -> Path:
+    """A copy of the `.nemo` archive `nemo` whose model_config.yaml `change(config)` has edited."""
+    import tarfile
+
+    import yaml
+
+    with tarfile.open(nemo) as source, tarfile.open(out, "w") as target:
+        for member in source.getmembers():
+            data = source.extractfile(member).read() if member.isfile() else None
+            if Path(member.name).name == "model_config.yaml":
+                config = yaml.safe_load(data)
+                change(config)
+                data = yaml.safe_dump(config).encode()
+                member.size = len(data)
+            target.addfile(member, io.BytesIO(data) if data is not None else None)
+    return out
+
+
+# Settings the served pipeline would run differently from NeMo's script: refused at export, before the
+# model is loaded, in one line naming the setting. (role, config edit, what the line says)
+UNSERVABLE = {
+    "per_utterance_normalisation": (
+        "asr",
+        lambda c: c["preprocessor"].update(normalize="per_feature"),
+        "preprocessor.normalize is 'per_feature'",
+    ),
+    "beam_search": ("asr", lambda c: c["decoding"].update(strategy="beam"), "decoding.strategy is 'beam'"),
+    "full_context_attention": (
+        "asr",
+        lambda c: c["encoder"].update(att_context_style="regular"),
+        "encoder.att_context_style is 'regular'",
+    ),
+    "kernels_in_two_layers": ("asr", lambda c: c.update(spk_kernel_layers=[0, 1]), "spk_kernel_layers is [0, 1]"),
+    "no_background_kernel": ("asr", lambda c: c.update(add_bg_spk_kernel=False), "add_bg_spk_kernel is False"),
+    "wrong_model_class": (
+        "asr",
+        lambda c: c.update(target="nemo.collections.asr.models.EncDecRNNTBPEModel"),
+        "EncDecRNNTBPEModel, which is not EncDecMultiTalkerRNNTBPEModel",
+    ),
+    "class_that_does_not_import": (
+        "diarizer",
+        lambda c: c.update(target="nemo.collections.asr.models.NoSuchDiarizer"),
+        "NoSuchDiarizer, which does not import here",
+    ),
+    "diarizer_mel_count": (
+        "diarizer",
+        lambda c: c["preprocessor"].update(features=80),
+        "its features differ from the ASR's (n_mels 80 (ASR: 128))",
+    ),
+    "diarizer_sample_rate": (
+        "diarizer",
+        lambda c: c["preprocessor"].update(sample_rate=8000),
+        "sample_rate 8000 (ASR: 16000)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNSERVABLE))
+def test_a_setting_served_differently_from_nemo_is_refused_before_loading(case, tiny_checkpoints, tmp_path):
+    role, change, fragment = UNSERVABLE[case]
+    paths = dict(zip(("asr", "diarizer"), tiny_checkpoints, strict=True))
+    paths[role] = with_config(paths[role], tmp_path / f"{role}.nemo", change)
+    out = tmp_path / "out"
+    result = run_cli("export", "--asr", str(paths["asr"]), "--diarizer", str(paths["diarizer"]), "--output", str(out))
+    assert result.returncode == 2
+    assert_one_error_line(result, fragment)
+    assert "loading" not in result.stderr  # refused from the config alone
+    assert not out.exists()
+
+
+def test_a_model_class_saved_under_another_path_or_subclassed_is_accepted():
+    from mtasr.export.checkpoints import ASR_CLASS, DIARIZER_CLASS, check_model_class
+
+    check_model_class("nemo.collections.asr.models.EncDecMultiTalkerRNNTBPEModel", ASR_CLASS, "ASR", "a.nemo")
+    check_model_class("nemo.collections.asr.models.SortformerEncLabelModel", DIARIZER_CLASS, "diarizer", "d.nemo")
+    # the training recipe's subclass (auxiliary CTC loss) is an EncDecMultiTalkerRNNTBPEModel
+    check_model_class("mtasr.training.asr_model.MultiTalkerRNNTWithAuxCTC", ASR_CLASS, "ASR", "a.nemo")
+
+
+def test_diarizer_settings_that_nemos_script_overrides_are_served_its_way_and_noted(tiny_checkpoints):
+    from mtasr.export.checkpoints import ASR_CLASS, DIARIZER_CLASS, inspect_checkpoint
+    from mtasr.export.compatibility import check_asr_config, check_diarizer_config
+
+    asr_path, diar_path = tiny_checkpoints
+    asr = check_asr_config(inspect_checkpoint(asr_path, "ASR", ASR_CLASS).config, asr_path)
+    config = dict(inspect_checkpoint(diar_path, "diarizer", DIARIZER_CLASS).config)
+    assert check_diarizer_config(config, asr, diar_path) == []
+    notes = check_diarizer_config(dict(config, streaming_mode=False, async_streaming=True), asr, diar_path)
+    assert len(notes) == 2
+    assert "served streaming, as NeMo's script runs it" in notes[0]
+    assert "NeMo 3.0's multitalker script cannot run" in notes[1]
+    # Features that differ in value only (not in shape or time base) are served as NeMo's script does
+    # (the ASR's), with a warning.
+    other_guard = dict(config, preprocessor=dict(config["preprocessor"], log_zero_guard_value=1e-3))
+    (note,) = check_diarizer_config(other_guard, asr, diar_path)
+    assert "log_zero_guard_value 0.001" in note and "expect it to diarize worse" in note
 
 
 @pytest.fixture(scope="module")
