@@ -28,6 +28,26 @@ def test_test_sentences_never_occur_in_training():
     assert {w for s in train + test + dev for w in s.split()} <= vocabulary()
 
 
+def test_conversations_of_long_utterances_fit_and_let_every_speaker_speak():
+    """Two-sentence training utterances run to 8 s: a conversation of four such speakers must still fit
+    its 15 s and give everyone a turn (a long turn is swapped for another of that speaker's)."""
+    from mtasr.training.mixtures import MAX_DURATION_S, compose
+
+    def conversation(seed: int):
+        rng = np.random.default_rng(seed)
+
+        def speak(speaker: int):
+            seconds = 7.5 if rng.random() < 0.6 else 1.5
+            return speaker, "words", np.full(int(seconds * 16000), 0.1, np.float32)
+
+        return compose(speak, 4, rng)
+
+    for seed in range(30):
+        turns = conversation(seed).segments
+        assert max(t.end_s for t in turns) <= MAX_DURATION_S
+        assert {t.speaker for t in turns} == {0, 1, 2, 3}
+
+
 def test_vectorised_rnnt_loss_equals_nemo_loss_and_gradient():
     import torch
     from nemo.collections.asr.losses.rnnt import RNNTLoss

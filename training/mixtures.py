@@ -19,6 +19,8 @@ from mtasr.training.voices import SAMPLE_RATE
 
 MIN_DURATION_S = 6.0
 MAX_DURATION_S = 15.0
+MAX_REDRAWS = 50  # utterances of one speaker tried for a turn that must fit (`compose`)
+RESERVE_PER_SILENT_SPEAKER_S = 2.0
 
 
 class Voice(NamedTuple):
@@ -144,6 +146,25 @@ def make_conversation(
     return compose(speak, n_speakers, rng, target_s=target, overlap_s=overlap_s, level_db=level_db, voices=voices)
 
 
+def _next_turn(speak, speaker: int, segments: list, n_speakers: int, rng: np.random.Generator, how: dict) -> tuple:
+    """`speaker`'s next turn, levelled to `how["level_db"]` dBFS RMS, and where it starts after `segments`
+    (at `how["lead"]` for the first; see `compose`)."""
+    speaker, text, clip = speak(speaker)
+    rms = float(np.sqrt(np.mean(clip.astype(np.float64) ** 2)))
+    clip = (clip * (10 ** (how["level_db"] / 20) / max(rms, 1e-9))).astype(np.float32)
+    dur = clip.shape[0] / SAMPLE_RATE
+    if not segments:
+        return speaker, text, clip, round(how["lead"] * SAMPLE_RATE) / SAMPLE_RATE
+    prev = segments[-1]
+    if n_speakers > 1:
+        shared = float(rng.uniform(*how["overlap_s"]))
+        shared = min(shared, 0.4 * dur, 0.4 * (prev.end_s - prev.start_s))
+        start = prev.end_s - shared
+    else:
+        start = prev.end_s + float(rng.uniform(0.2, 0.6))
+    return speaker, text, clip, round(start * SAMPLE_RATE) / SAMPLE_RATE
+
+
 def compose(
     speak,
     n_speakers: int,
@@ -165,29 +186,25 @@ def compose(
     target = min(max(target, MIN_DURATION_S), MAX_DURATION_S)
     speaker_order = [int(s) for s in rng.permutation(n_speakers)]
 
-    lead = float(rng.uniform(0.3, 0.6))
+    how = {"lead": float(rng.uniform(0.3, 0.6)), "overlap_s": overlap_s, "level_db": level_db}
     tail = 0.4
     segments: list[Segment] = []
     clips: list[np.ndarray] = []
     turn = 0
     while True:
-        speaker, text, clip = speak(speaker_order[turn % n_speakers])
-        rms = float(np.sqrt(np.mean(clip.astype(np.float64) ** 2)))
-        clip = (clip * (10 ** (level_db / 20) / max(rms, 1e-9))).astype(np.float32)
-        dur = clip.shape[0] / SAMPLE_RATE
-        if segments:
-            prev = segments[-1]
-            if n_speakers > 1:
-                shared = float(rng.uniform(*overlap_s))
-                shared = min(shared, 0.4 * dur, 0.4 * (prev.end_s - prev.start_s))
-                start = prev.end_s - shared
-            else:
-                start = prev.end_s + float(rng.uniform(0.2, 0.6))
-        else:
-            start = lead
-        start = round(start * SAMPLE_RATE) / SAMPLE_RATE
-        end = start + dur
         everyone_spoke = len({s.speaker for s in segments}) == n_speakers and len(segments) >= 2
+        next_speaker = speaker_order[turn % n_speakers]
+        # Time kept for the speakers still silent after this turn, while someone has yet to speak.
+        silent = set(range(n_speakers)) - {s.speaker for s in segments} - {next_speaker}
+        reserve = RESERVE_PER_SILENT_SPEAKER_S * len(silent)
+        for _ in range(MAX_REDRAWS):
+            speaker, text, clip, start = _next_turn(speak, next_speaker, segments, n_speakers, rng, how)
+            end = start + clip.shape[0] / SAMPLE_RATE
+            # A turn too long for what is left: another of that speaker's utterances.
+            if everyone_spoke or end + tail + reserve <= MAX_DURATION_S:
+                break
+        else:
+            raise RuntimeError(f"no turn of speaker {speaker} fits into a {MAX_DURATION_S} s conversation")
         if everyone_spoke and end + tail > MAX_DURATION_S:
             break
         segments.append(Segment(speaker, start, end, text))
