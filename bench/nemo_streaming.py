@@ -9,8 +9,8 @@ of the wheel) in its parallel-speaker mode (``launch_parallel_streaming``), with
 - both ``.nemo`` files restored on CPU; the ASR encoder set to ``[left, right_context]`` (the left
   context of the checkpoint's ``att_context_size_all`` entry with that right context);
 - the diarizer in streaming mode with ``chunk_len``/``chunk_left_context``/``chunk_right_context``/
-  ``spkcache_refresh_rate`` 0 and the checkpoint's own ``spkcache_len``/``fifo_len`` (the script's
-  188 defaults are deliberately not used: serving uses the checkpoint's values);
+  ``spkcache_refresh_rate`` 0 and ``spkcache_len``/``fifo_len`` as the export served them
+  (``diar_cache``: the script's 188/188, or None for the checkpoint's own);
 - features from ``CacheAwareStreamingAudioBuffer.append_audio`` (the path of ``append_audio_file``
   minus reading the file: the buffer's own preprocessor with dither 0, pad_to 0);
 - ``SpeakerTaggedASR`` with the script's config defaults except the overrides in ``_config``;
@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from mtasr.export.asr import supported_right_contexts  # noqa: F401  (re-exported)
+from mtasr.export.compatibility import NEMO_SCRIPT_DIARIZER_CACHE
 
 # The script's MultitalkerTranscriptionConfig defaults (NeMo 3.0.0), as plain values.
 _SCRIPT_DEFAULTS: dict[str, Any] = {
@@ -52,9 +53,9 @@ _SCRIPT_DEFAULTS: dict[str, Any] = {
     "random_seed": None,
     "log": True,
     "streaming_mode": True,
-    "spkcache_len": 188,
+    "spkcache_len": NEMO_SCRIPT_DIARIZER_CACHE[0],
     "spkcache_refresh_rate": 0,
-    "fifo_len": 188,
+    "fifo_len": NEMO_SCRIPT_DIARIZER_CACHE[1],
     "chunk_len": 0,
     "chunk_left_context": 0,
     "chunk_right_context": 0,
@@ -219,7 +220,7 @@ def load_models(asr_nemo: Path, diar_nemo: Path):
     return asr_model.eval(), diar_model.eval()
 
 
-def _configure(asr_model, diar_model, right_context: int) -> list[int]:
+def _configure(asr_model, diar_model, right_context: int, diar_cache: tuple[int, int] | None) -> list[int]:
     ctx = att_context_for(asr_model, right_context)
     asr_model.encoder.set_default_att_context_size(ctx)  # also recomputes streaming_cfg
     asr_model.eval()
@@ -227,7 +228,12 @@ def _configure(asr_model, diar_model, right_context: int) -> list[int]:
     m = diar_model.sortformer_modules
     diar_model.eval()
     diar_model.streaming_mode = True
-    # spkcache_len / fifo_len stay at the checkpoint's values.
+    # As the script's spkcache_len/fifo_len; None: the checkpoint's (its config keeps them, whatever an earlier
+    # call on the same model set).
+    m.spkcache_len, m.fifo_len = diar_cache or (
+        int(diar_model.cfg.sortformer_modules.spkcache_len),
+        int(diar_model.cfg.sortformer_modules.fifo_len),
+    )
     m.chunk_len = 0
     m.chunk_left_context = 0
     m.chunk_right_context = 0
@@ -245,6 +251,7 @@ def run_nemo_multitalker(
     all_slots_active: bool = False,
     diar_async_streaming: bool | None = None,
     max_num_of_spks: int = 4,
+    diar_cache: tuple[int, int] | None = NEMO_SCRIPT_DIARIZER_CACHE,
     models: tuple[Any, Any] | None = None,
     quiet: bool = True,
 ) -> NemoResult:
@@ -273,6 +280,9 @@ def run_nemo_multitalker(
     ``max_num_of_spks`` is the script's option of that name (speakers beyond it are zeroed in the
     diarizer output; it is also the top-k of the active-speaker search).
 
+    ``diar_cache`` is the diarizer's (spkcache_len, fifo_len), the script's options of those names, at
+    their defaults as export's are; None keeps the checkpoint's (export's ``--diarizer-cache checkpoint``).
+
     ``models`` may pass an already restored ``(asr_model, diar_model)`` pair to skip restoring; the
     call leaves the ASR encoder at ``right_context`` and the diarizer at the streaming settings above.
     """
@@ -285,7 +295,7 @@ def run_nemo_multitalker(
 
     with nemo_logging.temp_verbosity(nemo_logging.WARNING) if quiet else nullcontext():
         asr_model, diar_model = models if models is not None else load_models(asr_nemo, diar_nemo)
-        ctx = _configure(asr_model, diar_model, right_context)
+        ctx = _configure(asr_model, diar_model, right_context, diar_cache)
         n_spk = int(diar_model._cfg.max_num_of_spks)
         if not 1 <= max_num_of_spks <= n_spk:
             raise ValueError(f"max_num_of_spks must be in 1..{n_spk} (the diarizer's speakers), got {max_num_of_spks}")

@@ -25,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
             intra_op_threads=args.threads,
             tensorrt=args.tensorrt,
             int8=args.int8,
+            diarizer_cache=args.diarizer_cache,
             stage_instances=args.stage_instances,
             max_sequences=args.max_sequences,
             serving=ServingSettings(
@@ -32,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
                 max_chunk_s=args.max_chunk_seconds,
                 graph_backend=args.graph_backend,
                 all_slots_active=args.all_slots_active,
+                nemo_background_mask=args.nemo_background_mask,
             ),
         )
         if args.random:
@@ -48,6 +50,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def diarizer_cache(value: str) -> tuple[int, int] | None:
+    """--diarizer-cache: `script`, `checkpoint` or SPKCACHE,FIFO frames."""
+    from mtasr.export.compatibility import NEMO_SCRIPT_DIARIZER_CACHE
+
+    if value == "script":
+        return NEMO_SCRIPT_DIARIZER_CACHE
+    if value == "checkpoint":
+        return None
+    try:
+        spkcache, fifo = (int(n) for n in value.split(","))
+    except ValueError:
+        message = f"expected script, checkpoint or SPKCACHE,FIFO (two integers), got {value!r}"
+        raise argparse.ArgumentTypeError(message) from None
+    return spkcache, fifo
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -76,6 +94,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
         default=_DEFAULTS.right_context,
         help="encoder lookahead frames (0, 1, 6, 13 = 0.08, 0.16, 0.56, 1.12 s latency); must be one the "
         f"checkpoint supports (default: {_DEFAULTS.right_context})",
+    )
+    export.add_argument(
+        "--diarizer-cache",
+        type=diarizer_cache,
+        default="script",
+        metavar="script|checkpoint|SPKCACHE,FIFO",
+        help="diarizer speaker-cache and FIFO frames to serve: NeMo's multitalker script sets "
+        f"{','.join(map(str, _DEFAULTS.diarizer_cache))} at run time whatever the checkpoint says (script, the "
+        "default); checkpoint keeps the checkpoint's own; or two numbers",
     )
     export.add_argument(
         "--max-streams",
@@ -137,6 +164,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
         action="store_true",
         help="benchmarking: run the ASR for every speaker slot every chunk, whatever the diarizer says (the "
         "worst-case load; random-weight diarizers activate speakers regardless of the audio)",
+    )
+    export.add_argument(
+        "--nemo-background-mask",
+        action="store_true",
+        help="comparison with NeMo's script: build a speaker's background mask from list positions as NeMo 3.0 "
+        "does, instead of from the other active speaker ids (the fix served by default; docs/protocol.md)",
     )
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     export.set_defaults(func=run)

@@ -17,6 +17,10 @@ from mtasr.features import FeatureConfig
 GREEDY_STRATEGIES = ("greedy", "greedy_batch")
 # The attention style cache-aware streaming needs (NeMo's streaming buffer requires it too).
 STREAMING_ATTENTION = "chunked_limited"
+# The diarizer cache NeMo's multitalker script sets at run time (`spkcache_len`, `fifo_len`), whatever the
+# checkpoint says; export serves these unless told otherwise (`ExportSettings.diarizer_cache`).
+NEMO_SCRIPT_DIARIZER_CACHE = (188, 188)
+
 # Feature settings the diarizer cannot run without (the ASR's features are what it reads): tensor shape and
 # time base. Other differences change values only (a note); `pad_to` changes no value at all.
 MUST_MATCH = ("n_mels", "sample_rate", "hop_length")
@@ -100,3 +104,15 @@ def _short(value: Any) -> str:
     if isinstance(value, list) and len(value) > 3:
         return f"[{value[0]:.4g}, {value[1]:.4g}, ...]"
     return repr(value)
+
+
+def check_diarizer_cache(spkcache_len: int, fifo_len: int, min_spkcache_len: int) -> None:
+    """Cache sizes NeMo's streaming update can run (it needs the speaker cache for every speaker's silence
+    frames) and the served graph can take (a FIFO of 0 frames leaves an empty tensor dimension)."""
+    if spkcache_len < min_spkcache_len:
+        raise ExportError(f"diarizer spkcache_len {spkcache_len} is below this model's minimum of {min_spkcache_len}")
+    if fifo_len < 1:
+        raise ExportError(
+            f"diarizer fifo_len {fifo_len} is not served (an empty FIFO); NeMo's script runs "
+            f"{NEMO_SCRIPT_DIARIZER_CACHE[1]}: export with --diarizer-cache script or SPKCACHE,FIFO"
+        )

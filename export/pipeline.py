@@ -28,7 +28,7 @@ from mtasr.export.checkpoints import (
     inspect_checkpoint,
     load_model,
 )
-from mtasr.export.compatibility import check_asr_config, check_diarizer_config
+from mtasr.export.compatibility import NEMO_SCRIPT_DIARIZER_CACHE, check_asr_config, check_diarizer_config
 
 MANIFEST_VERSION = 1
 SPEAKER_SLOTS = 4
@@ -44,6 +44,8 @@ class ExportSettings:
     opset: int = 17
     tensorrt: bool = False
     int8: bool = False  # int8 dynamic quantisation of the encoder and diarizer (mtasr.export.quantize)
+    # Diarizer (spkcache_len, fifo_len) to serve: NeMo's script's run-time values by default; None: the checkpoint's.
+    diarizer_cache: tuple[int, int] | None = NEMO_SCRIPT_DIARIZER_CACHE
     stage_instances: int = 1  # Triton instances of each stateful stage
     max_sequences: int = 1024  # streams one stage instance keeps open at once
     serving: ServingSettings = field(default_factory=ServingSettings)
@@ -167,6 +169,7 @@ def _export_into(staging: Path, asr_info, diar_info, settings: ExportSettings, p
 
     progress(f"loading diarizer checkpoint {diar_info.path}")
     diar_model = load_model(diar_info)
+    checkpoint_cache = sortformer.set_cache_sizes(diar_model, settings.diarizer_cache)
     progress("exporting Sortformer core graph")
     streaming = asr_entry["streaming"]  # the diarizer runs on the ASR encoder's chunks
     diar_entry = sortformer.export_sortformer(
@@ -224,7 +227,11 @@ def _export_into(staging: Path, asr_info, diar_info, settings: ExportSettings, p
             "decoding": asr_entry["decoding"],
             "features": asr_features,
         },
-        "diarizer": {"geometry": diar_entry["geometry"], "features": diar_features},
+        "diarizer": {
+            "geometry": diar_entry["geometry"],
+            "features": diar_features,
+            "checkpoint_cache": checkpoint_cache,  # what the checkpoint said, where the geometry differs
+        },
         "graphs": graphs,
         "quantization": quantization_settings() if settings.int8 else None,
         "deployment": {

@@ -408,6 +408,19 @@ SORTFORMER_SPEC = GraphSpec(
 )
 
 
+def set_cache_sizes(model, cache: tuple[int, int] | None) -> dict[str, int]:
+    """Serve `cache` = (spkcache_len, fifo_len), as NeMo's script sets them at run time (None: the
+    checkpoint's own); returns the checkpoint's values. Refuses sizes the streaming update cannot run."""
+    from mtasr.export.compatibility import check_diarizer_cache
+
+    sm = model.sortformer_modules
+    checkpoint = {"spkcache_len": int(sm.spkcache_len), "fifo_len": int(sm.fifo_len)}
+    if cache is not None:
+        sm.spkcache_len, sm.fifo_len = (int(n) for n in cache)
+    check_diarizer_cache(int(sm.spkcache_len), int(sm.fifo_len), (1 + sm.spkcache_sil_frames_per_spk) * sm.n_spk)
+    return checkpoint
+
+
 def export_sortformer(
     model: torch.nn.Module,
     out_dir: Path,

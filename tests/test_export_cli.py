@@ -3,7 +3,6 @@ clear error line (non-zero exit, nothing left behind) for each kind of bad input
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from nemo_files import with_config
 
 from mtasr.export.repository import ROOT_FILES
 
@@ -236,24 +236,6 @@ def test_bad_input_gives_one_clear_error_line_and_leaves_nothing(case, tiny_chec
     assert_one_error_line(result, fragment)
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if "staging" in p.name]
-
-
-def with_config(nemo: Path, out: Path, change) -> Path:
-    """A copy of the `.nemo` archive `nemo` whose model_config.yaml `change(config)` has edited."""
-    import tarfile
-
-    import yaml
-
-    with tarfile.open(nemo) as source, tarfile.open(out, "w") as target:
-        for member in source.getmembers():
-            data = source.extractfile(member).read() if member.isfile() else None
-            if Path(member.name).name == "model_config.yaml":
-                config = yaml.safe_load(data)
-                change(config)
-                data = yaml.safe_dump(config).encode()
-                member.size = len(data)
-            target.addfile(member, io.BytesIO(data) if data is not None else None)
-    return out
 
 
 # Settings the served pipeline would run differently from NeMo's script: refused at export, before the

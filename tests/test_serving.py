@@ -11,11 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from nemo_files import with_config
 from serving_client import OUTPUT_NAMES, chunked, stream_grpc, stream_http, tokens_by_speaker
 
 from mtasr.bench.nemo_streaming import load_models, run_nemo_multitalker
 from mtasr.deployment import STAGES, ServingSettings, load_manifest
 from mtasr.deployment import chunk_samples as deployment_chunk_samples
+from mtasr.export.compatibility import NEMO_SCRIPT_DIARIZER_CACHE
 from mtasr.local_pipeline import LocalPipeline
 from mtasr.server import ServerConfig, TritonServer
 from mtasr.stages import TRANSCRIPT
@@ -97,6 +99,54 @@ def test_served_tokens_equal_nemo_streaming_multitalker_inference(
         assert tokens_by_speaker(served[10 + i]) == want, (
             f"{len(conv.segments)}-segment input, right context {right_context}"
         )
+
+
+@pytest.mark.parametrize("fifo_len", [0, 124])
+def test_a_diarizer_saved_with_any_fifo_is_served_with_the_cache_nemos_script_forces(
+    fifo_len, tiny_checkpoints, nemo_models, conversations, tmp_path
+):
+    """NeMo's script runs every diarizer with spkcache_len = fifo_len = 188 whatever its checkpoint says
+    (NeMo's v2 training config saves fifo_len 0); export serves the same by default and records what the
+    checkpoint said. Over 40 s the FIFO and the speaker cache both fill and the cache is compressed."""
+    asr, diarizer = tiny_checkpoints
+    saved = with_config(diarizer, tmp_path / "d.nemo", lambda c: c["sortformer_modules"].update(fifo_len=fifo_len))
+    repo = export((asr, saved), tmp_path / "export", 13)
+    manifest = load_manifest(repo)
+    geometry = manifest["diarizer"]["geometry"]
+    assert (geometry["spkcache_len"], geometry["fifo_len"]) == NEMO_SCRIPT_DIARIZER_CACHE
+    assert manifest["diarizer"]["checkpoint_cache"]["fifo_len"] == fifo_len
+
+    audio = np.concatenate([conv.audio for conv in conversations] * 2)
+    assert len(audio) / 16000 > sum(NEMO_SCRIPT_DIARIZER_CACHE) * geometry["frame_len_s"] + 5
+    nemo = run_nemo_multitalker(asr, saved, audio, 13, fix_background_mask=True, models=nemo_models)
+    want = {slot: tokens for slot, tokens in nemo.tokens.items() if tokens}
+    settings = ServingSettings(graph_backend="onnxruntime")
+    assert tokens_by_speaker(LocalPipeline(repo, settings).transcribe(audio, chunk_samples(repo))) == want
+
+
+def test_the_checkpoints_own_diarizer_cache_is_served_on_request_and_an_empty_fifo_refused(
+    tiny_checkpoints, nemo_models, conversations, tmp_path
+):
+    """`--diarizer-cache checkpoint` serves the checkpoint's sizes (here with NeMo 3.0's own background-mask
+    rule, `--nemo-background-mask`, so the reference is NeMo's script unmodified)."""
+    asr, diarizer = tiny_checkpoints
+    repo = export(tiny_checkpoints, tmp_path / "own", 13, "--diarizer-cache", "checkpoint", "--nemo-background-mask")
+    manifest = load_manifest(repo)
+    geometry = manifest["diarizer"]["geometry"]
+    assert (geometry["spkcache_len"], geometry["fifo_len"]) != NEMO_SCRIPT_DIARIZER_CACHE
+    assert manifest["deployment"]["serving"]["nemo_background_mask"]
+    audio = np.concatenate([conv.audio for conv in conversations])  # fills the tiny model's small cache
+    nemo = run_nemo_multitalker(asr, diarizer, audio, 13, diar_cache=None, models=nemo_models)
+    assert nemo.bg_mask_differs_chunks, "the input must exercise NeMo's background rule"
+    want = {slot: tokens for slot, tokens in nemo.tokens.items() if tokens}
+    assert tokens_by_speaker(LocalPipeline(repo).transcribe(audio, chunk_samples(repo))) == want
+
+    no_fifo = with_config(diarizer, tmp_path / "fifo0.nemo", lambda c: c["sortformer_modules"].update(fifo_len=0))
+    cmd = [sys.executable, "-m", "mtasr.cli", "export", "--asr", str(asr), "--diarizer", str(no_fifo)]
+    cmd += ["--output", str(tmp_path / "refused"), "--diarizer-cache", "checkpoint"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2
+    assert "error: diarizer fifo_len 0 is not served" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_nemo_background_mask_rule_is_the_only_difference_and_is_corrected(

@@ -85,7 +85,12 @@ def reproduce_defaults(work_dir: Path, settings: DefaultsSettings = DefaultsSett
     step(
         "export",
         lambda: run_export(
-            asr, diarizer, export_dir, ExportSettings(max_streams_per_batch=DEFAULT_MAX_STREAMS), overwrite=True
+            asr,
+            diarizer,
+            export_dir,
+            # the diarizer is served with the cache sizes it was trained and validated with
+            ExportSettings(max_streams_per_batch=DEFAULT_MAX_STREAMS, diarizer_cache=None),
+            overwrite=True,
         ),
     )
     evalset = step("evaluation set", lambda: build_evalset(corpus, work_dir / "evalset"))
