@@ -58,6 +58,9 @@ ASR_SIZES = {
     "small": AsrSize(6, 160, 4, 64, 192, 192, 1, 512),
     # multitalker-parakeet-streaming-0.6b-v1
     "full": AsrSize(24, 1024, 8, 256, 640, 640, 2, 1024),
+    # the released geometry with one of its 24 layers: every width, head count and vocabulary as released, small
+    # enough for the suite to run the full export -> serve -> parity path on it (tests/test_released_geometry.py)
+    "shrunk": AsrSize(1, 1024, 8, 256, 640, 640, 2, 1024),
 }
 
 

@@ -80,9 +80,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     export.add_argument("--diarizer", type=Path, help="Streaming Sortformer checkpoint (.nemo)")
     export.add_argument(
         "--random",
-        choices=["tiny", "full"],
-        help="instead of checkpoints, build a random-initialised pair: tiny (tests) or full (released geometry: "
-        "0.6B ASR, Sortformer v2) and export it",
+        choices=["tiny", "shrunk", "full"],
+        help="instead of checkpoints, build a random-initialised pair: tiny (tests), full (released geometry: "
+        "0.6B ASR, Sortformer v2) or shrunk (the released geometry with one layer per stack) and export it",
     )
     export.add_argument(
         "--checkpoints", type=Path, help="where --random saves its .nemo files (default: OUTPUT-checkpoints)"

@@ -13,7 +13,7 @@ TOKENIZER_LINES = 20000
 
 
 def build_random_pair(size: str, out_dir: Path, seed: int = 0) -> tuple[Path, Path]:
-    """Write `asr.nemo` and `diarizer.nemo` of `size` ("tiny" or "full") into `out_dir`."""
+    """Write `asr.nemo` and `diarizer.nemo` of `size` ("tiny", "shrunk" or "full") into `out_dir`."""
     from mtasr.export import asr, sortformer
     from mtasr.export.tokenizer import pseudo_english_lines, train_tokenizer
 

@@ -164,11 +164,15 @@ _SIZES: dict[str, dict[str, Any]] = {
 }
 
 
+# The released geometry with one layer of each stack: the suite's stand-in for the released checkpoint.
+_SIZES["shrunk"] = {**_SIZES["full"], "fc_layers": 1, "tf_layers": 1}
+
+
 def sortformer_config(
     size: str, streaming: dict[str, Any] | None = None, conv_norm_type: str | None = None
 ) -> DictConfig:
-    """SortformerEncLabelModel config ("tiny", "small" or "full"); ``streaming`` overrides sortformer_modules keys,
-    ``conv_norm_type`` the size's norm in the convolution modules."""
+    """SortformerEncLabelModel config ("tiny", "small", "shrunk" or "full"); ``streaming`` overrides
+    sortformer_modules keys, ``conv_norm_type`` the size's norm in the convolution modules."""
     if size not in _SIZES:
         raise ValueError(f"unknown Sortformer size {size!r}; expected one of {sorted(_SIZES)}")
     g = copy.deepcopy(_SIZES[size])
