@@ -39,7 +39,7 @@ from typing import Literal
 import numpy as np
 
 from mtasr.protocol import AUDIO, ENSEMBLE
-from mtasr.server import pytriton_root, user_cache_dir
+from mtasr.triton_install import pytriton_root, user_cache_dir
 
 VERSION = "2.51.0"
 MODEL_NAME = ENSEMBLE

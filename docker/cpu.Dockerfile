@@ -29,7 +29,7 @@ RUN pip install -c requirements/constraints.txt ".[serve]" \
 
 # Assemble tritonserver's backend directory (the wheel's backends plus the python 3.11 stub) now, into
 # MTASR_CACHE_DIR, so the server starts without writing outside /tmp; fail the build if the wheel has no server.
-RUN python -c "from mtasr.server import find_tritonserver; print(find_tritonserver())" \
+RUN python -c "from mtasr.triton_install import find_tritonserver; print(find_tritonserver())" \
     && chmod -R a+rX "$MTASR_CACHE_DIR"
 
 RUN useradd --create-home --uid 1000 --shell /usr/sbin/nologin mtasr

@@ -52,7 +52,8 @@ def _serve(args: argparse.Namespace) -> int:
     import os
 
     from mtasr.deployment import load_manifest, models_to_load
-    from mtasr.server import ENV_ADMIN_KEY, ServerConfig, serve_forever
+    from mtasr.server import ENV_ADMIN_KEY, ServerConfig
+    from mtasr.supervisor import serve_forever
 
     if not (args.model_repository / "manifest.json").is_file() and not args.any_repository:
         print(
@@ -79,7 +80,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def add_serve_parser(sub) -> argparse.ArgumentParser:
-    from mtasr.server import ADMIN_KEY_HEADER, DEFAULT_GRACE_S, ENV_ADMIN_KEY, RESTRICTED_APIS
+    from mtasr.server import ADMIN_KEY_HEADER, ENV_ADMIN_KEY, RESTRICTED_APIS
+    from mtasr.supervisor import DEFAULT_GRACE_S
 
     serve = sub.add_parser(
         "serve",

@@ -12,7 +12,7 @@ bad one with Triton's own error form (400, ``{"error": ...}``); everything else 
 byte for byte to Triton on a private loopback port. Triton refuses requests on that port that
 lack :attr:`HttpGuard.key` (its restricted-API option), so nothing bypasses the checks. gRPC
 is not proxied: its binary requests are sized by protobuf, and what still kills a stub there is
-recovered from by the supervisor (server.serve_forever).
+recovered from by the supervisor (supervisor.serve_forever).
 """
 
 from __future__ import annotations

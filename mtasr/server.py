@@ -1,15 +1,11 @@
 """Launch the real ``tritonserver`` binary and manage its lifetime.
 
-Two installations are supported: NVIDIA's Triton container (``tritonserver`` on PATH and
-``/opt/tritonserver/backends``) and the binary that ships in the ``nvidia-pytriton`` wheel. The
-wheel keeps the python-backend stub apart from the backend (one stub per Python version), so
-:func:`find_tritonserver` assembles a backend directory with the stub that matches this
-interpreter, once, in a user cache directory.
-
-:class:`TritonServer` starts the binary bound to one host, waits until every model is ready and,
-when that fails, raises :class:`ServerStartError` carrying the part of the server log that says
-why (which model failed to load and the Python error). It runs the server in its own process
-group, so stopping it also ends the python-backend stub processes: nothing is left behind.
+:class:`TritonServer` starts the binary (found by :func:`mtasr.triton_install.find_tritonserver`)
+bound to one host, waits until every model is ready and, when that fails, raises
+:class:`ServerStartError` carrying the part of the server log that says why (which model failed to
+load and the Python error). It runs the server in its own process group, so stopping it also ends
+the python-backend stub processes: nothing is left behind. What ``mtasr serve`` runs around it
+(supervision, graceful stop) is in :mod:`mtasr.supervisor`.
 
 The administrative APIs (model repository: load/unload, whose ``file:`` overrides run code in the
 server; shared memory; logging; trace) are restricted on HTTP and gRPC to requests carrying the
@@ -25,22 +21,12 @@ from __future__ import annotations
 import atexit
 import ctypes
 import ctypes.util
-import fcntl
-import hashlib
-import importlib.metadata
-import importlib.util
-import ipaddress
-import logging
 import os
 import re
 import secrets
-import shutil
 import signal
-import socket
-import struct
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 import urllib.error
@@ -48,51 +34,33 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Literal
 
+from mtasr.addresses import find_free_port, port_taken, url_host
 from mtasr.http_guard import GUARD_KEY_HEADER, HttpGuard
-from mtasr.protocol import AUDIO, DRAIN_POLL_S, ENSEMBLE, ENV_DRAIN_FILE, OPEN_STREAMS_METRIC
+from mtasr.protocol import AUDIO, ENSEMBLE, ENV_DRAIN_FILE, OPEN_STREAMS_METRIC
+from mtasr.triton_install import STUB_NAME, TritonInstall, TritonNotFoundError, find_tritonserver
 
 __all__ = [
     "ADMIN_KEY_HEADER",
-    "DEFAULT_GRACE_S",
-    "ENV_DRAIN_FILE",
     "ENV_ADMIN_KEY",
+    "GRPC_HEADER_PREFIX",
+    "PROBE_TIMEOUT_S",
     "RESTRICTED_APIS",
     "ServerConfig",
     "ServerStartError",
-    "TritonInstall",
-    "TritonNotFoundError",
     "TritonServer",
-    "find_free_port",
-    "find_tritonserver",
-    "listen_urls",
     "local_server_config",
-    "ready_banner",
-    "serve_forever",
 ]
 
 Protocol = Literal["http", "grpc", "metrics"]
-
-logger = logging.getLogger(__name__)
-
-#: Where NVIDIA's Triton container keeps its backends.
-SYSTEM_BACKEND_DIR = Path("/opt/tritonserver/backends")
-#: Environment variable naming a tritonserver binary to use instead of searching.
-ENV_BINARY = "MTASR_TRITONSERVER"
-#: Environment variable naming the backend directory that goes with ``MTASR_TRITONSERVER``.
-ENV_BACKEND_DIR = "MTASR_TRITON_BACKEND_DIR"
-#: Environment variable overriding the cache directory (default ``$XDG_CACHE_HOME/mtasr``).
-ENV_CACHE_DIR = "MTASR_CACHE_DIR"
-
-STUB_NAME = "triton_python_backend_stub"
 
 #: Environment variable holding the operator's key for the restricted APIs (``mtasr serve``).
 ENV_ADMIN_KEY = "MTASR_ADMIN_KEY"
 #: HTTP header carrying the admin key. gRPC carries it as metadata ``triton-grpc-protocol-<header>``
 #: (Triton's prefix for restricted protocols); :meth:`TritonServer.admin_headers` gives either.
 ADMIN_KEY_HEADER = "mtasr-admin-key"
-_GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
+GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
 #: Triton API groups that need the admin key. Clients use none of them: the repository API loads
 #: code (``file:`` overrides) and unloads models; system shared memory would let a client map the
 #: python backend's own regions; logging and trace change the server's behaviour.
@@ -102,17 +70,8 @@ _GUARDED_APIS = ("health", "metadata", "inference", "model-config", "statistics"
 # Header values must survive Triton's `<apis>:<key>=<value>` flag syntax and HTTP/gRPC metadata.
 _ADMIN_KEY_FORM = re.compile(r"[A-Za-z0-9._~+/-]{16,}")
 
-#: Supervision (:func:`serve_forever`): how often the server, its stubs and readiness are checked,
-#: how long one readiness probe may take, and how many failed probes in a row mean it is hung.
-PROBE_INTERVAL_S = 0.5
+#: How long one HTTP request to the running server (a readiness probe, the metrics, an END) may take.
 PROBE_TIMEOUT_S = 5.0
-PROBE_FAILURES = 3
-#: Restarts that fail one after another before ``mtasr serve`` gives up (exit 1).
-MAX_FAILED_RESTARTS = 5
-#: Default time in-flight streams get to finish after SIGTERM/SIGINT (``mtasr serve --grace-period``).
-DEFAULT_GRACE_S = 30.0
-#: After the grace period: how long ``mtasr serve`` keeps ending streams the stages still hold.
-END_ROUNDS_S = 5.0
 
 # Log lines that look like errors on every CPU-only start and say nothing about the models.
 _BENIGN_LOG_PATTERNS = (
@@ -125,227 +84,8 @@ _ERROR_LINE = re.compile(r"^E\d{4} |error|failed|exception|traceback", re.IGNORE
 _TABLE_LINE = re.compile(r"^\s*[+|]")
 
 
-class TritonNotFoundError(RuntimeError):
-    """No usable tritonserver installation was found."""
-
-
 class ServerStartError(RuntimeError):
     """tritonserver could not be started or did not become ready; the message says why."""
-
-
-# --------------------------------------------------------------------------------------------
-# Finding the binary
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TritonInstall:
-    """Everything needed to run one tritonserver installation.
-
-    ``lib_dirs`` go on the child's LD_LIBRARY_PATH: the wheel's binaries find their bundled
-    libraries through an ``$ORIGIN``-relative RPATH, which does not hold for copies made when
-    symlinks are not possible, and the stub needs ``libpython`` of this interpreter.
-    """
-
-    binary: Path
-    backend_dir: Path
-    lib_dirs: tuple[Path, ...] = ()
-    source: str = "system"  # "system", "pytriton" or "env"
-    version: str | None = None
-
-
-def user_cache_dir() -> Path:
-    """The per-user cache root for mtasr (respects MTASR_CACHE_DIR and XDG_CACHE_HOME)."""
-    if os.environ.get(ENV_CACHE_DIR):
-        return Path(os.environ[ENV_CACHE_DIR]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "mtasr"
-
-
-def _python_libdirs() -> list[Path]:
-    """Directories holding this interpreter's libpython, which the python-backend stub links."""
-    libdir = sysconfig.get_config_var("LIBDIR")
-    pattern = f"libpython{sys.version_info.major}.{sys.version_info.minor}*.so*"
-    if libdir and any(Path(libdir).glob(pattern)):
-        return [Path(libdir)]
-    return []
-
-
-def pytriton_root() -> Path | None:
-    """The installed ``pytriton`` package folder, found without importing it (import is slow)."""
-    spec = importlib.util.find_spec("pytriton")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Symlink ``dst`` to ``src``; copy where the filesystem refuses symlinks."""
-    try:
-        os.symlink(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
-def _backends_complete(backend_dir: Path, src_backends: Path) -> bool:
-    """True when every file of the wheel's backends (and the stub) is present and resolvable."""
-    if not (backend_dir / "python" / STUB_NAME).exists():  # exists() follows symlinks
-        return False
-    for src in src_backends.rglob("*"):
-        if "__pycache__" in src.parts or src.is_dir():
-            continue
-        if not (backend_dir / src.relative_to(src_backends)).exists():
-            return False
-    return True
-
-
-def _build_backend_dir(src_backends: Path, stub: Path, target: Path) -> None:
-    """Create ``target``: the wheel's backends/ with the stub added to python/ (caller holds the lock).
-
-    Built beside the target and renamed into place, so a half-built directory is never used.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private
-        for src in sorted(src_backends.rglob("*")):
-            if "__pycache__" in src.parts:
-                continue
-            dst = tmp / src.relative_to(src_backends)
-            if src.is_dir():
-                dst.mkdir(parents=True, exist_ok=True)
-            else:
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                _link_or_copy(src.resolve(), dst)
-        (tmp / "python").mkdir(exist_ok=True)
-        _link_or_copy(stub.resolve(), tmp / "python" / STUB_NAME)
-        if target.exists() or target.is_symlink():  # stale or broken: replace it
-            shutil.rmtree(target, ignore_errors=True)
-        os.rename(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _pytriton_install() -> TritonInstall | None:
-    """The tritonserver inside the nvidia-pytriton wheel, with a backend dir holding our stub."""
-    root = pytriton_root()
-    if root is None:
-        return None
-    dist = root / "tritonserver"
-    binary = dist / "bin" / "tritonserver"
-    if not binary.is_file():
-        return None
-    py = f"{sys.version_info.major}.{sys.version_info.minor}"
-    stub = dist / "python_backend_stubs" / py / STUB_NAME
-    if not stub.is_file():
-        have = sorted(p.name for p in (dist / "python_backend_stubs").glob("*"))
-        raise TritonNotFoundError(
-            f"the nvidia-pytriton wheel at {root} has no python-backend stub for Python {py} "
-            f"(it has: {', '.join(have) or 'none'}); run with one of those Python versions"
-        )
-    try:
-        version = importlib.metadata.version("nvidia-pytriton")
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
-    # One cache entry per wheel location: two venvs with the same version must not share links.
-    tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:10]
-    backend_dir = user_cache_dir() / "triton-backends" / f"pytriton-{version}-py{py}-{tag}" / "backends"
-    src_backends = dist / "backends"
-    if not _backends_complete(backend_dir, src_backends):
-        try:
-            backend_dir.parent.mkdir(parents=True, exist_ok=True)
-            # Serialise builders (parallel test workers, two servers starting at once).
-            with open(backend_dir.parent / ".lock", "w") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                if not _backends_complete(backend_dir, src_backends):
-                    _build_backend_dir(src_backends, stub, backend_dir)
-        except OSError as exc:
-            raise TritonNotFoundError(f"could not assemble the Triton backend directory {backend_dir}: {exc}") from exc
-    lib_dirs = [root.parent / "nvidia_pytriton.libs", dist / "external_libs", *_python_libdirs()]
-    return TritonInstall(
-        binary=binary,
-        backend_dir=backend_dir,
-        lib_dirs=tuple(d for d in lib_dirs if d.is_dir()),
-        source="pytriton",
-        version=version,
-    )
-
-
-def find_tritonserver() -> TritonInstall:
-    """Locate a runnable tritonserver and the backend directory to pass it.
-
-    Order: ``$MTASR_TRITONSERVER`` (with ``$MTASR_TRITON_BACKEND_DIR``), then ``tritonserver`` on
-    PATH with ``/opt/tritonserver/backends`` (NVIDIA's container, which has the GPU backends),
-    then the nvidia-pytriton wheel. Raises :class:`TritonNotFoundError` saying what was tried.
-    """
-    tried = []
-    env_bin = os.environ.get(ENV_BINARY)
-    if env_bin:
-        binary = Path(env_bin).expanduser()
-        backend_dir = Path(os.environ.get(ENV_BACKEND_DIR) or binary.resolve().parent.parent / "backends")
-        if not (binary.is_file() and os.access(binary, os.X_OK)):
-            raise TritonNotFoundError(f"${ENV_BINARY}={env_bin} is not an executable file")
-        if not backend_dir.is_dir():
-            raise TritonNotFoundError(f"backend directory {backend_dir} does not exist (set ${ENV_BACKEND_DIR})")
-        return TritonInstall(binary=binary, backend_dir=backend_dir, source="env")
-
-    on_path = shutil.which("tritonserver")
-    if on_path:
-        binary = Path(on_path)
-        for backend_dir in (SYSTEM_BACKEND_DIR, binary.resolve().parent.parent / "backends"):
-            if backend_dir.is_dir():
-                return TritonInstall(binary=binary, backend_dir=backend_dir, source="system")
-        tried.append(f"tritonserver on PATH ({binary}) but no {SYSTEM_BACKEND_DIR}")
-    else:
-        tried.append("no tritonserver on PATH")
-
-    install = _pytriton_install()
-    if install is not None:
-        return install
-    tried.append("no nvidia-pytriton wheel with pytriton/tritonserver/bin/tritonserver")
-    raise TritonNotFoundError(
-        "tritonserver not found: "
-        + "; ".join(tried)
-        + ". Install it with `pip install nvidia-pytriton==0.7.0` (CPU, python backend) or run inside "
-        "NVIDIA's Triton container, or point $MTASR_TRITONSERVER at a binary."
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Ports
-# --------------------------------------------------------------------------------------------
-
-
-def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
-def find_free_port(host: str = "127.0.0.1") -> int:
-    """A port that is free on ``host`` right now (the OS picks it; another process may take it later)."""
-    with socket.socket(_family(host), socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _port_taken(host: str, port: int) -> str | None:
-    """Why ``port`` cannot be bound on ``host``, or None when it is free.
-
-    SO_REUSEADDR mirrors what the server's listeners do, so a port only lingering in TIME_WAIT
-    counts as free while one held by a listening process does not.
-    """
-    with socket.socket(_family(host), socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as exc:
-            return exc.strerror or str(exc)
-    return None
-
-
-# --------------------------------------------------------------------------------------------
-# Server
-# --------------------------------------------------------------------------------------------
 
 
 def _default_python_env() -> Path:
@@ -405,68 +145,6 @@ def local_server_config(repo_dir: str | Path, **overrides) -> ServerConfig:
 def _gpu_present() -> bool:
     """Whether an NVIDIA driver is loaded; without one, CUDA-only features are switched off."""
     return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidiactl").exists()
-
-
-def _connect_host(host: str) -> str:
-    """The address a local client uses to reach a server bound to ``host``."""
-    if host in ("", "0.0.0.0"):
-        return "127.0.0.1"
-    if host == "::":
-        return "::1"
-    return host
-
-
-def _url_host(host: str) -> str:
-    host = _connect_host(host)
-    return f"[{host}]" if ":" in host else host
-
-
-def _ipv4_interface_addresses() -> list[str]:
-    """This machine's IPv4 addresses, one per interface that has one (Linux ioctl SIOCGIFADDR)."""
-    siocgifaddr = 0x8915
-    found = []
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        for _, name in socket.if_nameindex():
-            try:
-                packed = fcntl.ioctl(s.fileno(), siocgifaddr, struct.pack("256s", name.encode()[:15]))
-            except OSError:
-                continue  # interface without an IPv4 address
-            found.append(socket.inet_ntoa(packed[20:24]))
-    return found
-
-
-def _ipv6_interface_addresses() -> list[str]:
-    """This machine's IPv6 addresses (from /proc/net/if_inet6; link-local ones left out)."""
-    try:
-        lines = Path("/proc/net/if_inet6").read_text().splitlines()
-    except OSError:
-        return []
-    found = []
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 6 or fields[3] == "20":  # scope 0x20: link-local, unusable without %iface
-            continue
-        found.append(socket.inet_ntop(socket.AF_INET6, bytes.fromhex(fields[0])))
-    return found
-
-
-def _is_wildcard(host: str) -> bool:
-    return host in ("", "0.0.0.0", "::")
-
-
-def _listen_hosts(host: str) -> list[str]:
-    """The addresses a server bound to ``host`` answers on: every interface's for a wildcard."""
-    if not _is_wildcard(host):
-        return [host]
-    addresses = _ipv4_interface_addresses()
-    if host == "::":  # Linux dual-stack: IPv4 clients reach an IPv6 wildcard too
-        addresses += _ipv6_interface_addresses()
-    return sorted(dict.fromkeys(addresses), key=lambda a: (":" in a, not a.startswith("127."), a)) or [host]
-
-
-def listen_urls(host: str, port: int, scheme: str, path: str = "") -> list[str]:
-    """URLs a server bound to ``host``:``port`` can be reached at (all interfaces for 0.0.0.0 / ::)."""
-    return [f"{scheme}://{f'[{h}]' if ':' in h else h}:{port}{path}" for h in _listen_hosts(host)]
 
 
 def _group_members(pgid: int) -> list[int]:
@@ -548,7 +226,7 @@ class TritonServer:
 
     def admin_headers(self, protocol: Literal["http", "grpc"]) -> dict[str, str]:
         """Headers (tritonclient's ``headers=``) that open the restricted APIs on ``protocol``."""
-        name = ADMIN_KEY_HEADER if protocol == "http" else _GRPC_HEADER_PREFIX + ADMIN_KEY_HEADER
+        name = ADMIN_KEY_HEADER if protocol == "http" else GRPC_HEADER_PREFIX + ADMIN_KEY_HEADER
         return {name: self._admin_key}
 
     @property
@@ -571,7 +249,7 @@ class TritonServer:
 
     def address(self, protocol: Protocol) -> str:
         """``host:port`` for ``protocol``: what tritonclient's ``InferenceServerClient(url=...)`` takes."""
-        return f"{_url_host(self.config.host)}:{self.port(protocol)}"
+        return f"{url_host(self.config.host)}:{self.port(protocol)}"
 
     def url(self, protocol: Protocol = "http") -> str:
         """Full URL: ``http://host:port``, ``grpc://host:port`` or ``http://host:port/metrics``."""
@@ -609,7 +287,7 @@ class TritonServer:
         for proto, port in ports.items():
             if proto == "http" and self._guard is not None:
                 continue
-            why = _port_taken(cfg.host, port)
+            why = port_taken(cfg.host, port)
             if why is not None:
                 raise ServerStartError(
                     f"cannot start tritonserver: {proto} port {port} on {cfg.host} is already in use "
@@ -1021,187 +699,3 @@ def _set_parent_death_signal() -> None:
     pr_set_pdeathsig = 1
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-# --------------------------------------------------------------------------------------------
-# CLI helper
-# --------------------------------------------------------------------------------------------
-
-
-def ready_banner(server: TritonServer) -> str:
-    """What ``mtasr serve`` prints once the server is ready: every address it answers on, the log,
-    how the restricted APIs are opened, and a warning when it listens beyond this machine."""
-    host = server.config.host
-    lines = [f"tritonserver ready (pid {server.pid}, {server.install.source} install)"]
-    for label, proto, scheme, path in (
-        ("HTTP   ", "http", "http", ""),
-        ("gRPC   ", "grpc", "grpc", ""),
-        ("metrics", "metrics", "http", "/metrics"),
-    ):
-        lines.append(f"  {label} {'  '.join(listen_urls(host, server.port(proto), scheme, path))}")
-    log_note = " (removed after a clean stop)" if server.config.log_file is None else ""
-    lines.append(f"  log     {server.log_path}{log_note}")
-    if server.config.admin_key:
-        key_note = f"need header {ADMIN_KEY_HEADER} (gRPC: {_GRPC_HEADER_PREFIX}{ADMIN_KEY_HEADER}) = the admin key"
-    else:
-        key_note = f"closed (set ${ENV_ADMIN_KEY} to open them with header {ADMIN_KEY_HEADER})"
-    lines.append(f"  admin   {', '.join(RESTRICTED_APIS)} APIs: {key_note}")
-    if not _is_loopback(host):
-        lines.append(
-            f"warning: listening on {host or 'every interface'}, not only on this machine: inference needs no "
-            "authentication, so anyone who can reach these ports can stream audio and read transcripts. Bind "
-            "127.0.0.1, or put a firewall or an authenticating proxy in front."
-        )
-    return "\n".join(lines)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # another name: it may resolve to anything
-
-
-class _Watch:
-    """What is wrong with a running server, checked every :data:`PROBE_INTERVAL_S`: the process
-    exited, a stub died (Triton 2.51 never restarts one, and its model still counts as ready), or
-    readiness failed :data:`PROBE_FAILURES` times in a row."""
-
-    def __init__(self, server: TritonServer) -> None:
-        self.server = server
-        self.stubs = server.stub_processes()
-        self.failed_probes = 0
-
-    def problem(self) -> str | None:
-        code = self.server.returncode
-        if code is not None:
-            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-            return f"tritonserver {how}"
-        stubs = self.server.stub_processes()
-        for pid, model in self.stubs.items():
-            # A stub gone while its model is still ready died; one gone with its model was unloaded.
-            if pid not in stubs and self.server.http_get(f"/v2/models/{model}/ready")[0] == 200:
-                return f"the python-backend stub of model '{model}' (pid {pid}) died"
-        self.stubs = stubs
-        status = self.server.http_get("/v2/health/ready")[0]
-        self.failed_probes = 0 if status == 200 else self.failed_probes + 1
-        if self.failed_probes >= PROBE_FAILURES:
-            answer = f"HTTP {status}" if status else f"no answer within {PROBE_TIMEOUT_S:g} s"
-            return f"the readiness probe failed {self.failed_probes} times in a row ({answer})"
-        return None
-
-
-def serve_forever(config: ServerConfig, echo_log: bool = True, grace_s: float = DEFAULT_GRACE_S) -> int:
-    """Run and supervise the server until SIGINT/SIGTERM, then stop it gracefully.
-
-    Supervision: a server that exits or crashes, a stage stub that dies, or a server that fails its
-    readiness probe is killed with its stubs (the listeners close, so it is not ready at once) and
-    started again on the same ports; streams that were in flight are lost (their clients get an
-    error). On SIGINT/SIGTERM new streams are refused, open streams get up to ``grace_s`` seconds to
-    end (a second signal cuts that short), then the server stops.
-
-    Returns the process exit code for the CLI: 0 after a requested stop, 1 when the server could
-    not be brought back, 2 when it could not start. ``echo_log`` copies the server log to stderr.
-    """
-    server = TritonServer(config)
-    stop_requested: list[int] = []
-
-    def _on_signal(signum: int, _frame: object) -> None:
-        stop_requested.append(signum)
-
-    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    log = None
-    try:
-        try:
-            server.start()
-        except ServerStartError as exc:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
-            return 2
-        if stop_requested:
-            server.stop()
-            return 0
-        print(ready_banner(server), flush=True)
-        if echo_log and server.log_path is not None:
-            # Held open: a clean stop removes a temp log, and its last lines must still be echoed.
-            # Restarts append to the same file, so this one handle follows them too.
-            log = open(server.log_path, "rb")  # noqa: SIM115 - closed in finally
-        watch = _Watch(server)
-        failed_restarts = 0
-        while not stop_requested:
-            _echo_new_log(log)
-            time.sleep(PROBE_INTERVAL_S)
-            why = None if stop_requested else watch.problem()
-            if why is None:
-                continue
-            _echo_new_log(log)
-            logger.warning("%s: restarting it; streams in flight are lost", why)
-            began = time.monotonic()
-            try:
-                server.restart()
-            except ServerStartError as exc:
-                failed_restarts += 1
-                logger.error("restart %d of %d failed: %s", failed_restarts, MAX_FAILED_RESTARTS, exc)
-                if failed_restarts >= MAX_FAILED_RESTARTS:
-                    return 1
-                time.sleep(min(30.0, 2.0**failed_restarts))  # a crash loop must not spin
-                continue
-            failed_restarts = 0
-            logger.warning(
-                "tritonserver is back (pid %d), ready %.1f s after the restart began",
-                server.pid,
-                time.monotonic() - began,
-            )
-            watch = _Watch(server)
-        _drain(server, grace_s, stop_requested, log)
-        code = server.stop()
-        _echo_new_log(log)
-        return 0 if code in (0, -signal.SIGINT) else (code if code and code > 0 else 1)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if server.is_running():
-            server.stop()
-        if log is not None:
-            log.close()
-
-
-def _drain(server: TritonServer, grace_s: float, stop_requested: list[int], log: BinaryIO | None) -> None:
-    """Refuse new streams and wait up to ``grace_s`` for the open ones to end (or a second signal)."""
-    if not server.is_running():
-        return
-    server.drain()
-    deadline = time.monotonic() + grace_s
-    still_open = server.open_streams()
-    logger.warning(
-        "stopping (signal %d): new streams are refused; %s open stream(s) get up to %g s to end",
-        stop_requested[0],
-        "?" if still_open is None else still_open,
-        grace_s,
-    )
-    while still_open and time.monotonic() < deadline and len(stop_requested) < 2:
-        _echo_new_log(log)
-        time.sleep(0.2)
-        still_open = server.open_streams()
-    if still_open:
-        logger.warning("%d stream(s) still open after the grace period: ending them", still_open)
-    # Streams still open, and refused STARTs, hold Triton sequences that would stall its stop: END them.
-    # The stages publish them every DRAIN_POLL_S; rounds repeat until one finds no stream it has not
-    # ended yet (a START can race a round, and under load a stage publishes late), for at most END_ROUNDS_S.
-    deadline = time.monotonic() + END_ROUNDS_S
-    ended: set[int | str] = set()
-    time.sleep(2 * DRAIN_POLL_S)
-    while (new := server.end_open_streams(frozenset(ended))) and time.monotonic() < deadline:
-        ended |= new
-        time.sleep(2 * DRAIN_POLL_S)
-
-
-def _echo_new_log(log: BinaryIO | None) -> None:
-    """Copy what was appended to the server log since the last call to stderr."""
-    if log is None:
-        return
-    data = log.read()
-    if data:
-        sys.stderr.write(data.decode(errors="replace"))
-        sys.stderr.flush()

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import soundfile
 
+from mtasr.addresses import find_free_port
 from mtasr.client.audio import AudioError, load_audio, open_audio, resample, resample_blocks
 from mtasr.client.stream import StreamError, StreamingClient, rechunk
-from mtasr.server import ServerConfig, TritonServer, find_free_port
+from mtasr.server import ServerConfig, TritonServer
 from mtasr.training.mixtures import espeak_available, make_conversation
 
 pytestmark = pytest.mark.skipif(not espeak_available(), reason="espeak-ng (Debian package 'espeak-ng') is needed")

@@ -19,16 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtasr.server import (
-    STUB_NAME,
-    ServerConfig,
-    ServerStartError,
-    TritonNotFoundError,
-    TritonServer,
-    _group_members,
-    find_free_port,
-    find_tritonserver,
-)
+from mtasr.addresses import find_free_port
+from mtasr.server import ServerConfig, ServerStartError, TritonServer, _group_members
+from mtasr.triton_install import STUB_NAME, TritonNotFoundError, find_tritonserver
 
 try:
     INSTALL = find_tritonserver()
@@ -249,7 +242,8 @@ def test_serve_forever_stops_on_sigterm(tmp_path: Path) -> None:
     code = textwrap.dedent(
         f"""
         import sys
-        from mtasr.server import ServerConfig, serve_forever
+        from mtasr.server import ServerConfig
+        from mtasr.supervisor import serve_forever
         sys.exit(serve_forever(ServerConfig(model_repository={str(repo)!r}, http_port={ports["http_port"]},
                  grpc_port={ports["grpc_port"]}, metrics_port={ports["metrics_port"]})))
         """
@@ -281,7 +275,7 @@ def test_serve_forever_stops_on_sigterm(tmp_path: Path) -> None:
 def test_banner_on_every_interface_lists_each_address_and_warns_of_no_authentication(tmp_path: Path) -> None:
     """`--host 0.0.0.0`: the banner names every address the server answers on, not 127.0.0.1 alone,
     and warns that inference is open to anyone who can reach it (no server needed to check the text)."""
-    from mtasr.server import ready_banner
+    from mtasr.supervisor import ready_banner
 
     ports = free_ports()
     server = TritonServer(ServerConfig(model_repository=tmp_path, host="0.0.0.0", **ports))

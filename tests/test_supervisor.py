@@ -21,10 +21,11 @@ import psutil
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from mtasr.addresses import find_free_port
 from mtasr.client.stream import StreamError, StreamingClient
 from mtasr.deployment import ENSEMBLE
-from mtasr.server import STUB_NAME, find_free_port
 from mtasr.stages import AUDIO
+from mtasr.triton_install import STUB_NAME
 
 RECOVERY_LIMIT_S = 30.0
 AUDIO_S = 6.0
