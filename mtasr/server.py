@@ -365,7 +365,7 @@ class TritonServer:
             raise ServerStartError(f"model repository {repo} is not a directory")
         if not _ADMIN_KEY_FORM.fullmatch(self._admin_key):
             raise ServerStartError(
-                "the admin key (${ENV_ADMIN_KEY}) must be at least 16 characters of A-Z a-z 0-9 . _ ~ + / -"
+                f"the admin key (${ENV_ADMIN_KEY}) must be at least 16 characters of A-Z a-z 0-9 . _ ~ + / -"
             )
         try:
             install = self.install
