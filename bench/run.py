@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -45,9 +46,11 @@ from mtasr.bench.plan import (
 )
 from mtasr.bench.results import BenchResult, LoadPoint, Memory, MemoryPoint
 
+logger = logging.getLogger(__name__)
+
 
 def _log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
+    logger.info(message)
 
 
 # --------------------------------------------------------------------------------------- preparing

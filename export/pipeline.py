@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -51,8 +51,11 @@ class ExportSettings:
     serving: ServingSettings = field(default_factory=ServingSettings)
 
 
+logger = logging.getLogger(__name__)
+
+
 def _progress(message: str) -> None:
-    print(f"[export] {message}", file=sys.stderr, flush=True)
+    logger.info(message)
 
 
 def check_output_dir(out_dir: Path, overwrite: bool) -> None:

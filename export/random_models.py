@@ -6,10 +6,12 @@ values, so benchmarks and memory checks run on these, and the tests on the tiny 
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 
 TOKENIZER_LINES = 20000
+
+logger = logging.getLogger(__name__)
 
 
 def build_random_pair(size: str, out_dir: Path, seed: int = 0) -> tuple[Path, Path]:
@@ -19,11 +21,11 @@ def build_random_pair(size: str, out_dir: Path, seed: int = 0) -> tuple[Path, Pa
 
     out_dir.mkdir(parents=True, exist_ok=True)
     vocab_size = asr.ASR_SIZES[size].vocab_size
-    print(f"[random] training a {vocab_size}-piece tokenizer", file=sys.stderr, flush=True)
+    logger.info("training a %d-piece tokenizer", vocab_size)
     tokenizer_dir = train_tokenizer(pseudo_english_lines(TOKENIZER_LINES, seed), vocab_size, out_dir / "tokenizer")
-    print(f"[random] building the {size} ASR model", file=sys.stderr, flush=True)
+    logger.info("building the %s ASR model", size)
     asr_path, diar_path = out_dir / "asr.nemo", out_dir / "diarizer.nemo"
     asr.build_asr(size, tokenizer_dir, seed=seed).save_to(str(asr_path))
-    print(f"[random] building the {size} Sortformer diarizer", file=sys.stderr, flush=True)
+    logger.info("building the %s Sortformer diarizer", size)
     sortformer.build_sortformer(size, seed=seed).save_to(str(diar_path))
     return asr_path, diar_path

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -48,7 +49,6 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import logging
     import os
 
     from mtasr.deployment import load_manifest, models_to_load
@@ -75,7 +75,8 @@ def _serve(args: argparse.Namespace) -> int:
         admin_key=os.environ.get(ENV_ADMIN_KEY) or None,
     )
     # The supervisor says on stderr, beside the server's own log, why it restarted or stopped the server.
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s mtasr serve %(levelname)s: %(message)s")
+    for handler in logging.getLogger("mtasr").handlers:
+        handler.setFormatter(logging.Formatter("%(asctime)s mtasr serve %(levelname)s: %(message)s"))
     return serve_forever(config, grace_s=args.grace_period)
 
 
@@ -137,8 +138,26 @@ def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentPars
     return parser
 
 
+class _ProgressFormatter(logging.Formatter):
+    """One line per message, named by its module: `[export.pipeline] loading ...`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"[{record.name.removeprefix('mtasr.')}] {record.getMessage()}"
+
+
+def configure_logging() -> None:
+    """The tooling's progress (export, training, bench) on stderr; other libraries' loggers are left alone."""
+    log = logging.getLogger("mtasr")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_ProgressFormatter())
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    configure_logging()
     chosen = [argv[0]] if argv and argv[0] in SUBCOMMANDS else []
     args = build_parser(chosen).parse_args(argv)
     return args.func(args)

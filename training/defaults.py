@@ -8,12 +8,14 @@ wall time printed. With `install`, the exported repository replaces the committe
 from __future__ import annotations
 
 import json
+import logging
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from mtasr.training.lightning import Stopwatch
+
+logger = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REPOSITORY = PROJECT_ROOT / "model_repository"
@@ -72,11 +74,11 @@ def reproduce_defaults(work_dir: Path, settings: DefaultsSettings = DefaultsSett
     times: dict[str, float] = {}
 
     def step(name: str, fn):
-        print(f"[defaults] {name} ...", file=sys.stderr, flush=True)
+        logger.info("%s ...", name)
         with Stopwatch() as clock:
             result = fn()
         times[name] = round(clock.seconds, 1)
-        print(f"[defaults] {name}: {clock.seconds:.0f} s", file=sys.stderr, flush=True)
+        logger.info("%s: %.0f s", name, clock.seconds)
         return result
 
     corpus = step("corpus", lambda: build_corpus(work_dir / "corpus"))
@@ -101,7 +103,7 @@ def reproduce_defaults(work_dir: Path, settings: DefaultsSettings = DefaultsSett
     times["total"] = round(sum(times.values()), 1)
     (work_dir / "wall_times.json").write_text(json.dumps(times, indent=1) + "\n")
     print(quality_table(groups["served"], groups["diarizer"], groups["checks"]), end="")
-    print(f"[defaults] wall time: {times['total'] / 60:.1f} min ({json.dumps(times)})", file=sys.stderr)
+    logger.info("wall time: %.1f min (%s)", times["total"] / 60, json.dumps(times))
     return times
 
 
@@ -118,6 +120,10 @@ def _settings(train, steps: int | None, threads: int):
 def _train_curriculum(which: str, corpus: Path, out_dir: Path, steps: int | None, threads: int) -> Path:
     """One model's default curriculum, each stage's steps and threads set (in a worker process)."""
     import dataclasses
+
+    from mtasr.cli import configure_logging
+
+    configure_logging()  # a spawned worker starts without the parent's logging set-up
 
     if which == "asr":
         from mtasr.training.asr import ASR_CURRICULUM as stages

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 LAST_CHECKPOINT = "last.ckpt"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -95,9 +98,7 @@ def prepare_run(corpus_dir: Path, out_dir: Path, settings: TrainSettings, valida
 
 
 def save_trained(model, trainer, target: Path, seconds: float) -> Path:
-    """Save the trained NeMo model as `target` (.nemo) and its config beside it; print a one-line summary."""
-    import sys
-
+    """Save the trained NeMo model as `target` (.nemo) and its config beside it; log a one-line summary."""
     from omegaconf import OmegaConf, open_dict
 
     with open_dict(model.cfg):  # the checkpoint should not point at this machine's data
@@ -105,10 +106,14 @@ def save_trained(model, trainer, target: Path, seconds: float) -> Path:
     model.eval().save_to(str(target))
     OmegaConf.save(model.cfg, target.with_suffix(".yaml"))
     callback = trainer.checkpoint_callback
-    print(
-        f"[{target.stem}] trained {trainer.global_step} steps in {seconds:.0f} s; best {callback.monitor} "
-        f"{callback.best_model_score}; wrote {target}",
-        file=sys.stderr,
+    logger.info(
+        "%s: trained %d steps in %.0f s; best %s %s; wrote %s",
+        target.stem,
+        trainer.global_step,
+        seconds,
+        callback.monitor,
+        callback.best_model_score,
+        target,
     )
     return target
 
@@ -132,14 +137,9 @@ def finished_model(target: Path) -> Path | None:
     """`target` (a stage's .nemo) when it was trained elsewhere and copied here without its checkpoints
     (runs/defaults): the stage counts as finished. With a `last.ckpt` beside it the run resumes instead
     (a longer run in the same folder continues where the last one stopped)."""
-    import sys
-
     target = Path(target)
     if target.is_file() and resume_path(target.parent) is None:
-        print(
-            f"[{target.stem}] {target} has no checkpoint to resume from: stage finished, not training it again",
-            file=sys.stderr,
-        )
+        logger.info("%s has no checkpoint to resume from: stage finished, not training it again", target)
         return target
     return None
 
