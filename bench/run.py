@@ -146,7 +146,7 @@ def _metric(url: str, name: str) -> float:
 
 
 def _wait_streams_closed(server, timeout_s: float = 30.0) -> None:
-    from mtasr.triton_stage import OPEN_STREAMS_METRIC
+    from mtasr.triton.stage_model import OPEN_STREAMS_METRIC
 
     deadline = time.monotonic() + timeout_s
     while _metric(server.url("metrics"), OPEN_STREAMS_METRIC) > 0 and time.monotonic() < deadline:
@@ -222,7 +222,7 @@ def measure_memory(server, repo: Path, plan: BenchPlan, model: str) -> Memory:
     from mtasr.deployment import load_manifest
     from mtasr.stages import CacheShapes
     from mtasr.training.mixtures import make_conversation
-    from mtasr.triton_stage import SPEAKER_STATES_METRIC
+    from mtasr.triton.stage_model import SPEAKER_STATES_METRIC
 
     idle = server.rss_mb()
     client = StreamingClient(server.address("grpc"), timeout_s=120)

@@ -103,7 +103,7 @@ def served_chunk_seconds(repo: Path, audio: np.ndarray, stream: int = 1) -> list
         chunks.append({"total": time.perf_counter() - started, **graph_seconds})
         return results
 
-    with single_threaded_blas():  # as in the served stage processes (mtasr.triton_stage)
+    with single_threaded_blas():  # as in the served stage processes (mtasr.triton.stage_model)
         stream_in_chunks(timed_step, audio, chunk, stream)
     return chunks
 

@@ -57,7 +57,7 @@ fi
 export PYTHONPATH="$MTASR_SRC:$site${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONDONTWRITEBYTECODE=1 # the source is mounted read-only
 # Fail here, in one line, rather than in every model's initialize().
-"$PYTHON" -c 'import mtasr.triton_stage, numpy, onnxruntime, sentencepiece, threadpoolctl' || {
+"$PYTHON" -c 'import mtasr.triton.stage_model, numpy, onnxruntime, sentencepiece, threadpoolctl' || {
     echo "error: the python backend cannot import mtasr and its dependencies with PYTHONPATH=$PYTHONPATH" >&2
     exit 1
 }

@@ -1,6 +1,6 @@
 """Build the pipeline's stages from an exported repository: the manifest plus deployment settings.
 
-The Triton stage models (``mtasr.triton_stage``) and the in-process pipeline
+The Triton stage models (``mtasr.triton.stage_model``) and the in-process pipeline
 (``mtasr.local_pipeline``) both build their stages here, so they cannot drift apart.
 """
 

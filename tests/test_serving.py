@@ -22,7 +22,7 @@ from mtasr.local_pipeline import LocalPipeline
 from mtasr.server import ServerConfig, TritonServer
 from mtasr.stages import TRANSCRIPT
 from mtasr.training.mixtures import espeak_available, make_conversation
-from mtasr.triton_stage import FREE_STREAMS_METRIC, OPEN_STREAMS_METRIC
+from mtasr.triton.stage_model import FREE_STREAMS_METRIC, OPEN_STREAMS_METRIC
 
 RIGHT_CONTEXTS = [0, 1, 6, 13]
 IDLE_TIMEOUT_S = 3.0

@@ -1,3 +1,3 @@
-"""Triton python-backend model serving this folder's `model.onnx` (see mtasr.triton_graph)."""
+"""Triton python-backend model serving this folder's `model.onnx` (see mtasr.triton.graph_model)."""
 
-from mtasr.triton_graph import TritonPythonModel  # noqa: F401
+from mtasr.triton.graph_model import TritonPythonModel  # noqa: F401
