@@ -1,8 +1,12 @@
 """The one writer of every Triton `config.pbtxt`: graph models (python backend or TensorRT), the stateful
-stages and the ensemble. Every value comes from the manifest and the wire names of `mtasr.protocol`."""
+stages and the ensemble. Each kind is a readable template in `export/templates/*.config.pbtxt.template`
+(the sequence batcher and its controls in plain sight); Python fills in only values from the manifest and
+the tensor blocks from the wire names of `mtasr.protocol`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from string import Template
 from typing import Any
 
 from mtasr.deployment import ServingSettings, chunk_geometry, max_chunk_samples
@@ -27,6 +31,14 @@ TRITON_TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "int32": "TYPE_IN
 # new streams silently behind held ones.
 SEQUENCE_SLOTS_PER_STREAM = 2
 
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+def _render(model_kind: str, **values: Any) -> str:
+    """`templates/<model_kind>.config.pbtxt.template` filled in; an empty block leaves no blank line at the end."""
+    template = Template((TEMPLATES / f"{model_kind}.config.pbtxt.template").read_text())
+    return template.substitute(values).rstrip("\n") + "\n"
+
 
 def tensor_block(kind: str, tensors: list[tuple[str, str, list[int]]], ragged: bool = False) -> str:
     """`input [...]` or `output [...]` of (name, Triton data type, dims without the batch dimension)."""
@@ -40,7 +52,7 @@ def tensor_block(kind: str, tensors: list[tuple[str, str, list[int]]], ragged: b
         if ragged and -1 in dims:  # streams send chunks of different lengths in one batch
             lines.append("    allow_ragged_batch: true")
         blocks.append("  {\n" + "\n".join(lines) + "\n  }")
-    return f"{kind} [\n" + ",\n".join(blocks) + "\n]\n"
+    return f"{kind} [\n" + ",\n".join(blocks) + "\n]"
 
 
 def _graph_tensors(tensors: list[dict[str, Any]]) -> list[tuple[str, str, list[int]]]:
@@ -48,83 +60,68 @@ def _graph_tensors(tensors: list[dict[str, Any]]) -> list[tuple[str, str, list[i
     return [(t["name"], TRITON_TYPES[t["dtype"]], t["shape"][1:]) for t in tensors]
 
 
-def _control(name: str, kind: str, body: str) -> str:
-    return f'    {{\n      name: "{name}"\n      control [ {{ kind: {kind} {body} }} ]\n    }}'
-
-
 def parameters(values: dict[str, Any]) -> str:
     entries = [f'  {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in values.items()]
-    return "parameters [\n" + ",\n".join(entries) + "\n]\n"
-
-
-def instance_group(count: int, kind: str) -> str:
-    return f"instance_group [\n  {{\n    count: {count}\n    kind: {kind}\n  }}\n]\n"
+    return "parameters [\n" + ",\n".join(entries) + "\n]"
 
 
 def graph_config(name: str, graph: dict[str, Any], max_batch_size: int, backend: str, settings: dict[str, Any]) -> str:
     """config.pbtxt for one graph model; `backend` is "python" (ONNX Runtime) or "tensorrt"."""
-    head = [f'name: "{name}"']
-    if backend == "python":
-        head.append('backend: "python"')
-        kind = "KIND_CPU"
-    else:
-        head += ['platform: "tensorrt_plan"', 'default_model_filename: "model.plan"']
-        kind = "KIND_GPU"
-    head.append(f"max_batch_size: {max_batch_size}")
-    text = "\n".join(head) + "\n"
-    text += tensor_block("input", _graph_tensors(graph["inputs"])) + tensor_block(
-        "output", _graph_tensors(graph["outputs"])
+    python = backend == "python"
+    return _render(
+        "graph",
+        name=name,
+        platform='backend: "python"' if python else 'platform: "tensorrt_plan"\ndefault_model_filename: "model.plan"',
+        max_batch_size=max_batch_size,
+        inputs=tensor_block("input", _graph_tensors(graph["inputs"])),
+        outputs=tensor_block("output", _graph_tensors(graph["outputs"])),
+        queue_delay_us=settings["max_queue_delay_us"],
+        instances=settings["instances"],
+        kind="KIND_CPU" if python else "KIND_GPU",
+        parameters=parameters({"intra_op_threads": settings["intra_op_threads"], "inter_op_threads": 1})
+        if python
+        else "",
     )
-    text += f"dynamic_batching {{\n  max_queue_delay_microseconds: {settings['max_queue_delay_us']}\n}}\n"
-    text += instance_group(settings["instances"], kind)
-    if backend == "python":
-        text += parameters({"intra_op_threads": settings["intra_op_threads"], "inter_op_threads": 1})
-    return text
 
 
 def stage_config(name: str, manifest: dict[str, Any], graph_backend: str | None = None) -> str:
     deploy = manifest["deployment"]
     settings = ServingSettings.from_manifest(manifest, **({"graph_backend": graph_backend} if graph_backend else {}))
     inputs, outputs = STAGE_IO[name]
-    flag = "int32_false_true: [ 0, 1 ]"
-    controls = ",\n".join(
-        [
-            _control(CONTROL_START, "CONTROL_SEQUENCE_START", flag),
-            _control(CONTROL_END, "CONTROL_SEQUENCE_END", flag),
-            _control(CONTROL_READY, "CONTROL_SEQUENCE_READY", flag),
-            _control(CONTROL_CORRID, "CONTROL_SEQUENCE_CORRID", "data_type: TYPE_UINT64"),
-        ]
+    return _render(
+        "stage",
+        name=name,
+        max_batch_size=deploy["max_streams_per_batch"],
+        inputs=tensor_block("input", inputs, ragged=True),
+        outputs=tensor_block("output", outputs),
+        idle_us=int(settings.sequence_idle_s * 1e6),
+        candidate_sequences=SEQUENCE_SLOTS_PER_STREAM * deploy["max_sequences"],
+        queue_delay_us=deploy["max_queue_delay_us"],
+        start=CONTROL_START,
+        end=CONTROL_END,
+        ready=CONTROL_READY,
+        corrid=CONTROL_CORRID,
+        instances=deploy["stage_instances"],
+        parameters=parameters({"stage": name, **settings.to_strings(), "intra_op_threads": deploy["intra_op_threads"]}),
     )
-    text = f'name: "{name}"\nbackend: "python"\nmax_batch_size: {deploy["max_streams_per_batch"]}\n'
-    text += tensor_block("input", inputs, ragged=True) + tensor_block("output", outputs)
-    text += (
-        "sequence_batching {\n"
-        f"  max_sequence_idle_microseconds: {int(settings.sequence_idle_s * 1e6)}\n"
-        "  oldest {\n"
-        f"    max_candidate_sequences: {SEQUENCE_SLOTS_PER_STREAM * deploy['max_sequences']}\n"
-        f"    max_queue_delay_microseconds: {deploy['max_queue_delay_us']}\n"
-        "  }\n"
-        f"  control_input [\n{controls}\n  ]\n"
-        "}\n"
-    )
-    text += instance_group(deploy["stage_instances"], "KIND_CPU")
-    params = {"stage": name, **settings.to_strings(), "intra_op_threads": deploy["intra_op_threads"]}
-    return text + parameters(params)
 
 
 def ensemble_config(manifest: dict[str, Any]) -> str:
-    text = (
-        f'name: "{ENSEMBLE}"\nplatform: "ensemble"\nmax_batch_size: {manifest["deployment"]["max_streams_per_batch"]}\n'
-    )
-    text += tensor_block("input", CLIENT_INPUTS) + tensor_block("output", CLIENT_OUTPUTS)
     steps = []
     for name in STAGES:
         inputs, outputs = STAGE_IO[name]
         maps = [f'      input_map {{ key: "{t}" value: "{t}" }}' for t, _, _ in inputs]
         maps += [f'      output_map {{ key: "{t}" value: "{t}" }}' for t, _, _ in outputs]
         steps.append(f'    {{\n      model_name: "{name}"\n      model_version: -1\n' + "\n".join(maps) + "\n    }")
-    text += "ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}\n"
-    return text + parameters(stream_parameters(manifest))
+    return _render(
+        "ensemble",
+        name=ENSEMBLE,
+        max_batch_size=manifest["deployment"]["max_streams_per_batch"],
+        inputs=tensor_block("input", CLIENT_INPUTS),
+        outputs=tensor_block("output", CLIENT_OUTPUTS),
+        steps=",\n".join(steps),
+        parameters=parameters(stream_parameters(manifest)),
+    )
 
 
 def stream_parameters(manifest: dict[str, Any]) -> dict[str, int]:
