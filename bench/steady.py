@@ -144,7 +144,9 @@ def measure_steady_cost(
     chunks = served_chunk_seconds(repo, audio)
     served = [c["total"] for c in chunks]
     rc = right_context_for(latency_s)
-    nemo = run_nemo_multitalker(asr, diarizer, audio, rc, models=models, all_slots_active=all_slots_active).step_s
+    nemo = run_nemo_multitalker(
+        asr, diarizer, audio, rc, models=models, all_slots_active=all_slots_active, diar_cache=None
+    ).step_s
     early, full = chunk_windows(len(served), latency_s, early_s, fill_s)
     nemo_early, nemo_full = chunk_windows(len(nemo), latency_s, early_s, fill_s)
     return SteadyCost(
