@@ -139,12 +139,11 @@ def rebuild_models(repo: Path, tokenizer_dir: Path):
 
     from omegaconf import open_dict
 
-    from mtasr.export.asr import build_asr
     from mtasr.export.sortformer import build_sortformer
     from mtasr.training.asr import ALL_ATT_CONTEXTS
 
     manifest = json.loads((repo / "manifest.json").read_text())
-    asr = build_asr("small", tokenizer_dir)
+    asr = _build_small_asr(tokenizer_dir, _joint_has_dropout(repo / manifest["graphs"]["joint"]["file"]))
     with open_dict(asr.cfg):
         asr.cfg.encoder.att_context_size = ALL_ATT_CONTEXTS  # what the recipe trains (and the checkpoint records)
         features = manifest["asr"]["features"]
@@ -155,6 +154,10 @@ def rebuild_models(repo: Path, tokenizer_dir: Path):
     diarizer = build_sortformer(
         "small", conv_norm_type=_diarizer_conv_norm(repo / manifest["graphs"]["diarizer"]["file"])
     )
+    if features.get("normalize") == "fixed":  # trained on the ASR's features (training/normalization.py)
+        from mtasr.training.normalization import set_normalization
+
+        set_normalization(diarizer, normalize)
     models = {"asr": asr, "diarizer": diarizer}
     assigned: dict[str, set[str]] = {"asr": set(), "diarizer": set()}
     for graph, (which, prefix) in GRAPH_ROOTS.items():
@@ -165,6 +168,28 @@ def rebuild_models(repo: Path, tokenizer_dir: Path):
         if missing:
             raise ValueError(f"{which}: {len(missing)} weights are in no graph: {missing[:5]}")
     return asr.eval(), diarizer.eval()
+
+
+def _build_small_asr(tokenizer_dir: Path, joint_dropout: bool):
+    """The small ASR model; without dropout its joint network has no Dropout module, which shifts the index of
+    the joint's Linear layer that the graph's node names refer to."""
+    from nemo.collections.asr.models.multitalker_asr_models import EncDecMultiTalkerRNNTBPEModel
+    from omegaconf import open_dict
+
+    from mtasr.export.asr import asr_config
+
+    cfg = asr_config("small", tokenizer_dir)
+    if not joint_dropout:
+        with open_dict(cfg):
+            cfg.joint.jointnet.dropout = 0.0
+    return EncDecMultiTalkerRNNTBPEModel(cfg=cfg).eval()
+
+
+def _joint_has_dropout(onnx_path: Path) -> bool:
+    """Whether the joint network was built with a Dropout (its Linear is then `joint_net.2`, else `joint_net.1`)."""
+    import onnx
+
+    return any("joint_net.2" in node.name for node in onnx.load(str(onnx_path), load_external_data=False).graph.node)
 
 
 def _diarizer_conv_norm(onnx_path: Path) -> str:
