@@ -1,11 +1,12 @@
 """Chunk latency of a served repository: N concurrent streams, each paced in real time.
 
-    python -m mtasr.bench.latency EXPORT/model_repository --streams 8 [--seconds 20]
+    python -m mtasr.bench.latency EXPORT/model_repository --streams 8 [--seconds 20] [--protocol http]
 
-Starts tritonserver on the repository, opens N gRPC streams that each send one chunk per chunk
-duration (a live speaker) of a synthesised conversation, and reports the time from sending a
-chunk to receiving its response (p50, p90, p99, max), the real-time factor per stream and the
-server's resident memory (tritonserver plus its python-backend processes) idle and under load.
+Starts tritonserver on the repository, opens N gRPC (or HTTP, through the checking front) streams
+that each send one chunk per chunk duration (a live speaker) of a synthesised conversation, and
+reports the time from sending a chunk to receiving its response (p50, p90, p99, max), the real-time
+factor per stream and the server's resident memory (tritonserver plus its python-backend processes)
+idle and under load.
 A quick measurement tool; the full benchmark with perf_analyzer and NeMo beside it is `mtasr bench`.
 """
 
@@ -26,7 +27,7 @@ def _stream(client, sequence_id: int, audio: np.ndarray, out: list[float]) -> No
     out.extend(update.latency_s for update in client.stream(chunks, sequence_id, realtime=True))
 
 
-def measure(repo: Path, streams: int, seconds: float) -> dict[str, float]:
+def measure(repo: Path, streams: int, seconds: float, protocol: str = "grpc") -> dict[str, float]:
     from mtasr.client.stream import StreamingClient
     from mtasr.deployment import load_manifest
     from mtasr.server import TritonServer, local_server_config
@@ -39,7 +40,7 @@ def measure(repo: Path, streams: int, seconds: float) -> dict[str, float]:
         audio = make_conversation(2 + k % 2, seed=k).audio
         audios.append(np.tile(audio, int(np.ceil(seconds * rate / len(audio))))[: int(seconds * rate)])
     with TritonServer(local_server_config(repo, startup_timeout_s=600)) as server:
-        client = StreamingClient(server.address("grpc"), timeout_s=60)
+        client = StreamingClient(server.address(protocol), protocol=protocol, timeout_s=60)
         period = client.settings().chunk_s
         idle = server.rss_mb()
         latencies: list[list[float]] = [[] for _ in range(streams)]
@@ -75,8 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model_repository", type=Path)
     parser.add_argument("--streams", type=int, default=1, help="concurrent real-time streams (default: 1)")
     parser.add_argument("--seconds", type=float, default=20.0, help="audio per stream (default: 20)")
+    parser.add_argument(
+        "--protocol", choices=["grpc", "http"], default="grpc", help="how clients stream (default: grpc)"
+    )
     args = parser.parse_args(argv)
-    result = measure(args.model_repository, args.streams, args.seconds)
+    result = measure(args.model_repository, args.streams, args.seconds, args.protocol)
     print(
         f"{result['streams']} stream(s), {result['chunks']} chunks of {result['chunk_s']:.2f} s: latency "
         f"p50 {result['p50_ms']:.0f} ms, p90 {result['p90_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, "

@@ -142,6 +142,9 @@ class _ProblemError(Exception):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as Triton's own front end
+    # A reply goes out as headers, then body: with Nagle's algorithm the body waits for the client's
+    # delayed ACK of the headers, about 40 ms on every request (measured: 84 ms a chunk instead of 37).
+    disable_nagle_algorithm = True
     server: _GuardServer
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
