@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
             asr_path, diar_path = build_random_pair(args.random, checkpoints)
         else:
             if not (args.asr and args.diarizer):
-                raise ExportError("give --asr and --diarizer checkpoints, or --random tiny|full")
+                raise ExportError("give --asr and --diarizer checkpoints, or --random tiny|shrunk|full")
             asr_path, diar_path = args.asr, args.diarizer
         run_export(asr_path, diar_path, args.output, settings, overwrite=args.overwrite)
     except (ExportError, ValueError) as err:
