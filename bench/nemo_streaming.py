@@ -4,7 +4,7 @@ It is the reference side of the serving-parity tests and the NeMo side of `mtasr
 NeMo's example script
 ``examples/asr/asr_cache_aware_streaming/speech_to_text_multitalker_streaming_infer.py`` (not part
 of the wheel) in its parallel-speaker mode (``launch_parallel_streaming``), with speaker kernels on
-(``masked_asr=False``), in fp32 on CPU:
+(``masked_asr=False``; ``masked_asr=True`` on request), in fp32 on CPU:
 
 - both ``.nemo`` files restored on CPU; the ASR encoder set to ``[left, right_context]`` (the left
   context of the checkpoint's ``att_context_size_all`` entry with that right context);
@@ -177,13 +177,15 @@ def background_bug_can_matter(active_per_chunk: Sequence[Sequence[int]]) -> bool
     return any(len(a) >= 2 and list(a) != list(range(len(a))) for a in active_per_chunk)
 
 
-def _config(right_context_ctx: list[int], max_num_of_spks: int, batch_size: int, cache_gating: bool = True):
+def _config(
+    right_context_ctx: list[int], max_num_of_spks: int, batch_size: int, cache_gating: bool = True, masked_asr=False
+):
     from omegaconf import OmegaConf
 
     cfg = dict(_SCRIPT_DEFAULTS)
     cfg.update(
         {
-            "masked_asr": False,  # speaker kernels, not feature masking
+            "masked_asr": masked_asr,  # False: speaker kernels; True: features masked (the script's default)
             "use_amp": False,  # fp32 (CPU autocast would be bfloat16)
             "cache_gating": cache_gating,
             "cache_gating_buffer_size": 2,
@@ -252,6 +254,7 @@ def run_nemo_multitalker(
     diar_async_streaming: bool | None = None,
     max_num_of_spks: int = 4,
     diar_cache: tuple[int, int] | None = NEMO_SCRIPT_DIARIZER_CACHE,
+    masked_asr: bool = False,
     models: tuple[Any, Any] | None = None,
     quiet: bool = True,
 ) -> NemoResult:
@@ -283,6 +286,11 @@ def run_nemo_multitalker(
     ``diar_cache`` is the diarizer's (spkcache_len, fifo_len), the script's options of those names, at
     their defaults as export's are; None keeps the checkpoint's (export's ``--diarizer-cache checkpoint``).
 
+    ``masked_asr`` is the script's option of that name (its default is True): features masked per speaker
+    and the speaker kernels left without targets (export's ``--speaker-conditioning masked``); False,
+    the speaker kernels get the diarizer's masks (``kernels``). Either way the ASR model's speaker
+    targets are cleared before and after the run, so a shared model carries nothing between calls.
+
     ``models`` may pass an already restored ``(asr_model, diar_model)`` pair to skip restoring; the
     call leaves the ASR encoder at ``right_context`` and the diarizer at the streaming settings above.
     """
@@ -302,12 +310,13 @@ def run_nemo_multitalker(
         checkpoint_async = bool(diar_model.async_streaming)
         use_async = checkpoint_async if diar_async_streaming is None else bool(diar_async_streaming)
         diar_model.async_streaming = use_async
+        asr_model.clear_speaker_targets()  # masked_asr never sets them: NeMo's encoder then uses ones / zeros
         try:
             result = _parallel_streaming(
                 asr_model,
                 diar_model,
                 batch,
-                _config(ctx, max_num_of_spks, len(batch), cache_gating=not all_slots_active),
+                _config(ctx, max_num_of_spks, len(batch), cache_gating=not all_slots_active, masked_asr=masked_asr),
                 fix_background_mask,
                 use_async,
             )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from mtasr.deployment import ServingSettings
 from mtasr.export.pipeline import ExportSettings
+from mtasr.gating import SPEAKER_CONDITIONINGS
 
 _DEFAULTS = ExportSettings()
 _SERVING = ServingSettings()
@@ -34,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
                 graph_backend=args.graph_backend,
                 all_slots_active=args.all_slots_active,
                 nemo_background_mask=args.nemo_background_mask,
+                speaker_conditioning=args.speaker_conditioning,
             ),
         )
         if args.random:
@@ -170,6 +172,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
         action="store_true",
         help="comparison with NeMo's script: build a speaker's background mask from list positions as NeMo 3.0 "
         "does, instead of from the other active speaker ids (the fix served by default; docs/protocol.md)",
+    )
+    export.add_argument(
+        "--speaker-conditioning",
+        choices=SPEAKER_CONDITIONINGS,
+        default=_SERVING.speaker_conditioning,
+        help="how the encoder is told which speaker to transcribe, NeMo's script's masked_asr: 'kernels' "
+        "(masked_asr=False: the diarizer's masks feed the speaker kernels; default) or 'masked' (masked_asr=True, "
+        "the script's own default: each speaker's features are masked, the kernels get all ones)",
     )
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     export.set_defaults(func=run)

@@ -14,7 +14,7 @@ from typing import Any
 
 from mtasr.chunker import ChunkGeometry
 from mtasr.features import FeatureConfig
-from mtasr.gating import GatingConfig
+from mtasr.gating import SPEAKER_CONDITIONINGS, GatingConfig
 from mtasr.graphs import Graph, OrtGraph
 from mtasr.protocol import ENSEMBLE, MANIFEST, STAGES  # noqa: F401  (re-exported)
 from mtasr.rnnt import DecoderGeometry
@@ -40,6 +40,9 @@ class ServingSettings:
     # NeMo's reference builds background masks by list position, not speaker id (a bug); True
     # reproduces it, for comparisons with NeMo only.
     nemo_background_mask: bool = False
+    # How the encoder is told its speaker (NeMo's script's masked_asr): "kernels" (False; the speaker
+    # kernels get the diarizer's masks) or "masked" (True, the script's default: features masked).
+    speaker_conditioning: str = "kernels"
     # Every speaker slot active every chunk, whatever the diarizer says: the worst-case ASR load,
     # for benchmarks of random-weight models (whose diarizer activates speakers regardless of the audio).
     all_slots_active: bool = False
@@ -47,6 +50,11 @@ class ServingSettings:
     def __post_init__(self) -> None:
         if self.graph_backend not in ("triton", "onnxruntime"):
             raise ValueError(f"graph_backend must be 'triton' or 'onnxruntime', got {self.graph_backend!r}")
+        if self.speaker_conditioning not in SPEAKER_CONDITIONINGS:
+            raise ValueError(
+                f"speaker_conditioning must be one of {', '.join(SPEAKER_CONDITIONINGS)}, "
+                f"got {self.speaker_conditioning!r}"
+            )
 
     @classmethod
     def from_strings(cls, values: Mapping[str, str]) -> ServingSettings:
@@ -133,8 +141,9 @@ def build_stage(
             max_active=slots,
             nemo_background_mask=settings.nemo_background_mask,
             all_active=settings.all_slots_active,
+            conditioning=settings.speaker_conditioning,
         )
-        return SpeakerKernelStage(gating, slots, width, idle)
+        return SpeakerKernelStage(gating, slots, width, geometry.padded_frames, idle)
     if name == "asr":
         from mtasr.transcript import Tokenizer
 

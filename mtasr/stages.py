@@ -19,7 +19,7 @@ import numpy as np
 from mtasr import graph_io, sortformer_state
 from mtasr.chunker import ChunkGeometry, FeatureChunker, FeatureChunks
 from mtasr.features import FeatureConfig, StreamingLogMel, padded_frames
-from mtasr.gating import GatingConfig, SpeakerGate
+from mtasr.gating import GatingConfig, SpeakerGate, mask_features
 from mtasr.graphs import Graph
 from mtasr.protocol import (  # noqa: F401  (re-exported: the stages' tensor names)
     ACTIVE_SPEAKERS,
@@ -31,6 +31,7 @@ from mtasr.protocol import (  # noqa: F401  (re-exported: the stages' tensor nam
     DROP_FRAMES,
     ENCODER_FRAMES,
     FEATURE_LENGTHS,
+    FEATURE_MASKS,
     FEATURES,
     SPEAKER_MASKS,
     SPEAKER_PROBS,
@@ -234,12 +235,17 @@ class DiarizationStage:
 
 
 class SpeakerKernelStage:
-    """Speaker probabilities -> active slots and the target/background masks of the speaker kernels."""
+    """Speaker probabilities -> active slots, the target/background masks of the speaker kernels and,
+    with "masked" conditioning, each slot's feature mask."""
 
-    def __init__(self, config: GatingConfig, n_slots: int, mask_width: int, idle_timeout_s: float) -> None:
+    def __init__(
+        self, config: GatingConfig, n_slots: int, mask_width: int, feature_width: int, idle_timeout_s: float
+    ) -> None:
         self.config = config
         self.n_slots = n_slots
         self.mask_width = mask_width
+        # Feature masks are sent only when they are used: 0 frames wide tells the ASR stage "none".
+        self.feature_width = feature_width if config.conditioning == "masked" else 0
         self.streams: StreamTable[SpeakerGate] = StreamTable(idle_timeout_s)
 
     def process(self, requests: list[StageRequest]) -> list[Result]:
@@ -251,6 +257,7 @@ class SpeakerKernelStage:
             probs = request.inputs[SPEAKER_PROBS]
             diar_frames = request.inputs[DIARIZER_FRAMES]
             enc_frames = request.inputs[ENCODER_FRAMES]
+            feature_frames = request.inputs[FEATURE_LENGTHS] if self.feature_width else np.zeros_like(enc_frames)
             gate = self.streams.admit(request, lambda: SpeakerGate(self.config, self.n_slots))
         except KeyError as err:
             return RequestError(f"missing input {err}")
@@ -260,12 +267,20 @@ class SpeakerKernelStage:
         active = np.zeros((k, s), bool)
         speaker = np.zeros((k, s, w), np.float32)
         background = np.zeros((k, s, w), np.float32)
+        features = np.zeros((k, s, self.feature_width), np.float32)
         for c in range(k):
-            masks = gate.step(probs[c, : int(diar_frames[c])], int(enc_frames[c]), w)
-            active[c], speaker[c], background[c] = masks.active, masks.speaker, masks.background
+            masks = gate.step(
+                probs[c, : int(diar_frames[c])], int(enc_frames[c]), w, int(feature_frames[c]), self.feature_width
+            )
+            active[c], speaker[c], background[c], features[c] = (
+                masks.active,
+                masks.speaker,
+                masks.background,
+                masks.features,
+            )
         if request.end:
             self.streams.end(request.stream)
-        return {ACTIVE_SPEAKERS: active, SPEAKER_MASKS: speaker, BACKGROUND_MASKS: background}
+        return {ACTIVE_SPEAKERS: active, SPEAKER_MASKS: speaker, BACKGROUND_MASKS: background, FEATURE_MASKS: features}
 
 
 # ------------------------------------------------------------------------------------------------- asr
@@ -350,10 +365,15 @@ class AsrStage:
         self.streams.evict_idle()
 
         def admit(request: StageRequest) -> None:
-            _chunks_of(request)
+            chunks = _chunks_of(request)
             for name in (ACTIVE_SPEAKERS, SPEAKER_MASKS, BACKGROUND_MASKS):
                 if name not in request.inputs:
                     raise RequestError(f"missing input '{name}'")
+            masks = request.inputs.get(FEATURE_MASKS)
+            if masks is not None and masks.shape[-1] > 0:
+                want = (len(chunks), request.inputs[ACTIVE_SPEAKERS].shape[-1], chunks.features.shape[1])
+                if masks.shape != want:
+                    raise RequestError(f"{FEATURE_MASKS} must be {list(want)}, got {list(masks.shape)}")
             self.streams.admit(request, _AsrStream)
 
         def run(ready: list[int]) -> dict[int, Result]:
@@ -399,8 +419,14 @@ class AsrStage:
         def per_row(name: str, pick) -> np.ndarray:
             return np.stack([pick(requests[row.request].inputs[name][r], row) for row in rows])
 
+        def features(x: np.ndarray, row: _Row) -> np.ndarray:
+            masks = requests[row.request].inputs.get(FEATURE_MASKS)
+            if masks is None or masks.shape[-1] == 0:  # speaker kernels only
+                return x.T
+            return mask_features(x.T, masks[r][row.slot])
+
         feeds = {
-            "features": per_row(FEATURES, lambda x, row: x.T),
+            "features": per_row(FEATURES, features),
             "feature_lengths": per_row(FEATURE_LENGTHS, lambda x, row: x),
             "cache_last_channel": np.stack([row.speaker.cache_channel for row in rows]),
             "cache_last_time": np.stack([row.speaker.cache_time for row in rows]),

@@ -165,3 +165,24 @@ def test_background_fix_corrects_the_masks_where_the_bug_applies(tiny_pair, tiny
         changed = any(not np.array_equal(ours[s][1], theirs[s][1]) for s in theirs)
         assert changed == (step in nemo.bg_mask_differs_chunks)
         assert all(np.array_equal(ours[s][0], theirs[s][0]) for s in theirs)  # speaker targets untouched
+
+
+@pytest.mark.parametrize("feature_frames", [105, 112, 121, 9])
+def test_served_feature_masking_is_nemos_mask_features(feature_frames):
+    """`--speaker-conditioning masked` masks a speaker's features as NeMo's script does: its 14 latest
+    diarizer frames, each over 8 feature frames, cut to the chunk by keeping the first ones (first chunk,
+    105 frames) or left-padded with zeros over the pre-encode cache (later chunks, 121); features that were
+    exactly 0 (a zero-filled cache) become -16.6355."""
+    from nemo.collections.asr.parts.utils.multispk_transcribe_utils import SpeakerTaggedASR
+
+    from mtasr.gating import feature_mask, mask_features
+
+    rng = np.random.default_rng(feature_frames)
+    features = rng.normal(-8.0, 3.0, (2, 5, feature_frames)).astype(np.float32)
+    features[:, :, :3] = 0.0  # the zero-filled start of a stream's pre-encode cache
+    targets = rng.uniform(0.0, 1.0, (2, 14)).astype(np.float32)
+    nemo_self = SimpleNamespace(cfg={"log": False})
+    want = SpeakerTaggedASR.mask_features(nemo_self, torch.from_numpy(features), torch.from_numpy(targets)).numpy()
+    for row in range(2):
+        got = mask_features(features[row], feature_mask(targets[row], feature_frames, 0.5))
+        np.testing.assert_array_equal(got, want[row])

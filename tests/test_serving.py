@@ -167,6 +167,38 @@ def test_nemo_background_mask_rule_is_the_only_difference_and_is_corrected(
     assert tokens_by_speaker(compatible.transcribe(audio, chunk_samples(repo))) == nemo_tokens
 
 
+@pytest.mark.parametrize("right_context", [1, 13])
+def test_masked_speaker_conditioning_gives_the_tokens_of_nemos_script_default(
+    right_context, tiny_checkpoints, nemo_models, conversations, tmp_path
+):
+    """`--speaker-conditioning masked` serves what NeMo's script runs by default (masked_asr=True): each
+    speaker's features masked by its diarizer output, the speaker kernels given no targets. Same tokens
+    as NeMo per slot, through Triton at the default latency; and they are not the kernels' tokens."""
+    repo = export(tiny_checkpoints, tmp_path / "masked", right_context, "--speaker-conditioning", "masked")
+    assert load_manifest(repo)["deployment"]["serving"]["speaker_conditioning"] == "masked"
+    if right_context == 13:
+        with triton(repo) as server:
+            streams = {20 + i: chunked(conv.audio, chunk_samples(repo)) for i, conv in enumerate(conversations)}
+            served = {
+                i: tokens_by_speaker(tokens) for i, tokens in stream_grpc(server.address("grpc"), streams).items()
+            }
+    else:
+        pipeline = LocalPipeline(repo)
+        served = {
+            20 + i: tokens_by_speaker(pipeline.transcribe(c.audio, chunk_samples(repo)))
+            for i, c in enumerate(conversations)
+        }
+    differs_from_kernels = False
+    for i, conv in enumerate(conversations):
+        nemo = run_nemo_multitalker(*tiny_checkpoints, conv.audio, right_context, masked_asr=True, models=nemo_models)
+        want = {slot: tokens for slot, tokens in nemo.tokens.items() if tokens}
+        assert want, "the reference decoded nothing: the comparison would be empty"
+        assert served[20 + i] == want, f"{len(conv.segments)}-segment input, right context {right_context}"
+        kernels = run_nemo_multitalker(*tiny_checkpoints, conv.audio, right_context, models=nemo_models)
+        differs_from_kernels |= {s: t for s, t in kernels.tokens.items() if t} != want
+    assert differs_from_kernels, "masking must change what is decoded, or this test shows nothing"
+
+
 def test_all_slots_active_gives_nemo_tokens_with_its_cache_gating_off(
     tiny_checkpoints, nemo_models, conversations, served
 ):

@@ -91,6 +91,19 @@ def test_gate_masks_the_encoder_frames_with_the_latest_diarizer_frames():
     assert masks.speaker[0, 2] == 1.0 and masks.background[0, 2] == 0.0  # padding past the valid frames
 
 
+def test_masked_conditioning_masks_features_and_gives_the_kernels_no_targets():
+    gate = SpeakerGate(GatingConfig(frames_per_chunk=2, conditioning="masked"), n_slots=2)
+    probs = np.array([[0.9, 0.2], [0.3, 0.1]], np.float32)  # slot 1 never exceeds 0.5: inactive
+    masks = gate.step(probs, encoder_frames=2, width=3, feature_frames=20, feature_width=24)
+    assert masks.active.tolist() == [True, False]
+    assert (masks.speaker == 1.0).all() and (masks.background == 0.0).all()
+    # 2 diarizer frames x 8 feature frames, left-padded with zeros to the chunk's 20; padding width kept at 1.
+    assert masks.features[0].tolist() == [0.0] * 4 + [1.0] * 8 + [0.0] * 8 + [1.0] * 4
+    assert (masks.features[1] == 1.0).all()
+    kernels = SpeakerGate(GatingConfig(frames_per_chunk=2), n_slots=2).step(probs, 2, 3, 20, 24)
+    assert kernels.features.shape == (2, 0)  # none sent: the ASR stage leaves the features alone
+
+
 def test_seglst_splits_a_speakers_words_at_long_pauses():
     words = [
         Word(0, "hello", 0.0, 0.4),

@@ -52,7 +52,12 @@ class TritonPythonModel:
         else:
             graphs = local_graphs(repo_dir, manifest, int(params.get("intra_op_threads", "0")))
         self.stage = build_stage(self.stage_name, manifest, repo_dir, settings, graphs)
-        self.inputs, self.outputs = STAGE_IO[self.stage_name]
+        # The tensors this repository's config declares: one exported by an earlier version lacks the
+        # newer ones (e.g. FEATURE_MASKS), and its stages still serve it.
+        inputs, outputs = STAGE_IO[self.stage_name]
+        declared = {t["name"] for t in config.get("input", []) + config.get("output", [])}
+        self.inputs = [t for t in inputs if t[0] in declared]
+        self.outputs = [t for t in outputs if t[0] in declared]
         import triton_python_backend_utils as pb_utils
 
         # The family must outlive its metrics (the backend refuses updates otherwise).
