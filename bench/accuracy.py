@@ -103,3 +103,44 @@ def measure_int8_cost(
         cost.ref_words = int(totals["fp32"].length)
         cost.fp32_cpwer, cost.int8_cpwer = totals["fp32"].rate, totals["int8"].rate
     return cost
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m mtasr.bench.accuracy FP32_REPO INT8_REPO --evalset DIR`: the cost on an evaluation set."""
+    import argparse
+    import logging
+
+    import soundfile as sf
+
+    from mtasr.deployment import chunk_samples, load_manifest
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("fp32_repo", type=Path)
+    parser.add_argument("int8_repo", type=Path, help="the same checkpoints exported with --int8 (or any variant)")
+    parser.add_argument("--evalset", type=Path, required=True, help="`mtasr train evalset` folder: audio/, ref/")
+    parser.add_argument("--exclude", default="long", help="skip sessions whose name starts with this ('' for none)")
+    parser.add_argument("--work-dir", type=Path, default=Path("artifacts/int8-cost"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    sessions = sorted((args.evalset / "audio").glob("*.wav"))
+    sessions = [s for s in sessions if not (args.exclude and s.stem.startswith(args.exclude))]
+    if not sessions:
+        parser.error(f"no sessions under {args.evalset / 'audio'}")
+    audios = [sf.read(s, dtype="float32")[0] for s in sessions]
+    references = [args.evalset / "ref" / f"{s.stem}.seglst.json" for s in sessions]
+    manifest = load_manifest(args.fp32_repo)
+    latency = chunk_samples(manifest) / manifest["asr"]["features"]["sample_rate"]
+    refs = [r if r.is_file() else None for r in references]
+    cost = measure_int8_cost(args.fp32_repo, args.int8_repo, args.fp32_repo.name, latency, audios, refs, args.work_dir)
+    cpwer = "n/a" if cost.fp32_cpwer is None else f"{100 * cost.fp32_cpwer:.1f} % -> {100 * cost.int8_cpwer:.1f} %"
+    print(
+        f"{cost.sessions} sessions: tokens changed {cost.token_edits}/{cost.fp32_tokens} "
+        f"({100 * cost.token_change_rate:.1f} %), speaker-activity flips {cost.activity_flips}/"
+        f"{cost.activity_decisions} ({100 * cost.flip_rate:.2f} %), largest probability change "
+        f"{cost.max_prob_diff:.3f}, cpWER ({cost.ref_words} reference words) {cpwer}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

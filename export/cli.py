@@ -158,7 +158,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     export.add_argument(
         "--int8",
         action="store_true",
-        help="int8 dynamic quantisation of the encoder and diarizer weights (ONNX Runtime quantize_dynamic); smaller "
+        help="int8 dynamic quantisation of every graph's weights (ONNX Runtime quantize_dynamic); smaller "
         "and faster on CPU, at an accuracy cost. Writes no TensorRT variant, and does not combine with --tensorrt",
     )
     export.add_argument(

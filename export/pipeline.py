@@ -43,7 +43,7 @@ class ExportSettings:
     max_queue_delay_us: int = 1000
     opset: int = 17
     tensorrt: bool = False
-    int8: bool = False  # int8 dynamic quantisation of the encoder and diarizer (mtasr.export.quantize)
+    int8: bool = False  # int8 dynamic quantisation of every graph (mtasr.export.quantize)
     # Diarizer (spkcache_len, fifo_len) to serve: NeMo's script's run-time values by default; None: the checkpoint's.
     diarizer_cache: tuple[int, int] | None = NEMO_SCRIPT_DIARIZER_CACHE
     stage_instances: int = 1  # Triton instances of each stateful stage

@@ -324,7 +324,7 @@ def exported_int8(tiny_checkpoints, tmp_path_factory) -> Path:
     return export_tiny(tiny_checkpoints, tmp_path_factory.mktemp("export_int8") / "tiny", "--int8")
 
 
-def test_int8_export_quantises_the_encoder_and_diarizer_matmuls_and_says_so(exported_int8, exported):
+def test_int8_export_quantises_every_graph_pointwise_convolutions_included_and_says_so(exported_int8, exported):
     from mtasr.export.quantize import QUANTIZATION, quantized_op_counts
 
     repo = exported_int8 / "model_repository"
@@ -334,13 +334,17 @@ def test_int8_export_quantises_the_encoder_and_diarizer_matmuls_and_says_so(expo
     for name in GRAPHS:
         graph = manifest["graphs"][name]
         counts = quantized_op_counts(repo / graph["file"])
-        if name in ("encoder", "diarizer"):
-            assert graph["quantization"] == QUANTIZATION
-            assert counts["MatMulInteger"] > 0 and counts["DynamicQuantizeLinear"] > 0
-            assert counts["ConvInteger"] == 0  # slower than fp32 Conv on CPU, and less accurate
-            assert graph["bytes"] == (repo / graph["file"]).stat().st_size < fp32["graphs"][name]["bytes"]
+        assert graph["quantization"] == QUANTIZATION
+        assert counts["DynamicQuantizeLinear"] > 0 or counts["DynamicQuantizeLSTM"] > 0
+        assert counts["ConvInteger"] == 0  # slower than fp32 Conv on CPU, and less accurate
+        assert graph["bytes"] == (repo / graph["file"]).stat().st_size < fp32["graphs"][name]["bytes"]
+        if name == "decoder":
+            assert counts["DynamicQuantizeLSTM"] >= 1
         else:
-            assert graph["quantization"] is None and not any(counts.values())
+            assert counts["MatMulInteger"] > 0
+        if name in ("encoder", "diarizer"):
+            # Only the convolutions with wider kernels stay fp32: the pointwise ones became MatMuls.
+            assert min(_conv_kernel_sizes(repo / graph["file"])) > 1, "a 1x1 convolution was left unquantised"
         assert fp32["graphs"][name]["quantization"] is None
         # Quantisation changes no tensor the server or the stages see.
         for key in ("inputs", "outputs", "serving_dims"):
@@ -349,6 +353,58 @@ def test_int8_export_quantises_the_encoder_and_diarizer_matmuls_and_says_so(expo
         exported / "model_repository" / "encoder" / "config.pbtxt"
     ).read_text()
     assert not (exported_int8 / "tensorrt").exists()  # TensorRT builds its engines from fp32 graphs
+
+
+def _conv_kernel_sizes(path: Path) -> list[int]:
+    """The kernel size (product of its spatial dims) of every Conv in the graph at `path`; 1 is pointwise."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    weights = {init.name: list(init.dims) for init in proto.graph.initializer}
+    sizes = [int(np.prod(weights[n.input[1]][2:])) for n in proto.graph.node if n.op_type == "Conv"]
+    assert sizes, "the graph should still hold its depthwise convolutions"
+    return sizes
+
+
+def test_pointwise_convolutions_rewritten_as_matmul_compute_the_same(exported, tmp_path):
+    """The rewrite int8 export applies before quantising (1-D and 2-D 1x1 convolutions): in fp32 the
+    encoder and diarizer compute what they did, chunk after chunk of a stream."""
+    import shutil
+
+    import onnx
+
+    from mtasr.deployment import chunk_samples, load_manifest
+    from mtasr.export.quantize import pointwise_convs_as_matmul
+    from mtasr.graph_io import ENCODER_OUTPUTS
+    from mtasr.local_pipeline import LocalPipeline
+    from mtasr.sortformer_state import SPKCACHE_FIFO_CHUNK_PREDS
+
+    original = exported / "model_repository"
+    repo = tmp_path / "model_repository"
+    shutil.copytree(original, repo)
+    for name in ("encoder", "diarizer"):
+        path = repo / name / "1" / "model.onnx"
+        proto = onnx.load(str(path))
+        assert pointwise_convs_as_matmul(proto) == _conv_kernel_sizes(path).count(1) > 0
+        onnx.save(proto, str(path))
+        assert min(_conv_kernel_sizes(path)) > 1
+    pipeline = LocalPipeline(repo)
+    asr, diarization = pipeline.stages["asr"], pipeline.stages["diarization"]
+    asr.encoder = encoder = _AgainstFp32(asr.encoder, original / "encoder" / "1" / "model.onnx", ENCODER_OUTPUTS[0])
+    diarization.graph = diarizer = _AgainstFp32(
+        diarization.graph, original / "diarizer" / "1" / "model.onnx", SPKCACHE_FIFO_CHUNK_PREDS
+    )
+    pipeline.transcribe(_gliding_tone(), chunk_samples(load_manifest(repo)))
+    assert encoder.errors and diarizer.errors
+    assert max(encoder.errors + diarizer.errors) < 1e-5
+
+
+def _gliding_tone(seconds: float = 4.0) -> np.ndarray:
+    """A gliding, gated tone in noise: enough for the random diarizer to wake speakers up."""
+    t = np.arange(int(seconds * 16000)) / 16000
+    rng = np.random.default_rng(0)
+    tone = np.sin(2 * np.pi * (120 + 40 * np.sin(np.pi * t)) * t) * (np.sin(4 * np.pi * t) > 0)
+    return (0.1 * tone + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
 
 
 class _AgainstFp32:
@@ -368,7 +424,7 @@ class _AgainstFp32:
 
 def test_int8_pipeline_runs_end_to_end_close_to_fp32(exported_int8, exported):
     from mtasr.deployment import chunk_samples, load_manifest
-    from mtasr.graph_io import ENCODER_OUTPUTS
+    from mtasr.graph_io import DECODER_OUTPUTS, ENCODER_OUTPUTS, JOINT_OUTPUTS
     from mtasr.local_pipeline import LocalPipeline
     from mtasr.sortformer_state import SPKCACHE_FIFO_CHUNK_PREDS
     from mtasr.stages import TRANSCRIPT
@@ -380,19 +436,19 @@ def test_int8_pipeline_runs_end_to_end_close_to_fp32(exported_int8, exported):
     diarization.graph = diarizer = _AgainstFp32(
         diarization.graph, fp32_repo / "diarizer" / "1" / "model.onnx", SPKCACHE_FIFO_CHUNK_PREDS
     )
-    # 4 s of a gliding, gated tone in noise: enough for the random diarizer to wake speakers up.
-    t = np.arange(4 * 16000) / 16000
-    rng = np.random.default_rng(0)
-    tone = np.sin(2 * np.pi * (120 + 40 * np.sin(np.pi * t)) * t) * (np.sin(4 * np.pi * t) > 0)
-    audio = (0.1 * tone + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
-
-    results = pipeline.transcribe(audio, chunk_samples(load_manifest(repo)))
+    asr.prediction = prediction = _AgainstFp32(
+        asr.prediction, fp32_repo / "decoder" / "1" / "model.onnx", DECODER_OUTPUTS[0]
+    )
+    asr.joint = joint = _AgainstFp32(asr.joint, fp32_repo / "joint" / "1" / "model.onnx", JOINT_OUTPUTS[0])
+    results = pipeline.transcribe(_gliding_tone(), chunk_samples(load_manifest(repo)))
     json.loads(results[-1][TRANSCRIPT][0])  # the final SegLST
     assert encoder.errors and diarizer.errors
     # Measured on this input (AVX2, 7-bit weights): encoder output ~0.9 %; with 8-bit weights on a CPU without
     # VNNI, int16 saturation made it 12 %, which this bound catches.
     assert 0 < max(encoder.errors) < 0.05, encoder.errors
     assert 0 < max(diarizer.errors) < 0.05, diarizer.errors
+    assert 0 < max(prediction.errors) < 0.05, prediction.errors
+    assert 0 < max(joint.errors) < 0.05, joint.errors
 
 
 def test_int8_cost_compares_tokens_speaker_activity_and_words(exported_int8, exported, tmp_path):
