@@ -4,7 +4,9 @@ Graphs written here:
 - `encoder.onnx`: one cache-aware streaming step for N (stream, speaker) instances. The speaker
   target and background masks are graph inputs. NeMo applies them through forward hooks that read
   `model.spk_targets`; its own `export()` traces those attributes as constants. The wrapper sets
-  them from its forward arguments, so the hooks see traced inputs and the masks stay inputs.
+  them from its forward arguments, so the hooks see traced inputs and the masks stay inputs. Its
+  channel cache holds projected keys and values by default (`export.kv_cache`), NeMo's layer inputs
+  on request.
 - `decoder.onnx`: one prediction-network step (last token + LSTM state -> output + next state).
 - `joint.onnx`: the joint network for one encoder frame and one prediction output per instance.
   Split from the prediction network so greedy decoding re-runs only the joint on blank frames.
@@ -15,6 +17,7 @@ NeMo's `get_initial_cache_state` is layer-first.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from mtasr.export.kv_cache import INPUT_CACHE, KV_CACHE, channel_cache_width, project_channel_cache, projected_kv_cache
 from mtasr.export.onnx_io import GraphSpec, export_onnx
 from mtasr.graph_io import (
     DECODER_INPUTS,
@@ -309,11 +313,14 @@ def decoder_geometry(model) -> dict[str, Any]:
     }
 
 
-def example_encoder_inputs(model, batch: int, first_chunk: bool, seed: int = 0) -> dict[str, torch.Tensor]:
+def example_encoder_inputs(
+    model, batch: int, first_chunk: bool, seed: int = 0, channel_cache: str = INPUT_CACHE
+) -> dict[str, torch.Tensor]:
     """Random but well-formed encoder inputs (caches partly filled) for tracing and parity checks.
 
     Features have the later chunks' length; a first chunk is right-padded, its true length in
-    `feature_lengths`, as the server feeds it.
+    `feature_lengths`, as the server feeds it. With `channel_cache` "kv", the same random channel cache
+    projected into keys and values (`export.kv_cache`).
     """
     g = torch.Generator().manual_seed(seed)
     geo = streaming_geometry(model)
@@ -326,6 +333,8 @@ def example_encoder_inputs(model, batch: int, first_chunk: bool, seed: int = 0) 
     channel_len = torch.randint(0, geo["last_channel_cache_size"] + 1, (batch,), generator=g)
     channel = torch.randn(channel.shape, generator=g).transpose(0, 1).contiguous()
     time = torch.randn(time.shape, generator=g).transpose(0, 1).contiguous()
+    if channel_cache == KV_CACHE:
+        channel = project_channel_cache(model, channel)
     return {
         "features": torch.nn.functional.pad(
             torch.randn(batch, n_mels, n_feat, generator=g) * 2 - 8, (0, n_padded - n_feat), value=0.0
@@ -396,13 +405,23 @@ def example_joint_inputs(model, batch: int, seed: int = 0) -> dict[str, torch.Te
     }
 
 
-def export_asr(model, out_dir: Path, right_context: int, opset: int = 17) -> dict[str, Any]:
-    """Export encoder, prediction network and joint for `right_context`; return their manifest entries."""
+def export_asr(
+    model, out_dir: Path, right_context: int, opset: int = 17, channel_cache: str = KV_CACHE
+) -> dict[str, Any]:
+    """Export encoder, prediction network and joint for `right_context`; return their manifest entries.
+
+    `channel_cache`: "kv" (projected keys and values, `export.kv_cache`) or "input" (NeMo's)."""
     set_right_context(model, right_context)
     model.eval()
     encoder_step = EncoderStep(model).eval()
+    example = example_encoder_inputs(model, 2, False, channel_cache=channel_cache)
+    with projected_kv_cache(model) if channel_cache == KV_CACHE else nullcontext():
+        encoder = export_onnx(encoder_step, example, ENCODER_SPEC, out_dir, opset)
+    streaming = streaming_geometry(model)
+    streaming["channel_cache"] = channel_cache
+    streaming["channel_cache_width"] = channel_cache_width(streaming["d_model"], channel_cache)
     graphs = {
-        "encoder": export_onnx(encoder_step, example_encoder_inputs(model, 2, False), ENCODER_SPEC, out_dir, opset),
+        "encoder": encoder,
         "decoder": export_onnx(
             PredictionStep(model.decoder).eval(),
             example_decoder_inputs(model, 2),
@@ -412,8 +431,4 @@ def export_asr(model, out_dir: Path, right_context: int, opset: int = 17) -> dic
         ),
         "joint": export_onnx(JointStep(model.joint).eval(), example_joint_inputs(model, 2), JOINT_SPEC, out_dir, opset),
     }
-    return {
-        "graphs": graphs,
-        "streaming": streaming_geometry(model),
-        "decoding": decoder_geometry(model),
-    }
+    return {"graphs": graphs, "streaming": streaming, "decoding": decoder_geometry(model)}

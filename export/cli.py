@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from mtasr.deployment import ServingSettings
+from mtasr.export.kv_cache import CHANNEL_CACHES
 from mtasr.export.pipeline import ExportSettings
 from mtasr.gating import SPEAKER_CONDITIONINGS
 
@@ -26,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
             intra_op_threads=args.threads,
             tensorrt=args.tensorrt,
             int8=args.int8,
+            encoder_cache=args.encoder_cache,
             diarizer_cache=args.diarizer_cache,
             stage_instances=args.stage_instances,
             max_sequences=args.max_sequences,
@@ -160,6 +162,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
         action="store_true",
         help="int8 dynamic quantisation of every graph's weights (ONNX Runtime quantize_dynamic); smaller "
         "and faster on CPU, at an accuracy cost. Writes no TensorRT variant, and does not combine with --tensorrt",
+    )
+    export.add_argument(
+        "--encoder-cache",
+        choices=CHANNEL_CACHES,
+        default=_DEFAULTS.encoder_cache,
+        help="what the encoder's attention caches between chunks: 'kv' its projected keys and values, so a chunk "
+        "projects only its own frames (default), or 'input' its layer inputs, as NeMo does; the same tokens",
     )
     export.add_argument(
         "--all-slots-active",

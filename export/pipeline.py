@@ -29,6 +29,7 @@ from mtasr.export.checkpoints import (
     load_model,
 )
 from mtasr.export.compatibility import NEMO_SCRIPT_DIARIZER_CACHE, check_asr_config, check_diarizer_config
+from mtasr.export.kv_cache import KV_CACHE
 
 MANIFEST_VERSION = 1
 SPEAKER_SLOTS = 4
@@ -44,6 +45,8 @@ class ExportSettings:
     opset: int = 17
     tensorrt: bool = False
     int8: bool = False  # int8 dynamic quantisation of every graph (mtasr.export.quantize)
+    # The encoder's channel cache: "kv" projected keys and values (mtasr.export.kv_cache), or "input" (NeMo's).
+    encoder_cache: str = KV_CACHE
     # Diarizer (spkcache_len, fifo_len) to serve: NeMo's script's run-time values by default; None: the checkpoint's.
     diarizer_cache: tuple[int, int] | None = NEMO_SCRIPT_DIARIZER_CACHE
     stage_instances: int = 1  # Triton instances of each stateful stage
@@ -166,7 +169,9 @@ def _export_into(staging: Path, asr_info, diar_info, settings: ExportSettings, p
             f"(it supports {', '.join(map(str, supported))})"
         )
     progress(f"exporting ASR graphs (right context {settings.right_context})")
-    asr_entry = asr.export_asr(asr_model, graphs_dir, settings.right_context, settings.opset)
+    asr_entry = asr.export_asr(
+        asr_model, graphs_dir, settings.right_context, settings.opset, channel_cache=settings.encoder_cache
+    )
     asr_features = FeatureConfig.from_nemo(asr_model.cfg.preprocessor).to_dict()
     del asr_model
 

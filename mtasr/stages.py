@@ -296,8 +296,10 @@ class CacheShapes:
     @classmethod
     def from_manifest(cls, streaming: dict) -> CacheShapes:
         layers, d = int(streaming["n_layers"]), int(streaming["d_model"])
+        # The channel cache is d wide (NeMo's layer inputs) or 2d (projected keys and values).
+        width = int(streaming.get("channel_cache_width", d))
         return cls(
-            (layers, int(streaming["last_channel_cache_size"]), d),
+            (layers, int(streaming["last_channel_cache_size"]), width),
             (layers, d, int(streaming["conv_cache_size"])),
         )
 

@@ -17,7 +17,9 @@ N_CHUNKS = 5
 def exported(tiny_tokenizer_dir, tmp_path_factory):
     model = asr.build_asr("tiny", tiny_tokenizer_dir, seed=3)
     out = tmp_path_factory.mktemp("asr_graphs")
-    entry = asr.export_asr(model, out, right_context=13)
+    # NeMo's own cache layout (layer inputs), so caches compare directly; the default, projected keys and
+    # values, has its own test below.
+    entry = asr.export_asr(model, out, right_context=13, channel_cache="input")
     sessions = {name: ort.InferenceSession(str(out / g["file"])) for name, g in entry["graphs"].items()}
     return model, entry, sessions
 
@@ -156,3 +158,57 @@ def test_first_chunks_right_padded_batch_with_later_chunks(exported):
     for i, want in enumerate([want_first, want_later]):
         for name, got_tensor, want_tensor in zip(asr.ENCODER_SPEC.outputs, got, want, strict=True):
             assert max_diff(got_tensor[i : i + 1], want_tensor.numpy()) <= TOLERANCE, (i, name)
+
+
+def test_encoder_with_a_projected_key_value_cache_computes_what_nemo_does(exported, tmp_path):
+    """The default export caches each layer's projected keys and values, not its inputs: a chunk projects
+    only its own frames. Over consecutive chunks, different masks per row and a cache that fills up, the
+    outputs are NeMo's (its cache taken through the same projections), within the same tolerance."""
+    from mtasr.export.kv_cache import KV_CACHE, project_channel_cache
+
+    model, _, _ = exported
+    entry = asr.export_asr(model, tmp_path, right_context=13, channel_cache=KV_CACHE)
+    streaming = entry["streaming"]
+    assert streaming["channel_cache"] == KV_CACHE and streaming["channel_cache_width"] == 2 * streaming["d_model"]
+    session = ort.InferenceSession(str(tmp_path / entry["graphs"]["encoder"]["file"]))
+    batch = 3
+    channel, time, channel_len = (
+        t.transpose(0, 1) if t.ndim > 1 else t for t in model.encoder.get_initial_cache_state(batch_size=batch)
+    )
+    nemo_state = (channel.contiguous(), time.contiguous(), channel_len)
+    # Zeros, not the projection of NeMo's zeros: cache frames not yet filled are masked out of attention.
+    kv_state = (np.zeros((batch, *channel.shape[1:3], 2 * channel.shape[3]), np.float32), time.numpy(), channel_len)
+    for step in range(N_CHUNKS):
+        inputs = asr.example_encoder_inputs(model, batch, first_chunk=step == 0, seed=step + 20)
+        inputs["speaker_mask"][0] = 1.0
+        inputs["speaker_mask"][1] = 0.0
+        with torch.no_grad():
+            nemo_out = nemo_stream_step(
+                model,
+                dict(
+                    inputs,
+                    cache_last_channel=nemo_state[0],
+                    cache_last_time=nemo_state[1],
+                    cache_last_channel_len=nemo_state[2],
+                ),
+            )
+        feeds = {k: v.numpy() for k, v in inputs.items()}
+        feeds.update(
+            cache_last_channel=kv_state[0], cache_last_time=kv_state[1], cache_last_channel_len=np.asarray(kv_state[2])
+        )
+        got = session.run(None, {k: np.asarray(v) for k, v in feeds.items()})
+        want = list(nemo_out)
+        with torch.no_grad():
+            want[2] = project_channel_cache(model, nemo_out[2])
+        for name, g, w in zip(asr.ENCODER_SPEC.outputs, got, want, strict=True):
+            if name == "next_cache_last_channel":
+                # Only the filled frames carry meaning (the rest is masked out of attention).
+                filled = int(np.min(got[4]))
+                g, w = (
+                    g[:, :, -filled:] if filled else g[:, :, :0],
+                    w.numpy()[:, :, -filled:] if filled else w.numpy()[:, :, :0],
+                )
+            assert max_diff(g, w) <= TOLERANCE, f"chunk {step}: {name} differs"
+        kv_state = (got[2], got[3], got[4])
+        nemo_state = nemo_out[2:]
+    assert int(np.min(kv_state[2])) == model.encoder.streaming_cfg.last_channel_cache_size
