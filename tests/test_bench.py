@@ -190,3 +190,13 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path):
     assert (out / bench_report.PLOT).read_bytes()[:4] == b"\x89PNG"
     assert "# mtasr bench (quick)" in proc.stdout
     assert np.isfinite(results["seconds"])
+
+
+def test_encoder_cache_bench_times_both_caches_on_the_same_steps(tmp_path, capsys):
+    """`python -m mtasr.bench.encoder_cache`: both graphs exported once, timed alternately, ratio printed."""
+    from mtasr.bench.encoder_cache import main
+
+    assert main(["--size", "tiny", "--rows", "2", "--repeats", "2", "--work-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "kv cache: median" in out and "input cache: median" in out and "kv / input:" in out
+    assert sorted(p.parent.name for p in tmp_path.glob("*/encoder.onnx")) == ["tiny-rc13-input", "tiny-rc13-kv"]
