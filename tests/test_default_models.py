@@ -83,6 +83,7 @@ def test_default_checkpoints_export_to_the_served_models(tmp_path):
     cmd += ["--max-streams", str(manifest["deployment"]["max_streams_per_batch"])]
     geometry = manifest["diarizer"]["geometry"]
     cmd += ["--diarizer-cache", f"{geometry['spkcache_len']},{geometry['fifo_len']}"]
+    cmd += ["--encoder-cache", manifest["asr"]["streaming"].get("channel_cache", "input")]  # absent: NeMo's layout
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     exported = tmp_path / "export" / "model_repository"

@@ -73,7 +73,8 @@ def test_generated_configs_read_every_value_from_the_manifest(exported):
     assert "max_batch_size: 16" in encoder_config  # 4 streams x 4 speaker slots
     assert "max_batch_size: 4" in (repo / "diarizer" / "config.pbtxt").read_text()
     streaming = manifest["asr"]["streaming"]
-    cache = f"dims: [ {streaming['n_layers']}, {streaming['last_channel_cache_size']}, {streaming['d_model']} ]"
+    width = streaming["channel_cache_width"]  # 2 x d_model for the projected key/value cache
+    cache = f"dims: [ {streaming['n_layers']}, {streaming['last_channel_cache_size']}, {width} ]"
     assert cache in encoder_config
 
 
