@@ -187,6 +187,51 @@ def test_conversation_simulator_targets_agree_with_the_conversation_rttm(corpus,
     assert returning, "some stretch should have a speaker who pauses and comes back"
 
 
+@needs_voices
+def test_long_conversation_stretches_outlast_the_served_speaker_cache(corpus, tmp_path):
+    """The diarizer's long-conversation stage: its conversations run a minute and its stretches outlast the
+    speaker cache and FIFO the default diarizer is served with, so training sees the cache compressed, and a
+    speaker comes back after it has been compressed."""
+    import random
+
+    from nemo.collections.asr.parts.utils.asr_multispeaker_utils import MultiSpeakerMixtureGenerator
+
+    from mtasr.client.formats import read_rttm
+    from mtasr.deployment import load_manifest
+    from mtasr.training.corpus import TRAIN_MANIFEST
+    from mtasr.training.defaults import DEFAULT_REPOSITORY
+    from mtasr.training.diarizer import DIARIZER_STAGES, mixture_batch
+    from mtasr.training.evalset import REFERENCE_DIR, write_conversations
+
+    recipe = DIARIZER_STAGES["long-conversations"]
+    geometry = load_manifest(DEFAULT_REPOSITORY)["diarizer"]["geometry"]
+    served_span_s = (geometry["spkcache_len"] + geometry["fifo_len"]) * geometry["frame_len_s"]
+    assert recipe.stretch_s > served_span_s and recipe.conversation_s > recipe.stretch_s
+
+    sessions = write_conversations(corpus / TRAIN_MANIFEST, tmp_path, 3, {2: 1.0}, 5, recipe.conversation_s)
+    rows = [json.loads(line) for line in sessions.read_text().splitlines()]
+    assert all(row["duration"] >= recipe.conversation_s for row in rows)
+    generator = MultiSpeakerMixtureGenerator(
+        manifest_filepath=str(sessions),
+        sample_rate=16000,
+        simulator_type="mixture_loader",
+        min_duration=recipe.stretch_s,
+    )
+    random.seed(2)
+    long_cuts = 0
+    for i in range(6):
+        cut = next(generator)
+        turns = read_rttm(tmp_path / REFERENCE_DIR / f"{cut.supervisions[0].recording_id}.rttm")
+        _, _, targets, lengths = mixture_batch([cut], 4, 0.01, 8)
+        targets = targets[0, : int(lengths[0])].numpy()
+        assert_targets_match_turns(targets, turns, (cut.start, cut.start + cut.duration), f"cut {i}")
+        if cut.duration >= recipe.stretch_s:
+            long_cuts += 1
+            late = targets[int(served_span_s / geometry["frame_len_s"]) :]
+            assert late.any(axis=0).sum() == 2, f"cut {i}: both speakers speak again after the cache span"
+    assert long_cuts >= 3, "most stretches start early enough to run their full length"
+
+
 def _train_losses(run_dir: Path) -> list[float]:
     from mtasr.training.lightning import training_log
 
@@ -316,6 +361,33 @@ def test_diarizer_recipe_memorises_a_few_mixtures(corpus, tmp_path):
     recipe = DiarizerRecipe(train=steps, validation_mixtures={2: 2, 3: 2}, memorise=True)
     train_diarizer(corpus, tmp_path / "diarizer", recipe)
     assert _best(tmp_path / "diarizer", "val_f1_acc", max) >= 0.95
+
+
+def test_a_later_diarizer_stage_needs_the_model_it_fine_tunes(tmp_path):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "mtasr.cli", "train", "diarizer", "--stage", "conversations", "--out", str(tmp_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--init-from" in result.stderr
+
+
+def test_the_diarizer_curriculum_fine_tunes_each_stage_from_the_one_before(tmp_path, monkeypatch):
+    from mtasr.training import diarizer
+
+    calls = []
+
+    def train(corpus, out_dir, recipe, init_from=None):
+        calls.append((out_dir.name, recipe, init_from))
+        return out_dir / diarizer.CHECKPOINT_NAME
+
+    monkeypatch.setattr(diarizer, "train_diarizer", train)
+    last = diarizer.train_diarizer_curriculum(tmp_path / "corpus", tmp_path)
+    names = list(diarizer.DIARIZER_STAGES)
+    assert [name for name, _, _ in calls] == names
+    assert [recipe for _, recipe, _ in calls] == list(diarizer.DIARIZER_CURRICULUM)
+    assert [init for _, _, init in calls] == [None] + [tmp_path / n / diarizer.CHECKPOINT_NAME for n in names[:-1]]
+    assert last == tmp_path / names[-1] / diarizer.CHECKPOINT_NAME
 
 
 def test_a_finished_stage_is_returned_not_trained_again(tmp_path):

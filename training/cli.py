@@ -14,35 +14,39 @@ def _train_settings(args: argparse.Namespace, defaults):
     """The recipe's TrainSettings (`defaults`: its schedule shape) with the command line's values."""
     import dataclasses
 
+    def given(value, default):
+        return default if value is None else value
+
+    max_steps = given(args.max_steps, defaults.max_steps)
     return dataclasses.replace(
         defaults,
-        max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        val_every_steps=args.val_every,
-        lr=args.lr,
-        warmup_steps=min(args.warmup, args.max_steps),
+        max_steps=max_steps,
+        batch_size=given(args.batch_size, defaults.batch_size),
+        val_every_steps=given(args.val_every, defaults.val_every_steps),
+        lr=given(args.lr, defaults.lr),
+        warmup_steps=min(given(args.warmup, defaults.warmup_steps), max_steps),
         accelerator=args.accelerator,
         seed=args.seed,
         threads=args.threads,
     )
 
 
-def _add_train_options(p: argparse.ArgumentParser, defaults) -> None:
-    """Options of one recipe; their defaults are the recipe's own (`defaults`: its TrainSettings)."""
+def _add_train_options(p: argparse.ArgumentParser, defaults, of: str = "") -> None:
+    """Options of one recipe; unset, each is the recipe's own (`defaults`: its TrainSettings, shown in the
+    help, `of` naming whose they are when a command has several recipes)."""
+
+    def default(value) -> str:
+        return f"(default {value})" if not of else f"(default: the stage's own, {value} {of})"
+
     p.add_argument("--corpus", type=Path, default=WORK_DIR / "corpus", help="corpus folder (mtasr train corpus)")
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, logs, the .nemo; re-run resumes")
     p.add_argument("--init-from", type=Path, help="fine-tune this .nemo instead of training from the small config")
-    p.add_argument("--max-steps", type=int, default=defaults.max_steps, help="optimizer steps (default %(default)s)")
+    p.add_argument("--max-steps", type=int, help=f"optimizer steps {default(defaults.max_steps)}")
+    p.add_argument("--batch-size", type=int, help=f"mixtures per step {default(defaults.batch_size)}")
+    p.add_argument("--lr", type=float, help=f"peak learning rate {default(defaults.lr)}")
+    p.add_argument("--warmup", type=int, help=f"warm-up steps {default(defaults.warmup_steps)}")
     p.add_argument(
-        "--batch-size", type=int, default=defaults.batch_size, help="mixtures per step (default %(default)s)"
-    )
-    p.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (default %(default)s)")
-    p.add_argument("--warmup", type=int, default=defaults.warmup_steps, help="warm-up steps (default %(default)s)")
-    p.add_argument(
-        "--val-every",
-        type=int,
-        default=defaults.val_every_steps,
-        help="validate and checkpoint every N steps (default %(default)s)",
+        "--val-every", type=int, help=f"validate and checkpoint every N steps {default(defaults.val_every_steps)}"
     )
     p.add_argument("--accelerator", default="auto", choices=("auto", "cpu", "gpu"), help="default: a GPU when present")
     p.add_argument("--seed", type=int, default=0)
@@ -98,9 +102,13 @@ def _asr(args: argparse.Namespace) -> int:
 
 
 def _diarizer(args: argparse.Namespace) -> int:
-    from mtasr.training.diarizer import DIARIZER_TRAIN, DiarizerRecipe, train_diarizer
+    from mtasr.training.diarizer import DIARIZER_STAGES, train_diarizer
 
-    recipe = DiarizerRecipe(train=_train_settings(args, DIARIZER_TRAIN))
+    if args.stage != "mixtures" and args.init_from is None:
+        print(f"error: --stage {args.stage} fine-tunes the stage before it: give --init-from", file=sys.stderr)
+        return 2
+    recipe = DIARIZER_STAGES[args.stage]
+    recipe = dataclasses.replace(recipe, train=_train_settings(args, recipe.train))
     train_diarizer(args.corpus, args.out, recipe, init_from=args.init_from)
     return 0
 
@@ -134,7 +142,7 @@ def add_train_parser(sub) -> None:
     """`train` and its steps."""
     from mtasr.training.asr import ASR_FINE_TUNE, ASR_TRAIN
     from mtasr.training.corpus import CorpusSettings
-    from mtasr.training.diarizer import DIARIZER_FINE_TUNE, DIARIZER_TRAIN
+    from mtasr.training.diarizer import DIARIZER_FINE_TUNE, DIARIZER_STAGES, DIARIZER_TRAIN
 
     corpus_defaults = CorpusSettings()
 
@@ -187,7 +195,14 @@ def add_train_parser(sub) -> None:
     asr.set_defaults(func=_asr)
 
     diar = steps.add_parser("diarizer", help="train or fine-tune the Streaming Sortformer on simulated mixtures")
-    _add_train_options(diar, DIARIZER_TRAIN)
+    diar.add_argument(
+        "--stage",
+        choices=tuple(DIARIZER_STAGES),
+        default="mixtures",
+        help="which stage of the default curriculum: lsmix mixtures (from scratch), then short conversations "
+        "mixed in, then minute-long ones; the later two fine-tune the one before (--init-from)",
+    )
+    _add_train_options(diar, DIARIZER_TRAIN, of="for the mixture stage")
     diar.set_defaults(func=_diarizer)
 
     defaults = steps.add_parser(

@@ -120,13 +120,19 @@ def write_session(conversation: Conversation, session: str, out_dir: Path) -> Pa
 
 
 def write_conversations(
-    corpus_manifest: Path, out_dir: Path, count: int, speakers: dict[int, float], seed: int
+    corpus_manifest: Path,
+    out_dir: Path,
+    count: int,
+    speakers: dict[int, float],
+    seed: int,
+    duration_s: float | None = None,
 ) -> Path:
     """`count` training conversations (speakers drawn by weight) for NeMo's `mixture_loader` simulator:
     WAV + SegLST each, and `sessions.json` (audio_filepath, seglst_filepath, session_id, duration).
 
     Unlike lsmix mixtures (one utterance per speaker), speakers here pause and come back, which a
-    streaming diarizer must learn to keep in the same slot."""
+    streaming diarizer must learn to keep in the same slot. `duration_s`: each conversation at least
+    that long (`long_conversation`); None: one 6-15 s conversation."""
     import json as json_module
 
     out_dir = Path(out_dir).resolve()
@@ -137,7 +143,11 @@ def write_conversations(
     for index in range(count):
         n = int(rng.choice(counts, p=np.asarray(weights) / sum(weights)))
         session = f"conv{n}-{index:05d}"
-        conversation = corpus_conversation(entries, n, seed * 100003 + index)
+        session_seed = seed * 100003 + index
+        if duration_s is None:
+            conversation = corpus_conversation(entries, n, session_seed)
+        else:
+            conversation = long_conversation(entries, n, duration_s, session_seed)
         audio_path = write_session(conversation, session, out_dir)
         rows.append(
             {
