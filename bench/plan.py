@@ -15,6 +15,35 @@ MODEL_SETS = ("tiny", "full", "default")
 ALL_SLOTS_ACTIVE = ("tiny", "full")
 
 
+@dataclass(frozen=True)
+class ExportVariant:
+    """One way of exporting the same checkpoints, benched side by side with the others."""
+
+    suffix: str  # appended to the model set's name in the report ("" for the baseline)
+    encoder_cache: str  # `mtasr export --encoder-cache`
+    int8: bool  # `mtasr export --int8`
+
+    def describe(self) -> str:
+        return f"export --encoder-cache {self.encoder_cache}" + (" --int8" if self.int8 else "")
+
+
+# The baseline is today's default export; every other variant is reported against it and against NeMo.
+BASELINE_VARIANT = "kvcache"
+VARIANTS = {
+    BASELINE_VARIANT: ExportVariant("", "kv", False),
+    "input-cache": ExportVariant(" input-cache", "input", False),  # NeMo's channel-cache layout
+    "int8": ExportVariant(" int8", "kv", True),
+}
+
+
+def variant_of(model: str) -> tuple[str, str]:
+    """(model set, variant) of a report's model name, e.g. "full int8" -> ("full", "int8")."""
+    for name, variant in VARIANTS.items():
+        if variant.suffix and model.endswith(variant.suffix):
+            return model.removesuffix(variant.suffix), name
+    return model, BASELINE_VARIANT
+
+
 def right_context_for(latency_s: float) -> int:
     """The encoder right context whose chunk is `latency_s` long (0.16 s -> 1, 1.12 s -> 13)."""
     frames = round(latency_s / ENCODER_FRAME_S)
@@ -39,8 +68,8 @@ class BenchPlan:
     measurement_ms: int = 8000  # perf_analyzer window
     max_trials: int = 6
     stability_percentage: float = 25.0
-    int8: bool = False  # also bench the int8-quantised export of every model set ...
-    int8_latencies_s: tuple[float, ...] | None = None  # ... at these settings (None: every one)
+    variants: tuple[str, ...] = (BASELINE_VARIANT,)  # exports of every model set (VARIANTS), the baseline first ...
+    variant_latencies_s: tuple[float, ...] | None = None  # ... the others at these settings (None: every one)
     # One stream this long (past the diarizer's cache fill) timed chunk by chunk on both sides, at the
     # memory setting (mtasr.bench.steady); None: not measured.
     steady_stream_s: float | None = None
@@ -51,6 +80,13 @@ class BenchPlan:
             raise ValueError(f"unknown model sets {sorted(unknown)}; choose from {', '.join(MODEL_SETS)}")
         for latency in self.latencies_s:
             right_context_for(latency)
+        unknown = set(self.variants) - set(VARIANTS)
+        if unknown:
+            raise ValueError(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+        if not self.variants or self.variants[0] != BASELINE_VARIANT:
+            raise ValueError(
+                f"the baseline variant {BASELINE_VARIANT!r} comes first: the others are measured against it"
+            )
         if min(self.concurrency + self.nemo_batches + self.memory_streams) < 1:
             raise ValueError("concurrency, batch and stream counts must be >= 1")
         if not 1 <= self.speakers <= 4:
@@ -78,12 +114,14 @@ PLANS = {
         stream_s=4.0,
         memory_streams=(1, 2),
         steady_stream_s=8.0,  # the tiny diarizer's cache is full after 3.84 s
+        variants=tuple(VARIANTS),  # every export path once, on tiny models
         measurement_ms=1500,
         max_trials=4,
         stability_percentage=100.0,
     ),
-    # The headline: full-size architecture and the default models at the three latency settings, fp32
-    # and int8. On 2 cores throughput saturates by 2-4 streams, so the sweep stops at 4.
+    # The headline: full-size architecture and the default models at the three latency settings, and at
+    # 1.12 s NeMo's input cache and int8 beside the baseline. On 2 cores throughput saturates by 2-4
+    # streams, so the sweep stops at 4.
     "full": BenchPlan(
         "full",
         models=("full", "default"),
@@ -92,8 +130,8 @@ PLANS = {
         nemo_batches=(1, 2, 4),
         stream_s=8.0,
         memory_streams=(1, 2, 3, 4, 6, 8),
-        int8=True,
-        int8_latencies_s=(1.12,),
+        variants=(BASELINE_VARIANT, "input-cache", "int8"),
+        variant_latencies_s=(1.12,),
         steady_stream_s=40.0,  # the full-size diarizer's cache is full after 30 s
     ),
 }

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mtasr.bench.plan import BASELINE_VARIANT, VARIANTS, variant_of
 from mtasr.bench.steady import format_split
 
 if TYPE_CHECKING:
@@ -15,7 +16,6 @@ if TYPE_CHECKING:
 REPORT, PLOT, RESULTS = "report.md", "latency.png", "results.json"
 SERVED, NEMO = "gRPC stream", "NeMo PyTorch"
 SYSTEMS = (SERVED, "HTTP", NEMO)
-INT8_SUFFIX = " int8"  # the model-set name of an int8 export (mtasr.bench)
 # The issue's targets, checked on the full-size architecture.
 TARGET_SPEEDUP = 3.0
 TARGET_LATENCY_S = 1.12
@@ -29,8 +29,8 @@ def _settings(result: BenchResult) -> list[tuple[str, float]]:
 
 
 def _select(result: BenchResult, model: str, latency: float, system: str) -> list[LoadPoint]:
-    if system == NEMO:  # NeMo runs the checkpoints: an int8 export is compared with the same loop
-        model = model.removesuffix(INT8_SUFFIX)
+    if system == NEMO:  # NeMo runs the checkpoints: every variant is compared with the same loop
+        model = variant_of(model)[0]
     rows = [p for p in result.points if (p.model, p.latency_s, p.system) == (model, latency, system)]
     return sorted(rows, key=lambda p: p.concurrency)
 
@@ -130,6 +130,7 @@ def render(result: BenchResult) -> str:
                     f"| {model} | {latency:.2f} s | {p.concurrency} | {_ratio(p.chunks_per_s, q.chunks_per_s)} "
                     f"| {_ratio(p.p50_ms, q.p50_ms)} | {_ratio(p.p99_ms, q.p99_ms)} |"
                 )
+    lines += _variants(result)
     lines += ["", "## All measurements", ""]
     lines += [
         "| model | latency | system | streams | chunks/s | audio s/s | p50 ms | p90 ms | p99 ms | RTF/stream "
@@ -138,8 +139,8 @@ def render(result: BenchResult) -> str:
     ]
     for model, latency in _settings(result):
         for system in SYSTEMS:
-            if system == NEMO and model.endswith(INT8_SUFFIX):
-                continue  # the fp32 model set's rows
+            if system == NEMO and variant_of(model)[1] != BASELINE_VARIANT:
+                continue  # the baseline's rows
             for p in _select(result, model, latency, system):
                 lines.append(
                     f"| {model} | {latency:.2f} s | {system} | {p.concurrency} | {_fmt(p.chunks_per_s, 2)} "
@@ -185,6 +186,39 @@ def render(result: BenchResult) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _variants(result: BenchResult) -> list[str]:
+    """Each variant's served gRPC throughput and latency against the baseline's at the same streams."""
+    rows = []
+    for model, latency in _settings(result):
+        base_model, variant = variant_of(model)
+        if variant == BASELINE_VARIANT:
+            continue
+        baseline = {p.concurrency: p for p in _select(result, base_model, latency, SERVED)}
+        for p in _select(result, model, latency, SERVED):
+            q = baseline.get(p.concurrency)
+            if q is not None:
+                rows.append(
+                    f"| {base_model} | {variant} | {latency:.2f} s | {p.concurrency} "
+                    f"| {_ratio(p.chunks_per_s, q.chunks_per_s)} | {_ratio(p.p50_ms, q.p50_ms)} "
+                    f"| {_ratio(p.p99_ms, q.p99_ms)} |"
+                )
+    if not rows:
+        return []
+    described = "; ".join(f"{name}: {variant.describe()}" for name, variant in VARIANTS.items())
+    return [
+        "",
+        f"## Variants against the baseline ({BASELINE_VARIANT})",
+        "",
+        f"Exports of the same checkpoints ({described}), served at the same time and measured in turn at each "
+        "concurrency, the order reversed from one concurrency to the next.",
+        "",
+        "| model | variant | latency | streams | throughput variant/baseline | p50 variant/baseline "
+        "| p99 variant/baseline |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 def _fitted_mb(value: float) -> str:
@@ -252,7 +286,7 @@ def _int8_costs(result: BenchResult) -> list[str]:
 
 
 def _targets(result: BenchResult, summary: list[dict]) -> list[str]:
-    rows = [r for r in summary if r["model"].removesuffix(INT8_SUFFIX) == "full"]
+    rows = [r for r in summary if variant_of(r["model"])[0] == "full"]
     if not rows:
         return ["Targets are checked on the full-size architecture, which this run did not include."]
     out = ["Targets (full-size architecture):", ""]
@@ -274,7 +308,7 @@ def _targets(result: BenchResult, summary: list[dict]) -> list[str]:
                     f"{verdict}"
                 )
     for c in result.steady:
-        if c.model.removesuffix(INT8_SUFFIX) == "full" and c.latency_s == TARGET_LATENCY_S:
+        if variant_of(c.model)[0] == "full" and c.latency_s == TARGET_LATENCY_S:
             verdict = "real time" if c.served_full_rtf < 1 else "not real time"
             out.append(
                 f"- {c.model}: the same stream once the diarizer's cache is full (in process, batch 1): "

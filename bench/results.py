@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from dataclasses import fields as dataclass_fields
 
 from mtasr.bench.accuracy import Int8Cost
-from mtasr.bench.plan import BenchPlan
+from mtasr.bench.plan import BASELINE_VARIANT, BenchPlan
 from mtasr.bench.steady import SteadyCost
 
 
@@ -79,6 +79,9 @@ class BenchResult:
             return kind(**{f.name: values[f.name] for f in dataclass_fields(kind) if f.name in values})
 
         plan = {k: tuple(v) if isinstance(v, list) else v for k, v in data["plan"].items()}
+        if "int8" in plan:  # written before variants: fp32, and int8 at `int8_latencies_s`
+            plan["variants"] = (BASELINE_VARIANT, "int8") if plan.pop("int8") else (BASELINE_VARIANT,)
+            plan["variant_latencies_s"] = plan.pop("int8_latencies_s", None)
         memory = []
         for m in data["memory"]:
             memory.append(fields_of(Memory, {**m, "points": [MemoryPoint(**p) for p in m["points"]]}))

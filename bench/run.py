@@ -19,7 +19,6 @@ other (never concurrently), so their ratio is meaningful even on a noisy host.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import logging
@@ -35,10 +34,13 @@ import numpy as np
 from mtasr.bench.accuracy import Int8Cost
 from mtasr.bench.plan import (
     ALL_SLOTS_ACTIVE,
+    BASELINE_VARIANT,
     MODEL_SETS,
     PLANS,
     SAMPLE_RATE,
+    VARIANTS,
     BenchPlan,
+    ExportVariant,
     bench_audio,
     conversation_audio,
     right_context_for,
@@ -83,7 +85,7 @@ def export_for(
     *,
     right_context: int,
     max_streams: int,
-    int8: bool,
+    variant: ExportVariant,
     all_slots_active: bool,
 ) -> Path:
     """An export at `right_context`, reused when the checkpoints and settings match (a subprocess:
@@ -96,7 +98,8 @@ def export_for(
         "diarizer": sha256_of(diarizer),
         "right_context": right_context,
         "max_streams": max_streams,
-        "int8": quantization_settings() if int8 else False,  # a changed scheme re-exports
+        "int8": quantization_settings() if variant.int8 else False,  # a changed scheme re-exports
+        "encoder_cache": variant.encoder_cache,
         "all_slots_active": all_slots_active,
         "diarizer_cache": "checkpoint",
     }
@@ -106,7 +109,8 @@ def export_for(
         return repo
     cmd = [sys.executable, "-m", "mtasr.cli", "export", "--asr", str(asr), "--diarizer", str(diarizer)]
     cmd += ["--output", str(out_dir), "--right-context", str(right_context), "--max-streams", str(max_streams)]
-    cmd += ["--overwrite", *(["--int8"] if int8 else []), *(["--all-slots-active"] if all_slots_active else [])]
+    cmd += ["--overwrite", "--encoder-cache", variant.encoder_cache, *(["--int8"] if variant.int8 else [])]
+    cmd += ["--all-slots-active"] if all_slots_active else []
     # Each pair is served with its own diarizer cache (the tiny one's fills within the steady-state stream;
     # the full pair's is the script's 188/188 anyway), and NeMo's loop runs with the same (`diar_cache=None`).
     cmd += ["--diarizer-cache", "checkpoint"]
@@ -158,62 +162,84 @@ def _wait_streams_closed(server, timeout_s: float = 30.0) -> None:
 
 
 def sweep(
-    server, plan: BenchPlan, model: str, latency_s: float, data: Path, chunk_s: float, work: Path, unstable: list[str]
+    servers: list[tuple[str, object]],
+    plan: BenchPlan,
+    latency_s: float,
+    data: Path,
+    chunk_s: float,
+    work: Path,
+    unstable: list[str],
 ) -> list[LoadPoint]:
-    """perf_analyzer at every concurrency, gRPC streaming then HTTP; one LoadPoint each, except
-    where no stable measurement came twice (named in `unstable`)."""
+    """perf_analyzer at every concurrency, gRPC streaming then HTTP, on each (name, server) in turn at each
+    concurrency, the order reversed from one concurrency to the next (A B, B A, ...), so variants of one
+    setting meet the same machine conditions; one LoadPoint each, except where no stable measurement came
+    twice (named in `unstable`)."""
     from mtasr.bench import perf_analyzer as pa
 
     binary = pa.provision()
     points = []
     for protocol, streaming, system in (("grpc", True, "gRPC stream"), ("http", False, "HTTP")):
-        for concurrency in plan.concurrency:
-            _log(f"{model} @ {latency_s:.2f} s: perf_analyzer {system}, {concurrency} stream(s)")
-            run = functools.partial(
-                pa.run,
-                binary,
-                server.address(protocol),
-                protocol,
-                data,
-                concurrency,
-                streaming=streaming,
-                measurement_ms=plan.measurement_ms,
-                csv_path=work / f"perf-{protocol}-c{concurrency}.csv",
-                percentile=None,  # stabilise on the mean: p99 of a few dozen chunks is too noisy to
-            )
-            try:
-                result = run(stability_percentage=plan.stability_percentage, max_trials=plan.max_trials)
-            except pa.PerfAnalyzerError as err:
-                if "no stable measurement" not in str(err):
-                    raise
-                # Sequence boundaries make short windows uneven: once more, longer and more tolerant.
-                _log(f"no stable measurement within {plan.stability_percentage:g} %; retrying at 2x")
-                _wait_streams_closed(server)
-                try:
-                    result = run(stability_percentage=2 * plan.stability_percentage, max_trials=2 * plan.max_trials)
-                except pa.PerfAnalyzerError as again:
-                    if "no stable measurement" not in str(again):
-                        raise
-                    unstable.append(f"{model} @ {latency_s:.2f} s, {system}, {concurrency} stream(s)")
-                    _wait_streams_closed(server)
-                    continue
-            (work / f"perf-{protocol}-c{concurrency}.txt").write_text(result.stdout)
-            ms = result.latency_ms
-            points.append(
-                LoadPoint(
-                    model,
-                    latency_s,
-                    system,
+        for step, concurrency in enumerate(plan.concurrency):
+            for name, server in servers if step % 2 == 0 else servers[::-1]:
+                folder = work / name.replace(" ", "-")
+                folder.mkdir(parents=True, exist_ok=True)
+                _log(f"{name} @ {latency_s:.2f} s: perf_analyzer {system}, {concurrency} stream(s)")
+                run = functools.partial(
+                    pa.run,
+                    binary,
+                    server.address(protocol),
+                    protocol,
+                    data,
                     concurrency,
-                    result.throughput,
-                    result.throughput * chunk_s,
-                    ms["p50"],
-                    ms["p90"],
-                    ms["p99"],
+                    streaming=streaming,
+                    measurement_ms=plan.measurement_ms,
+                    csv_path=folder / f"perf-{protocol}-c{concurrency}.csv",
+                    percentile=None,  # stabilise on the mean: p99 of a few dozen chunks is too noisy to
                 )
-            )
-            _wait_streams_closed(server)
+                result = _stable_run(
+                    run, plan, server, f"{name} @ {latency_s:.2f} s, {system}, {concurrency} stream(s)"
+                )
+                if result is None:
+                    unstable.append(f"{name} @ {latency_s:.2f} s, {system}, {concurrency} stream(s)")
+                    continue
+                (folder / f"perf-{protocol}-c{concurrency}.txt").write_text(result.stdout)
+                ms = result.latency_ms
+                points.append(
+                    LoadPoint(
+                        name,
+                        latency_s,
+                        system,
+                        concurrency,
+                        result.throughput,
+                        result.throughput * chunk_s,
+                        ms["p50"],
+                        ms["p90"],
+                        ms["p99"],
+                    )
+                )
+                _wait_streams_closed(server)
     return points
+
+
+def _stable_run(run, plan: BenchPlan, server, what: str):
+    """One perf_analyzer measurement; when none was stable, once more, longer and more tolerant (sequence
+    boundaries make short windows uneven); None when that failed too."""
+    from mtasr.bench import perf_analyzer as pa
+
+    try:
+        return run(stability_percentage=plan.stability_percentage, max_trials=plan.max_trials)
+    except pa.PerfAnalyzerError as err:
+        if "no stable measurement" not in str(err):
+            raise
+    _log(f"{what}: no stable measurement within {plan.stability_percentage:g} %; retrying at 2x")
+    _wait_streams_closed(server)
+    try:
+        return run(stability_percentage=2 * plan.stability_percentage, max_trials=2 * plan.max_trials)
+    except pa.PerfAnalyzerError as err:
+        if "no stable measurement" not in str(err):
+            raise
+    _wait_streams_closed(server)
+    return None
 
 
 def measure_memory(server, repo: Path, plan: BenchPlan, model: str) -> Memory:
@@ -334,31 +360,77 @@ def machine_setup() -> dict[str, str]:
 
 
 def bench_served(
-    repo: Path,
+    repos: dict[str, Path],
     plan: BenchPlan,
-    name: str,
     latency: float,
     audios: list[np.ndarray],
     run_dir: Path,
     unstable: list[str],
-) -> tuple[list[LoadPoint], Memory | None]:
-    """One export served: memory on the fresh server (at the memory setting), then the sweep."""
+) -> tuple[list[LoadPoint], list[Memory]]:
+    """The variants of one setting ({name: export}) served at once: memory on each fresh server (at the
+    memory setting), then one sweep alternating between them."""
+    import contextlib
+
     from mtasr.bench import perf_analyzer as pa
     from mtasr.deployment import chunk_samples, load_manifest
     from mtasr.server import TritonServer, local_server_config
 
-    chunk = chunk_samples(load_manifest(repo))
+    chunks = {chunk_samples(load_manifest(repo)) for repo in repos.values()}
+    if len(chunks) != 1:
+        raise RuntimeError(f"the variants of one setting must share a chunk size, got {sorted(chunks)}")
+    (chunk,) = chunks
     streams = [pa.split_chunks(a, chunk) for a in audios]
     data = pa.write_input_data(streams, run_dir / "input.json")
     mean_chunk_s = float(np.mean([len(c) for s in streams for c in s])) / SAMPLE_RATE
     memory_here = latency == plan.measured_latency_s
-    with TritonServer(local_server_config(repo, startup_timeout_s=600)) as server:
-        _log(f"{name} @ {latency:.2f} s: server up, {server.rss_mb():.0f} MB")
-        memory = measure_memory(server, repo, plan, name) if memory_here else None
-        points = sweep(server, plan, name, latency, data, mean_chunk_s, run_dir, unstable)
-        if memory is not None:
-            memory.after_sweep_mb = server.rss_mb()
+    with contextlib.ExitStack() as stack:
+        servers = []
+        for name, repo in repos.items():
+            server = stack.enter_context(TritonServer(local_server_config(repo, startup_timeout_s=600)))
+            _log(f"{name} @ {latency:.2f} s: server up, {server.rss_mb():.0f} MB")
+            servers.append((name, server))
+        memory = [measure_memory(server, repos[name], plan, name) for name, server in servers] if memory_here else []
+        points = sweep(servers, plan, latency, data, mean_chunk_s, run_dir, unstable)
+        for m, (_, server) in zip(memory, servers, strict=True):
+            m.after_sweep_mb = server.rss_mb()
     return points, memory
+
+
+def bench_nemo(
+    model: str,
+    asr: Path,
+    diarizer: Path,
+    steady_repo: Path | None,
+    plan: BenchPlan,
+    audios: list[np.ndarray],
+    result: BenchResult,
+) -> None:
+    """NeMo's loop at every latency of the plan, then one long stream chunk by chunk on both sides
+    (`steady_repo`: the baseline export at the plan's measured latency)."""
+    from mtasr.bench.nemo_streaming import load_models
+
+    models = load_models(asr, diarizer)
+    for latency in plan.latencies_s:
+        points, active = nemo_points(models, asr, diarizer, audios, plan, model, latency)
+        result.points += points
+        result.active_speakers[f"{model} @ {latency:.2f} s"] = active
+    if plan.steady_stream_s and steady_repo is not None:
+        from mtasr.bench.steady import measure_steady_cost
+
+        _log(f"{model} @ {plan.measured_latency_s:.2f} s: one {plan.steady_stream_s:g} s stream, chunk by chunk")
+        result.steady.append(
+            measure_steady_cost(
+                steady_repo,
+                models,
+                asr,
+                diarizer,
+                conversation_audio(plan.speakers, 100, plan.steady_stream_s),
+                model,
+                plan.measured_latency_s,
+                plan.stream_s,
+                all_slots_active=model in ALL_SLOTS_ACTIVE,
+            )
+        )
 
 
 def run_bench(plan: BenchPlan, out_dir: Path) -> BenchResult:
@@ -366,7 +438,6 @@ def run_bench(plan: BenchPlan, out_dir: Path) -> BenchResult:
     an interrupted run leaves the figures it had."""
     from mtasr.bench import perf_analyzer as pa
     from mtasr.bench import report as bench_report
-    from mtasr.bench.nemo_streaming import load_models
 
     started = time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -379,66 +450,40 @@ def run_bench(plan: BenchPlan, out_dir: Path) -> BenchResult:
 
     pa.provision()
     audios = bench_audio(plan)
-    variants = [(m, False) for m in plan.models] + ([(m, True) for m in plan.models] if plan.int8 else [])
-    exports: dict[tuple[str, bool, float], Path] = {}
-    for model, int8 in variants:
-        name = model + (bench_report.INT8_SUFFIX if int8 else "")
+    for model in plan.models:
         asr, diarizer = checkpoints_for(model, work)
-        repos = {}
-        latencies = plan.latencies_s
-        if int8 and plan.int8_latencies_s is not None:
-            latencies = tuple(lat for lat in latencies if lat in plan.int8_latencies_s)
-        for latency in latencies:
-            rc = right_context_for(latency)
-            repos[latency] = export_for(
-                asr,
-                diarizer,
-                work / "exports" / f"{model}{'-int8' if int8 else ''}-rc{rc}",
-                right_context=rc,
-                max_streams=max(8, *plan.concurrency),
-                int8=int8,
-                all_slots_active=model in ALL_SLOTS_ACTIVE,
-            )
-        exports |= {(model, int8, latency): repo for latency, repo in repos.items()}
-        for latency, repo in repos.items():
-            run_dir = work / "runs" / f"{name.replace(' ', '-')}-{latency:.2f}s"
-            points, memory = bench_served(repo, plan, name, latency, audios, run_dir, result.unstable)
-            result.points += points
-            result.memory += [memory] if memory is not None else []
-            save()
-        if int8:
-            for latency, repo in repos.items():
-                fp32 = exports.get((model, False, latency))
-                if fp32 is not None:
-                    result.int8_costs.append(int8_cost(fp32, repo, model, latency, audios, work))
-                    save()
-            continue  # NeMo runs the checkpoints: the same figures as the fp32 variant
-        models = load_models(asr, diarizer)
+        exports: dict[tuple[str, float], Path] = {}  # (variant, latency) -> export
         for latency in plan.latencies_s:
-            points, active = nemo_points(models, asr, diarizer, audios, plan, name, latency)
-            result.points += points
-            result.active_speakers[f"{name} @ {latency:.2f} s"] = active
-            save()
-        steady_repo = exports.get((model, False, plan.measured_latency_s))
-        if plan.steady_stream_s and steady_repo is not None:
-            from mtasr.bench.steady import measure_steady_cost
-
-            _log(f"{name} @ {plan.measured_latency_s:.2f} s: one {plan.steady_stream_s:g} s stream, chunk by chunk")
-            result.steady.append(
-                measure_steady_cost(
-                    steady_repo,
-                    models,
+            rc = right_context_for(latency)
+            names = [
+                v
+                for v in plan.variants
+                if v == BASELINE_VARIANT or plan.variant_latencies_s is None or latency in plan.variant_latencies_s
+            ]
+            for variant_name in names:
+                exports[(variant_name, latency)] = export_for(
                     asr,
                     diarizer,
-                    conversation_audio(plan.speakers, 100, plan.steady_stream_s),
-                    name,
-                    plan.measured_latency_s,
-                    plan.stream_s,
+                    work / "exports" / f"{model}-{variant_name}-rc{rc}",
+                    right_context=rc,
+                    max_streams=max(8, *plan.concurrency),
+                    variant=VARIANTS[variant_name],
                     all_slots_active=model in ALL_SLOTS_ACTIVE,
                 )
-            )
+            repos = {model + VARIANTS[v].suffix: exports[(v, latency)] for v in names}
+            run_dir = work / "runs" / f"{model}-{latency:.2f}s"
+            points, memory = bench_served(repos, plan, latency, audios, run_dir, result.unstable)
+            result.points += points
+            result.memory += memory
             save()
-        del models
+            for variant_name in names:
+                if VARIANTS[variant_name].int8:
+                    fp32, int8 = exports[(BASELINE_VARIANT, latency)], exports[(variant_name, latency)]
+                    result.int8_costs.append(int8_cost(fp32, int8, model, latency, audios, work))
+                    save()
+        # NeMo runs the checkpoints: one run serves every variant's comparison
+        bench_nemo(model, asr, diarizer, exports.get((BASELINE_VARIANT, plan.measured_latency_s)), plan, audios, result)
+        save()
     save()
     _log(f"done in {result.seconds / 60:.1f} min: {out_dir / bench_report.REPORT}")
     return result
@@ -479,11 +524,12 @@ def add_parser(sub) -> None:
         help="length of the one stream timed chunk by chunk once the diarizer's cache is full (0: skip; "
         "full: 40, quick: 8)",
     )
+    described = ", ".join(f"{name} ({variant.describe()})" for name, variant in VARIANTS.items())
     parser.add_argument(
-        "--int8",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="also bench the int8-quantised exports (full: on; quick: off)",
+        "--variants",
+        type=lambda s: tuple(s.split(",")),
+        help=f"exports of the same checkpoints served side by side, alternating at each concurrency: {described}; "
+        f"{BASELINE_VARIANT} is always benched (full: every one, the others at 1.12 s only; quick: every one)",
     )
     parser.set_defaults(func=_main)
 
@@ -501,7 +547,7 @@ def _main(args) -> int:
             concurrency=args.concurrency,
             nemo_batches=args.nemo_batches,
             stream_s=args.stream_seconds,
-            int8=args.int8,
+            variants=args.variants and (BASELINE_VARIANT, *(v for v in args.variants if v != BASELINE_VARIANT)),
             steady_stream_s=args.steady_seconds,
         )
     except ValueError as err:

@@ -14,7 +14,7 @@ import pytest
 from mtasr.bench import report as bench_report
 from mtasr.bench import run as bench
 from mtasr.bench.accuracy import Int8Cost, edit_distance
-from mtasr.bench.plan import right_context_for
+from mtasr.bench.plan import VARIANTS, right_context_for
 from mtasr.bench.results import BenchResult, LoadPoint, MemoryPoint
 from mtasr.bench.run import fit_memory
 from mtasr.bench.steady import SteadyCost, chunk_windows, split_ms
@@ -32,6 +32,24 @@ def test_plan_refuses_unknown_models_and_latencies():
     with pytest.raises(ValueError, match="encoder frames"):
         bench.with_overrides(bench.PLANS["quick"], latencies_s=(0.3,))
     assert bench.with_overrides(bench.PLANS["full"], concurrency=None) == bench.PLANS["full"]
+    with pytest.raises(ValueError, match="unknown variants"):
+        bench.with_overrides(bench.PLANS["quick"], variants=("kvcache", "fp8"))
+    with pytest.raises(ValueError, match="comes first"):
+        bench.with_overrides(bench.PLANS["quick"], variants=("int8",))
+
+
+def test_every_variant_is_reported_against_the_baseline_and_against_nemo():
+    result = _result()
+    result.points += [
+        LoadPoint("full int8", 1.12, "gRPC stream", 1, 3.0, 3.36, 300, 330, 350),
+        LoadPoint("full int8", 1.12, "gRPC stream", 2, 6.0, 6.72, 320, 360, 400),
+    ]
+    text = bench_report.render(result)
+    assert "## Variants against the baseline (kvcache)" in text
+    assert "| full | int8 | 1.12 s | 1 | 2.00x | 0.50x | 0.50x |" in text
+    assert "| full | int8 | 1.12 s | 2 | 2.50x | 0.40x | 0.40x |" in text
+    # against NeMo's one loop over the same checkpoints: 6.0 chunks/s against NeMo's 0.8 at 2 streams
+    assert "| full int8 | 1.12 s | 2 | 7.50x |" in text
 
 
 def test_real_time_needs_rtf_below_one_and_p99_within_a_chunk():
@@ -163,30 +181,36 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     plan = bench.PLANS["quick"]
+    assert set(plan.variants) == set(VARIANTS)  # the suite's run covers every export variant
     results = json.loads((out / bench_report.RESULTS).read_text())
-    measured = {(p["system"], p["concurrency"]) for p in results["points"]}
-    expected = {(s, c) for s in ("gRPC stream", "HTTP") for c in plan.concurrency}
-    expected |= {("NeMo PyTorch", b) for b in plan.nemo_batches}
+    served = ["tiny" + VARIANTS[v].suffix for v in plan.variants]
+    measured = {(p["model"], p["system"], p["concurrency"]) for p in results["points"]}
+    expected = {(m, s, c) for m in served for s in ("gRPC stream", "HTTP") for c in plan.concurrency}
+    expected |= {("tiny", "NeMo PyTorch", b) for b in plan.nemo_batches}
     assert measured == expected
     for p in results["points"]:
-        assert p["model"] == "tiny" and p["latency_s"] == 1.12
+        assert p["latency_s"] == 1.12
         assert p["chunks_per_s"] > 0 and p["audio_s_per_s"] > 0
         assert 0 < p["p50_ms"] <= p["p90_ms"] <= p["p99_ms"]
         assert math.isfinite(p["rtf"]) and p["rtf"] > 0
-    (memory,) = results["memory"]
-    assert memory["idle_mb"] > 0 and len(memory["points"]) == len(plan.memory_streams) + 1
-    assert [p["streams"] for p in memory["points"]] == [0, *sorted(plan.memory_streams)]
-    assert memory["points"][-1]["speaker_states"] > 0  # the asr stage reports what it holds
+    assert [m["model"] for m in results["memory"]] == served
+    for memory in results["memory"]:
+        assert memory["idle_mb"] > 0 and len(memory["points"]) == len(plan.memory_streams) + 1
+        assert [p["streams"] for p in memory["points"]] == [0, *sorted(plan.memory_streams)]
+        assert memory["points"][-1]["speaker_states"] > 0  # the asr stage reports what it holds
+    (int8,) = results["int8_costs"]  # the int8 variant against the baseline, on the same audio
+    assert int8["fp32_tokens"] > 0 and 0 <= int8["token_change_rate"]
     (steady,) = results["steady"]  # the tiny diarizer's cache fills within the quick plan's long stream
     assert steady["stream_s"] == plan.steady_stream_s and steady["fill_s"] < plan.steady_stream_s
     assert all(steady[k] > 0 for k in ("served_early_ms", "served_full_ms", "nemo_early_ms", "nemo_full_ms"))
     split = steady["served_full_split_ms"]  # every graph the stages call, and the rest
     assert set(split) == {"diarizer", "encoder", "decoder", "joint", "other"} and min(split.values()) > 0
     report = (out / bench_report.REPORT).read_text()
-    headings = ("## Summary", "## Served against NeMo", "## All measurements", "## Server memory")
-    for heading in (*headings, "## Once the diarizer's cache is full"):
+    headings = ("## Summary", "## Served against NeMo", "## Variants against the baseline", "## All measurements")
+    for heading in (*headings, "## Server memory", "## Once the diarizer's cache is full", "## int8"):
         assert heading in report
-    assert report.count("| tiny | 1.12 s |") >= len(expected) + 1  # every row, and the summary
+    for name in served:
+        assert report.count(f"| {name} | 1.12 s |") >= 2 * len(plan.concurrency) + 1  # every row, and the summary
     assert (out / bench_report.PLOT).read_bytes()[:4] == b"\x89PNG"
     assert "# mtasr bench (quick)" in proc.stdout
     assert np.isfinite(results["seconds"])
