@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mtasr.bench.plan import BASELINE_VARIANT, VARIANTS, variant_of
-from mtasr.bench.steady import format_split
+from mtasr.bench.steady import format_calls, format_split
 
 if TYPE_CHECKING:
     from mtasr.bench.results import BenchResult, LoadPoint
@@ -252,7 +252,8 @@ def _steady_costs(result: BenchResult) -> list[str]:
     if splits:
         lines += ["", "Where a served chunk's time goes once the cache is full (mean ms per chunk):", ""]
     for c in splits:
-        lines.append(f"- {c.model} @ {c.latency_s:.2f} s: {format_split(c.served_full_split_ms)}")
+        calls = f"; graph calls per chunk: {format_calls(c.served_full_calls)}" if c.served_full_calls else ""
+        lines.append(f"- {c.model} @ {c.latency_s:.2f} s: {format_split(c.served_full_split_ms)}{calls}")
     return lines
 
 

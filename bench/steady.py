@@ -39,6 +39,8 @@ class SteadyCost:
     nemo_full_ms: float
     # Mean ms per chunk once full: each graph's calls ("diarizer", "encoder", "decoder", "joint") and "other".
     served_full_split_ms: dict[str, float] = field(default_factory=dict)
+    # Mean ONNX Runtime calls per chunk once full, per graph (greedy decoding calls decoder and joint per step).
+    served_full_calls: dict[str, float] = field(default_factory=dict)
 
     @property
     def served_full_rtf(self) -> float:
@@ -67,11 +69,14 @@ def _median_ms(seconds: list[float], indices: list[int]) -> float:
     return 1000 * float(np.median([seconds[k] for k in indices])) if indices else float("nan")
 
 
-class _TimedGraph:
-    """A graph whose calls add their wall time to `seconds[name]`."""
+CALLS = "calls"  # a chunk's record: {"total": s, graph: s, ..., CALLS: {graph: n}}
 
-    def __init__(self, graph, name: str, seconds: dict[str, float]) -> None:
-        self._graph, self._name, self._seconds = graph, name, seconds
+
+class _TimedGraph:
+    """A graph whose calls add their wall time to `seconds[name]` and count in `calls[name]`."""
+
+    def __init__(self, graph, name: str, seconds: dict[str, float], calls: dict[str, int]) -> None:
+        self._graph, self._name, self._seconds, self._calls = graph, name, seconds, calls
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         started = time.perf_counter()
@@ -79,28 +84,31 @@ class _TimedGraph:
             return self._graph.run(feeds)
         finally:
             self._seconds[self._name] += time.perf_counter() - started
+            self._calls[self._name] += 1
 
 
-def served_chunk_seconds(repo: Path, audio: np.ndarray, stream: int = 1) -> list[dict[str, float]]:
-    """Per chunk of `audio` through the repository's stages in this process: its wall time ("total")
-    and each graph's share of it (seconds per graph name)."""
+def served_chunk_seconds(repo: Path, audio: np.ndarray, stream: int = 1) -> list[dict]:
+    """Per chunk of `audio` through the repository's stages in this process: its wall time ("total"),
+    each graph's share of it (seconds per graph name) and each graph's calls (`CALLS`)."""
     from mtasr.deployment import chunk_samples, load_manifest, local_graphs
     from mtasr.graphs import single_threaded_blas
     from mtasr.local_pipeline import LocalPipeline, stream_in_chunks
 
     manifest = load_manifest(repo)
     graph_seconds: dict[str, float] = defaultdict(float)
+    graph_calls: dict[str, int] = defaultdict(int)
     plain = local_graphs(repo, manifest)
-    pipeline = LocalPipeline(repo, graphs=lambda name: _TimedGraph(plain(name), name, graph_seconds))
+    pipeline = LocalPipeline(repo, graphs=lambda name: _TimedGraph(plain(name), name, graph_seconds, graph_calls))
     chunk = chunk_samples(manifest)
     pipeline.transcribe(audio[: 2 * chunk], chunk, stream=stream + 1)  # warm-up: ONNX Runtime's first calls
     chunks = []
 
     def timed_step(requests):
         graph_seconds.clear()
+        graph_calls.clear()
         started = time.perf_counter()
         results = pipeline.step(requests)
-        chunks.append({"total": time.perf_counter() - started, **graph_seconds})
+        chunks.append({"total": time.perf_counter() - started, **graph_seconds, CALLS: dict(graph_calls)})
         return results
 
     with single_threaded_blas():  # as in the served stage processes (mtasr.triton.stage_model)
@@ -112,10 +120,20 @@ def split_ms(chunks: list[dict[str, float]], indices: list[int]) -> dict[str, fl
     """Mean ms per chunk over `indices` of each graph, and of the rest ("other"); they add up to the mean total."""
     if not indices:
         return {}
-    names = sorted({name for k in indices for name in chunks[k]} - {"total"})
+    names = sorted({name for k in indices for name in chunks[k]} - {"total", CALLS})
     split = {name: 1000 * float(np.mean([chunks[k].get(name, 0.0) for k in indices])) for name in names}
     split["other"] = 1000 * float(np.mean([chunks[k]["total"] for k in indices])) - sum(split.values())
     return split
+
+
+def calls_per_chunk(chunks: list[dict], indices: list[int]) -> dict[str, float]:
+    """Mean graph calls per chunk over `indices`, per graph."""
+    names = sorted({name for k in indices for name in chunks[k].get(CALLS, {})})
+    return {name: float(np.mean([chunks[k][CALLS].get(name, 0) for k in indices])) for name in names}
+
+
+def format_calls(calls: dict[str, float]) -> str:
+    return ", ".join(f"{name} {n:.1f}" for name, n in calls.items())
 
 
 def format_split(split: dict[str, float]) -> str:
@@ -160,6 +178,7 @@ def measure_steady_cost(
         _median_ms(nemo, nemo_early),
         _median_ms(nemo, nemo_full),
         split_ms(chunks, full),
+        calls_per_chunk(chunks, full),
     )
 
 
@@ -185,8 +204,9 @@ def _main() -> int:
     windows = chunk_windows(len(chunks), chunk_s, args.early_seconds, fill_s)
     labels = (f"first {args.early_seconds:g} s", f"after {fill_s:.1f} s (cache full)")
     for label, indices in zip(labels, windows, strict=True):
-        split = split_ms(chunks, indices)
+        split, calls = split_ms(chunks, indices), calls_per_chunk(chunks, indices)
         print(f"{label}: {len(indices)} chunks of {1000 * chunk_s:.0f} ms, mean {format_split(split)}")
+        print(f"  graph calls per chunk: {format_calls(calls)}")
     return 0
 
 

@@ -17,7 +17,7 @@ from mtasr.bench.accuracy import Int8Cost, edit_distance
 from mtasr.bench.plan import VARIANTS, right_context_for
 from mtasr.bench.results import BenchResult, LoadPoint, MemoryPoint
 from mtasr.bench.run import fit_memory
-from mtasr.bench.steady import SteadyCost, chunk_windows, split_ms
+from mtasr.bench.steady import CALLS, SteadyCost, calls_per_chunk, chunk_windows, split_ms
 
 
 def test_latency_settings_are_right_contexts():
@@ -134,15 +134,24 @@ def test_chunk_time_split_adds_up_to_the_mean_chunk_time():
     assert sum(split.values()) == pytest.approx(1500.0) and split_ms(chunks, []) == {}
 
 
+def test_graph_calls_are_counted_per_chunk():
+    chunks = [{"total": 1.0, CALLS: {"encoder": 1, "joint": 15}}, {"total": 1.0, CALLS: {"encoder": 1, "joint": 18}}]
+    assert calls_per_chunk(chunks, [0, 1]) == {"encoder": 1.0, "joint": 16.5}
+    assert split_ms(chunks, [0, 1]) == pytest.approx({"other": 1000.0})  # counts are not times
+
+
 def test_report_gives_the_cost_once_the_diarizer_cache_is_full():
     result = _result()
     split = {"diarizer": 500.0, "encoder": 700.0, "other": 210.0}
-    result.steady.append(SteadyCost("full", 1.12, 40.0, 30.08, 8.0, 600, 1400, 2000, 4200, split))
+    calls = {"decoder": 6.0, "diarizer": 1.0, "encoder": 1.0, "joint": 20.5}
+    result.steady.append(SteadyCost("full", 1.12, 40.0, 30.08, 8.0, 600, 1400, 2000, 4200, split, calls))
     text = bench_report.render(result)
     assert "## Once the diarizer's cache is full" in text
     assert "| full | 1.12 s | 40 s | 30.1 s | 600 / 1400 | 2000 / 4200 | 3.00x faster | 1.250 / 3.750 |" in text
     assert "1400 ms per 1120 ms chunk, RTF 1.250, not real time" in text  # the target line says so too
-    assert "- full @ 1.12 s: 1410 ms = diarizer 500, encoder 700, other 210" in text
+    assert (
+        "- full @ 1.12 s: 1410 ms = diarizer 500, encoder 700, other 210; graph calls per chunk: decoder 6.0, " in text
+    )
     assert json.loads(json.dumps(result.to_dict()))["steady"][0]["served_full_rtf"] == pytest.approx(1.25)
 
 
@@ -205,6 +214,8 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path):
     assert all(steady[k] > 0 for k in ("served_early_ms", "served_full_ms", "nemo_early_ms", "nemo_full_ms"))
     split = steady["served_full_split_ms"]  # every graph the stages call, and the rest
     assert set(split) == {"diarizer", "encoder", "decoder", "joint", "other"} and min(split.values()) > 0
+    calls = steady["served_full_calls"]  # one diarizer and one encoder call a chunk; decoding calls per step
+    assert calls["diarizer"] == calls["encoder"] == 1 and calls["joint"] >= 1
     report = (out / bench_report.REPORT).read_text()
     headings = ("## Summary", "## Served against NeMo", "## Variants against the baseline", "## All measurements")
     for heading in (*headings, "## Server memory", "## Once the diarizer's cache is full", "## int8"):
