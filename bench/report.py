@@ -122,14 +122,9 @@ def render(result: BenchResult) -> str:
         "|---|---|---|---|---|---|",
     ]
     for model, latency in _settings(result):
-        nemo = {p.concurrency: p for p in _select(result, model, latency, NEMO)}
-        for p in _select(result, model, latency, SERVED):
-            q = nemo.get(p.concurrency)
-            if q is not None:
-                lines.append(
-                    f"| {model} | {latency:.2f} s | {p.concurrency} | {_ratio(p.chunks_per_s, q.chunks_per_s)} "
-                    f"| {_ratio(p.p50_ms, q.p50_ms)} | {_ratio(p.p99_ms, q.p99_ms)} |"
-                )
+        nemo = _select(result, model, latency, NEMO)
+        for streams, ratios in _paired_ratios(_select(result, model, latency, SERVED), nemo):
+            lines.append(f"| {model} | {latency:.2f} s | {streams} | {ratios} |")
     lines += _variants(result)
     lines += ["", "## All measurements", ""]
     lines += [
@@ -188,6 +183,19 @@ def render(result: BenchResult) -> str:
     return "\n".join(lines)
 
 
+def _paired_ratios(points: list[LoadPoint], reference: list[LoadPoint]) -> list[tuple[int, str]]:
+    """(streams, "throughput | p50 | p99" ratios) of each point against the reference at the same streams."""
+    by_streams = {q.concurrency: q for q in reference}
+    pairs = [(p, by_streams[p.concurrency]) for p in points if p.concurrency in by_streams]
+    return [
+        (
+            p.concurrency,
+            f"{_ratio(p.chunks_per_s, q.chunks_per_s)} | {_ratio(p.p50_ms, q.p50_ms)} | {_ratio(p.p99_ms, q.p99_ms)}",
+        )
+        for p, q in pairs
+    ]
+
+
 def _variants(result: BenchResult) -> list[str]:
     """Each variant's served gRPC throughput and latency against the baseline's at the same streams."""
     rows = []
@@ -195,15 +203,9 @@ def _variants(result: BenchResult) -> list[str]:
         base_model, variant = variant_of(model)
         if variant == BASELINE_VARIANT:
             continue
-        baseline = {p.concurrency: p for p in _select(result, base_model, latency, SERVED)}
-        for p in _select(result, model, latency, SERVED):
-            q = baseline.get(p.concurrency)
-            if q is not None:
-                rows.append(
-                    f"| {base_model} | {variant} | {latency:.2f} s | {p.concurrency} "
-                    f"| {_ratio(p.chunks_per_s, q.chunks_per_s)} | {_ratio(p.p50_ms, q.p50_ms)} "
-                    f"| {_ratio(p.p99_ms, q.p99_ms)} |"
-                )
+        baseline = _select(result, base_model, latency, SERVED)
+        for streams, ratios in _paired_ratios(_select(result, model, latency, SERVED), baseline):
+            rows.append(f"| {base_model} | {variant} | {latency:.2f} s | {streams} | {ratios} |")
     if not rows:
         return []
     described = "; ".join(f"{name}: {variant.describe()}" for name, variant in VARIANTS.items())
