@@ -203,7 +203,7 @@ def test_long_conversation_stretches_outlast_the_served_speaker_cache(corpus, tm
     from mtasr.training.diarizer import DIARIZER_STAGES, mixture_batch
     from mtasr.training.evalset import REFERENCE_DIR, write_conversations
 
-    recipe = DIARIZER_STAGES["long-conversations"]
+    recipe = DIARIZER_STAGES["long_conversations"]
     geometry = load_manifest(DEFAULT_REPOSITORY)["diarizer"]["geometry"]
     served_span_s = (geometry["spkcache_len"] + geometry["fifo_len"]) * geometry["frame_len_s"]
     assert recipe.stretch_s > served_span_s and recipe.conversation_s > recipe.stretch_s
@@ -363,31 +363,38 @@ def test_diarizer_recipe_memorises_a_few_mixtures(corpus, tmp_path):
     assert _best(tmp_path / "diarizer", "val_f1_acc", max) >= 0.95
 
 
-def test_a_later_diarizer_stage_needs_the_model_it_fine_tunes(tmp_path):
+@pytest.mark.parametrize("model, stage", [("diarizer", "conversations"), ("asr", "mixtures_restart")])
+def test_a_stage_that_fine_tunes_needs_the_model_it_starts_from(model, stage, tmp_path):
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "mtasr.cli", "train", "diarizer", "--stage", "conversations", "--out", str(tmp_path)]
+    cmd = [sys.executable, "-m", "mtasr.cli", "train", model, "--stage", stage, "--out", str(tmp_path)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--init-from" in result.stderr
 
 
-def test_the_diarizer_curriculum_fine_tunes_each_stage_from_the_one_before(tmp_path, monkeypatch):
-    from mtasr.training import diarizer
+@pytest.mark.parametrize("model", ["asr", "diarizer"])
+def test_a_curriculum_fine_tunes_each_stage_from_the_one_before(model, tmp_path, monkeypatch):
+    """Stage k trains in `<work dir>/<its name>` from stage k-1's model; the last stage's model is the result."""
+    from mtasr.training import asr, diarizer
 
+    module, train_name, stages, curriculum = {
+        "asr": (asr, "train_asr", asr.ASR_STAGES, asr.train_asr_curriculum),
+        "diarizer": (diarizer, "train_diarizer", diarizer.DIARIZER_STAGES, diarizer.train_diarizer_curriculum),
+    }[model]
     calls = []
 
     def train(corpus, out_dir, recipe, init_from=None):
         calls.append((out_dir.name, recipe, init_from))
-        return out_dir / diarizer.CHECKPOINT_NAME
+        return out_dir / module.CHECKPOINT_NAME
 
-    monkeypatch.setattr(diarizer, "train_diarizer", train)
-    last = diarizer.train_diarizer_curriculum(tmp_path / "corpus", tmp_path)
-    names = list(diarizer.DIARIZER_STAGES)
-    assert [name for name, _, _ in calls] == names
-    assert [recipe for _, recipe, _ in calls] == list(diarizer.DIARIZER_CURRICULUM)
-    assert [init for _, _, init in calls] == [None] + [tmp_path / n / diarizer.CHECKPOINT_NAME for n in names[:-1]]
-    assert last == tmp_path / names[-1] / diarizer.CHECKPOINT_NAME
+    monkeypatch.setattr(module, train_name, train)
+    last = curriculum(tmp_path / "corpus", tmp_path)
+    names = list(stages)
+    assert len(names) >= 2
+    assert [(name, recipe) for name, recipe, _ in calls] == list(stages.items())
+    assert [init for _, _, init in calls] == [None] + [tmp_path / n / module.CHECKPOINT_NAME for n in names[:-1]]
+    assert last == tmp_path / names[-1] / module.CHECKPOINT_NAME
 
 
 def test_a_finished_stage_is_returned_not_trained_again(tmp_path):

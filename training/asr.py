@@ -200,21 +200,29 @@ def train_asr(corpus_dir: Path, out_dir: Path, recipe: AsrRecipe = AsrRecipe(), 
     return save_trained(model, trainer, out_dir / CHECKPOINT_NAME, clock.seconds)
 
 
-# The default pair's two stages: single speakers from scratch at the serving latency, then fine-tuning
-# on mixtures at every latency of the released checkpoint.
-ASR_CURRICULUM = (
-    AsrRecipe(speaker_weights=dict(SINGLE_SPEAKER)),
-    AsrRecipe(
-        train=ASR_FINE_TUNE,
-        att_contexts=tuple(map(tuple, ALL_ATT_CONTEXTS)),
-        att_context_probs=tuple(ALL_ATT_CONTEXT_PROBS),
-    ),
+# The default pair's stages, each fine-tuning the one before: single speakers from scratch at the serving
+# latency; mixtures at every latency of the released checkpoint; then the same mixtures again from a fresh
+# warm-up (a warm restart: the second stage's rate had decayed while its validation WER still fell).
+_EVERY_LATENCY = {
+    "att_contexts": tuple(map(tuple, ALL_ATT_CONTEXTS)),
+    "att_context_probs": tuple(ALL_ATT_CONTEXT_PROBS),
+}
+ASR_RESTART = TrainSettings(
+    max_steps=2000, batch_size=12, val_every_steps=500, lr=3e-4, warmup_steps=50, hold_fraction=0.75
 )
+ASR_STAGES = {
+    "single_speaker": AsrRecipe(speaker_weights=dict(SINGLE_SPEAKER)),
+    "mixtures": AsrRecipe(train=ASR_FINE_TUNE, **_EVERY_LATENCY),
+    "mixtures_restart": AsrRecipe(train=ASR_RESTART, **_EVERY_LATENCY),
+}
+ASR_CURRICULUM = tuple(ASR_STAGES.values())
 
 
 def train_asr_curriculum(corpus_dir: Path, out_dir: Path, stages: tuple = ASR_CURRICULUM) -> Path:
-    """Stage 1 (`out_dir/single_speaker`) from scratch, stage 2 (`out_dir/mixtures`) fine-tuned from it.
-    Returns stage 2's `asr.nemo`; each stage resumes on its own."""
-    first, second = stages
-    single = train_asr(corpus_dir, Path(out_dir) / "single_speaker", first)
-    return train_asr(corpus_dir, Path(out_dir) / "mixtures", second, init_from=single)
+    """Each stage in `out_dir/<its ASR_STAGES name>`, the first from scratch, each next one fine-tuned from
+    the one before (a finished stage is not trained again; each resumes on its own). Returns the last
+    stage's `asr.nemo`."""
+    model = None
+    for name, recipe in zip(ASR_STAGES, stages, strict=True):
+        model = train_asr(corpus_dir, Path(out_dir) / name, recipe, init_from=model)
+    return model

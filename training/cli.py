@@ -89,15 +89,16 @@ def _evalset(args: argparse.Namespace) -> int:
 
 
 def _asr(args: argparse.Namespace) -> int:
-    from mtasr.training.asr import ASR_CURRICULUM, ASR_TRAIN, AsrRecipe, train_asr
+    from mtasr.training.asr import ASR_STAGES, AsrRecipe, train_asr
 
-    # --single-speaker: stage 1 of the default curriculum; otherwise stage 2's recipe (mixtures, every latency).
-    recipe = ASR_CURRICULUM[0] if args.single_speaker else ASR_CURRICULUM[1]
-    if args.init_from is None and not args.single_speaker:
+    if args.stage == "mixtures_restart" and args.init_from is None:
+        print("error: --stage mixtures_restart fine-tunes the mixture stage's model: give --init-from", file=sys.stderr)
+        return 2
+    recipe = ASR_STAGES[args.stage]
+    if args.init_from is None and args.stage == "mixtures":
         recipe = AsrRecipe(train=recipe.train)  # from scratch: the serving latency only
-    train_asr(
-        args.corpus, args.out, dataclasses.replace(recipe, train=_train_settings(args, ASR_TRAIN)), args.init_from
-    )
+    recipe = dataclasses.replace(recipe, train=_train_settings(args, recipe.train))
+    train_asr(args.corpus, args.out, recipe, args.init_from)
     return 0
 
 
@@ -140,9 +141,9 @@ def add_parsers(sub) -> None:
 
 def add_train_parser(sub) -> None:
     """`train` and its steps."""
-    from mtasr.training.asr import ASR_FINE_TUNE, ASR_TRAIN
+    from mtasr.training.asr import ASR_STAGES, ASR_TRAIN
     from mtasr.training.corpus import CorpusSettings
-    from mtasr.training.diarizer import DIARIZER_FINE_TUNE, DIARIZER_STAGES, DIARIZER_TRAIN
+    from mtasr.training.diarizer import DIARIZER_STAGES, DIARIZER_TRAIN
 
     corpus_defaults = CorpusSettings()
 
@@ -185,13 +186,15 @@ def add_train_parser(sub) -> None:
     evalset.set_defaults(func=_evalset)
 
     asr = steps.add_parser("asr", help="train or fine-tune the multitalker RNNT on simulated mixtures")
-    _add_train_options(asr, ASR_TRAIN)
     asr.add_argument(
-        "--single-speaker",
-        action="store_true",
-        help="train on single speakers only (stage 1 of the default curriculum; stage 2 is --init-from its "
-        "asr.nemo on mixtures)",
+        "--stage",
+        choices=tuple(ASR_STAGES),
+        default="mixtures",
+        help="which stage of the default curriculum: single speakers (from scratch), mixtures at every latency "
+        "(from scratch: at the serving latency only), mixtures again from a fresh warm-up (needs --init-from); "
+        "default %(default)s",
     )
+    _add_train_options(asr, ASR_TRAIN, of="for the single-speaker stage")
     asr.set_defaults(func=_asr)
 
     diar = steps.add_parser("diarizer", help="train or fine-tune the Streaming Sortformer on simulated mixtures")
@@ -212,14 +215,16 @@ def add_train_parser(sub) -> None:
     defaults.add_argument(
         "--asr-steps",
         type=int,
-        help="steps of each ASR stage (default: the recipes' own, "
-        f"{ASR_TRAIN.max_steps} single-speaker + {ASR_FINE_TUNE.max_steps} on mixtures)",
+        help="steps of each ASR stage (default: each stage's own: "
+        + ", ".join(f"{name} {recipe.train.max_steps}" for name, recipe in ASR_STAGES.items())
+        + ")",
     )
     defaults.add_argument(
         "--diarizer-steps",
         type=int,
-        help="steps of each diarizer stage (default: the recipes' own, "
-        f"{DIARIZER_TRAIN.max_steps} on mixtures + {DIARIZER_FINE_TUNE.max_steps} with conversations)",
+        help="steps of each diarizer stage (default: each stage's own: "
+        + ", ".join(f"{name} {recipe.train.max_steps}" for name, recipe in DIARIZER_STAGES.items())
+        + ")",
     )
     defaults.add_argument(
         "--install",

@@ -301,7 +301,7 @@ def train_diarizer(
 DIARIZER_STAGES = {
     "mixtures": DiarizerRecipe(),
     "conversations": DiarizerRecipe(train=DIARIZER_FINE_TUNE, conversations=CONVERSATIONS),
-    "long-conversations": DiarizerRecipe(
+    "long_conversations": DiarizerRecipe(
         train=DIARIZER_LONG_SESSIONS,
         conversations=LONG_CONVERSATIONS,
         conversation_s=60.0,
