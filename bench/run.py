@@ -3,11 +3,12 @@
 For each model set and latency setting (chunk 0.16 / 0.56 / 1.12 s = encoder right context
 1 / 6 / 13) the run
 
-1. exports the checkpoints at that right context (cached under OUT/work/exports),
-2. serves the export, reads the idle server's memory, and runs NVIDIA's perf_analyzer with real
-   multi-speaker mixtures as sequences (one sequence = one stream, one request = one chunk): a
-   concurrency sweep over gRPC streaming and over HTTP; at 1.12 s it then holds streams open to
-   measure memory per stream and per speaker instance,
+1. exports the checkpoints at that right context, once per export variant of the plan (`VARIANTS`;
+   cached under OUT/work/exports),
+2. serves the variants at once, holds streams open on each fresh server at 1.12 s to measure memory per
+   stream and per speaker instance, then runs NVIDIA's perf_analyzer with real multi-speaker mixtures as
+   sequences (one sequence = one stream, one request = one chunk): a concurrency sweep over gRPC
+   streaming and over HTTP, each variant in turn at every concurrency,
 3. runs NeMo's own streaming multitalker loop (`mtasr.bench.nemo_streaming`) in PyTorch on the same
    checkpoints and audio, B streams batched per step the way NeMo's script batches a manifest,
 
@@ -196,11 +197,10 @@ def sweep(
                     csv_path=folder / f"perf-{protocol}-c{concurrency}.csv",
                     percentile=None,  # stabilise on the mean: p99 of a few dozen chunks is too noisy to
                 )
-                result = _stable_run(
-                    run, plan, server, f"{name} @ {latency_s:.2f} s, {system}, {concurrency} stream(s)"
-                )
+                what = f"{name} @ {latency_s:.2f} s, {system}, {concurrency} stream(s)"
+                result = _stable_run(run, plan, server, what)
                 if result is None:
-                    unstable.append(f"{name} @ {latency_s:.2f} s, {system}, {concurrency} stream(s)")
+                    unstable.append(what)
                     continue
                 (folder / f"perf-{protocol}-c{concurrency}.txt").write_text(result.stdout)
                 ms = result.latency_ms

@@ -88,12 +88,19 @@ def _evalset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_without_init_from(args: argparse.Namespace, from_scratch: tuple[str, ...]) -> int:
+    """2 (with the error said) when `args.stage` fine-tunes a model and none was given; else 0."""
+    if args.stage in from_scratch or args.init_from is not None:
+        return 0
+    print(f"error: --stage {args.stage} fine-tunes the stage before it: give --init-from", file=sys.stderr)
+    return 2
+
+
 def _asr(args: argparse.Namespace) -> int:
     from mtasr.training.asr import ASR_STAGES, AsrRecipe, train_asr
 
-    if args.stage == "mixtures_restart" and args.init_from is None:
-        print("error: --stage mixtures_restart fine-tunes the mixture stage's model: give --init-from", file=sys.stderr)
-        return 2
+    if refused := _refuse_without_init_from(args, from_scratch=("single_speaker", "mixtures")):
+        return refused
     recipe = ASR_STAGES[args.stage]
     if args.init_from is None and args.stage == "mixtures":
         recipe = AsrRecipe(train=recipe.train)  # from scratch: the serving latency only
@@ -105,9 +112,8 @@ def _asr(args: argparse.Namespace) -> int:
 def _diarizer(args: argparse.Namespace) -> int:
     from mtasr.training.diarizer import DIARIZER_STAGES, train_diarizer
 
-    if args.stage != "mixtures" and args.init_from is None:
-        print(f"error: --stage {args.stage} fine-tunes the stage before it: give --init-from", file=sys.stderr)
-        return 2
+    if refused := _refuse_without_init_from(args, from_scratch=("mixtures",)):
+        return refused
     recipe = DIARIZER_STAGES[args.stage]
     recipe = dataclasses.replace(recipe, train=_train_settings(args, recipe.train))
     train_diarizer(args.corpus, args.out, recipe, init_from=args.init_from)
