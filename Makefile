@@ -30,7 +30,7 @@ demo: setup system-deps
 	$(BIN)/mtasr demo
 
 test: setup system-deps
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 lint: setup
 	$(BIN)/ruff check .

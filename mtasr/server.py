@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import ctypes.util
+import http.client
 import os
 import re
 import secrets
@@ -72,6 +73,8 @@ _ADMIN_KEY_FORM = re.compile(r"[A-Za-z0-9._~+/-]{16,}")
 
 #: How long one HTTP request to the running server (a readiness probe, the metrics, an END) may take.
 PROBE_TIMEOUT_S = 5.0
+#: What a local HTTP call raises when the server did not answer it in full (a reset, a cut-off body, a timeout).
+NO_ANSWER = (urllib.error.URLError, http.client.HTTPException, OSError)
 
 # Log lines that look like errors on every CPU-only start and say nothing about the models.
 _BENIGN_LOG_PATTERNS = (
@@ -450,7 +453,7 @@ class TritonServer:
                     if resp.status == 200:
                         self._became_ready = True
                         return
-            except (urllib.error.URLError, OSError):
+            except NO_ANSWER:
                 pass  # not listening yet, or 400 while models load
             if time.monotonic() >= deadline:
                 not_ready = self._not_ready_models()
@@ -593,7 +596,7 @@ class TritonServer:
                 return resp.status, resp.read()
         except urllib.error.HTTPError as exc:
             return exc.code, b""
-        except (urllib.error.URLError, OSError):
+        except NO_ANSWER:
             return 0, b""
 
     def open_streams(self) -> int | None:
@@ -602,7 +605,7 @@ class TritonServer:
         try:
             with urllib.request.urlopen(self.url("metrics"), timeout=PROBE_TIMEOUT_S) as resp:
                 text = resp.read().decode(errors="replace")
-        except (urllib.error.URLError, OSError):
+        except NO_ANSWER:
             return None
         per_stage: dict[str, float] = {}
         for stage, value in re.findall(
@@ -640,7 +643,7 @@ class TritonServer:
             )
             try:
                 urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S).close()
-            except (urllib.error.URLError, OSError):
+            except NO_ANSWER:
                 pass  # ended meanwhile by its client, or refused: either way no longer open
         return ids
 

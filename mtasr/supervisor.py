@@ -159,10 +159,16 @@ def serve_forever(config: ServerConfig, echo_log: bool = True, grace_s: float = 
                 time.monotonic() - began,
             )
             watch = _Watch(server)
-        _drain(server, grace_s, stop_requested, log)
+        try:
+            _drain(server, grace_s, stop_requested, log)
+        except Exception:  # a failed drain must not leave the server running: stop it all the same
+            logger.exception("draining the open streams failed; stopping the server now")
         code = server.stop()
         _echo_new_log(log)
-        return 0 if code in (0, -signal.SIGINT) else (code if code and code > 0 else 1)
+        if code in (0, -signal.SIGINT):
+            return 0
+        logger.error("tritonserver exited with code %s while stopping (its log above says why)", code)
+        return code if code and code > 0 else 1
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -194,12 +200,15 @@ def _drain(server: TritonServer, grace_s: float, stop_requested: list[int], log:
     # Streams still open, and refused STARTs, hold Triton sequences that would stall its stop: END them.
     # The stages publish them every DRAIN_POLL_S; rounds repeat until one finds no stream it has not
     # ended yet (a START can race a round, and under load a stage publishes late), for at most END_ROUNDS_S.
+    # A round that ends nothing new is the last only once the stages also count no open stream.
     deadline = time.monotonic() + END_ROUNDS_S
     ended: set[int | str] = set()
-    time.sleep(2 * DRAIN_POLL_S)
-    while (new := server.end_open_streams(frozenset(ended))) and time.monotonic() < deadline:
-        ended |= new
+    while time.monotonic() < deadline:
         time.sleep(2 * DRAIN_POLL_S)
+        new = server.end_open_streams(frozenset(ended))
+        ended |= new
+        if not new and not server.open_streams():
+            break
 
 
 def _echo_new_log(log: BinaryIO | None) -> None:

@@ -200,7 +200,8 @@ def test_sigterm_drains_streams_in_flight_and_exits_0(repo: Path) -> None:
         time.sleep(1.0)
         with pytest.raises(StreamError, match="server shutting down"):
             transcribe(serve.grpc, speech_like(2, 4))  # new streams are refused
-        assert serve.proc.wait(timeout=grace_s + 15) == 0
+        code = serve.proc.wait(timeout=grace_s + 15)
+        assert code == 0, f"exit code {code}; its log ends:\n{serve.log()[-4000:]}"
         took = time.monotonic() - signalled
         print(f"SIGTERM with streams in flight: exited 0 after {took:.1f} s (grace {grace_s:g} s)")
         assert took < grace_s + 10
