@@ -188,6 +188,25 @@ def test_conversation_simulator_targets_agree_with_the_conversation_rttm(corpus,
 
 
 @needs_voices
+def test_the_one_speaker_baseline_finds_all_speech_and_tells_no_speakers_apart(corpus, tmp_path):
+    """The diarizer's yardstick in `mtasr evaluate`: no error on one speaker; on two, nothing false and no
+    speech missed outside overlaps, the other speaker's time confused, at most half of it all."""
+    from mtasr.training.corpus import TRAIN_MANIFEST
+    from mtasr.training.evalset import write_conversations
+    from mtasr.training.evaluate import one_speaker_baseline, score_by_speaker_count
+
+    write_conversations(corpus / TRAIN_MANIFEST, tmp_path / "set", 4, {1: 0.5, 2: 0.5}, seed=5)
+    one_speaker_baseline(tmp_path / "set", tmp_path / "baseline")
+    groups = score_by_speaker_count(tmp_path / "baseline", tmp_path / "set")
+    assert set(groups) == {"conv1", "conv2"}, groups
+    assert groups["conv1"]["der"]["error_rate"] == pytest.approx(0.0, abs=1e-6)
+    two = groups["conv2"]["der"]
+    assert two["false_alarm_rate"] == pytest.approx(0.0, abs=1e-6)
+    assert two["confusion_rate"] > 0.1
+    assert two["error_rate"] <= 0.5 + 1e-6
+
+
+@needs_voices
 def test_long_conversation_stretches_outlast_the_served_speaker_cache(corpus, tmp_path):
     """The diarizer's long-conversation stage: its conversations run a minute and its stretches outlast the
     speaker cache and FIFO the default diarizer is served with, so training sees the cache compressed, and a

@@ -135,7 +135,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from mtasr.training.evaluate import evaluate, quality_table
 
     result = evaluate(args.model_repository, args.evalset, args.out, jobs=args.jobs)
-    print(quality_table(result["served"], result["diarizer"], result["checks"]), end="")
+    print(quality_table(result["served"], result["diarizer"], result["checks"], result["one_speaker_baseline"]), end="")
     return 0
 
 

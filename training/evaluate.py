@@ -85,6 +85,19 @@ def diarize_evalset(repo: Path, evalset_dir: Path, hyp_dir: Path) -> None:
         write_rttm(segments, hyp_dir / f"{wav.stem}{RTTM_SUFFIX}")
 
 
+def one_speaker_baseline(evalset_dir: Path, hyp_dir: Path) -> None:
+    """The diarizer's yardstick, per session: every reference turn given to one speaker (speech found
+    perfectly, speakers never told apart). A diarizer with a higher DER has not learnt to separate speakers."""
+    from mtasr.client.formats import RTTM_SUFFIX, SEGLST_SUFFIX, read_seglst, write_rttm, write_seglst
+
+    hyp_dir.mkdir(parents=True, exist_ok=True)
+    for ref in sorted((Path(evalset_dir) / REFERENCE_DIR).glob(f"*{SEGLST_SUFFIX}")):
+        session = ref.name.removesuffix(SEGLST_SUFFIX)
+        segments = [{**s, "speaker": speaker_name(0), "words": ""} for s in read_seglst(ref)]
+        write_seglst(segments, hyp_dir / f"{session}{SEGLST_SUFFIX}")
+        write_rttm(segments, hyp_dir / f"{session}{RTTM_SUFFIX}")
+
+
 def score_by_speaker_count(hyp_dir: Path, evalset_dir: Path) -> dict[str, dict]:
     """`mtasr score` of the whole set, summed per group of sessions with 1, 2 and 3 speakers."""
     from mtasr.client.score import ScoreReport, score
@@ -102,22 +115,32 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f} %"
 
 
-def quality_table(groups: dict[str, dict], diarizer: dict[str, dict] | None = None, checks: dict | None = None) -> str:
-    """Markdown: speakers, sessions, reference words, (cp)WER and DER of the served transcripts, and the DER
-    of the streaming diarizer alone (its own turns, not the words'); then the `checks` (silence, long stream).
+def quality_table(
+    groups: dict[str, dict],
+    diarizer: dict[str, dict] | None = None,
+    checks: dict | None = None,
+    baseline: dict[str, dict] | None = None,
+) -> str:
+    """Markdown: speakers, sessions, reference words, (cp)WER and DER of the served transcripts, the DER
+    of the streaming diarizer alone (its own turns, not the words') and of the one-speaker `baseline`;
+    then the `checks` (silence, long stream).
 
     Groups: `spkN` (N speakers), `voice` (1 speaker, the voice held out of training), `long` (the
     5-minute 3-speaker conversation)."""
     lines = [
-        "| speakers | sessions | ref words | cpWER (= WER for 1 speaker) | DER (words' turns) | DER (diarizer alone) |",
-        "|---|---|---|---|---|---|",
+        "| speakers | sessions | ref words | cpWER (= WER for 1 speaker) | DER (words' turns) | DER (diarizer alone) "
+        "| DER (one-speaker baseline) |",
+        "|---|---|---|---|---|---|---|",
     ]
+
+    def der_of(scores: dict[str, dict] | None, prefix: str) -> float | None:
+        return ((scores or {}).get(prefix, {}).get("der") or {}).get("error_rate")
+
     for prefix, g in groups.items():
-        der = (g["der"] or {}).get("error_rate")
-        alone = ((diarizer or {}).get(prefix, {}).get("der") or {}).get("error_rate")
         lines.append(
             f"| {prefix.removeprefix('spk')} | {g['sessions']} | {g['cpwer']['length']} | "
-            f"{_percent(g['cpwer']['error_rate'])} | {_percent(der)} | {_percent(alone)} |"
+            f"{_percent(g['cpwer']['error_rate'])} | {_percent(der_of(groups, prefix))} | "
+            f"{_percent(der_of(diarizer, prefix))} | {_percent(der_of(baseline, prefix))} |"
         )
     if checks:
         lines.append("")
@@ -172,8 +195,9 @@ def _words_in(seglst: Path) -> int:
 
 
 def evaluate(repo: Path, evalset_dir: Path, out_dir: Path, jobs: int = 2) -> dict[str, dict]:
-    """Transcribe and score; diarize and score; the long conversation's first and last minute and the words
-    written for silence; writes `out_dir/hyp/`, `diarizer/`, `quality.json`, `quality.md`."""
+    """Transcribe and score; diarize and score; the one-speaker baseline; the long conversation's first and
+    last minute and the words written for silence; writes `out_dir/hyp/`, `diarizer/`, `one_speaker/`,
+    `quality.json`, `quality.md`."""
     from mtasr.client.formats import SEGLST_SUFFIX
     from mtasr.training.evalset import LONG_SESSION
 
@@ -192,7 +216,9 @@ def evaluate(repo: Path, evalset_dir: Path, out_dir: Path, jobs: int = 2) -> dic
     diarizer_dir = out_dir / "diarizer"
     diarize_evalset(repo, evalset_dir, diarizer_dir)
     diarizer = score_by_speaker_count(diarizer_dir, evalset_dir)
-    result = {"served": groups, "diarizer": diarizer, "checks": checks}
+    one_speaker_baseline(evalset_dir, out_dir / "one_speaker")
+    baseline = score_by_speaker_count(out_dir / "one_speaker", evalset_dir)
+    result = {"served": groups, "diarizer": diarizer, "one_speaker_baseline": baseline, "checks": checks}
     (out_dir / "quality.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out_dir / "quality.md").write_text(quality_table(groups, diarizer, checks))
+    (out_dir / "quality.md").write_text(quality_table(groups, diarizer, checks, baseline))
     return result
