@@ -207,6 +207,40 @@ def test_the_one_speaker_baseline_finds_all_speech_and_tells_no_speakers_apart(c
 
 
 @needs_voices
+def test_a_conversation_stage_validates_on_held_out_conversations_too(corpus, tmp_path):
+    """Its monitored F1 must see speakers who pause and return: fixed stretches of conversations of the
+    dev sentences join the lsmix validation mixtures."""
+    from lhotse import CutSet
+
+    from mtasr.export.sortformer import sortformer_config
+    from mtasr.training.corpus import DEV_MANIFEST, TRAIN_MANIFEST, read_manifest
+    from mtasr.training.diarizer import VALIDATION_CONVERSATIONS, DiarizerRecipe, _data_config
+    from mtasr.training.simulation import write_validation_cuts
+
+    # The fixture's dev side is too small for conversations: its training side split by sentence instead.
+    entries = read_manifest(corpus / TRAIN_MANIFEST)
+    sentences = sorted({e["text"] for e in entries})
+    held_out = set(sentences[::2])
+    split = tmp_path / "corpus"
+    split.mkdir()
+    for name, keep in ((TRAIN_MANIFEST, False), (DEV_MANIFEST, True)):
+        lines = [json.dumps(e) for e in entries if (e["text"] in held_out) == keep]
+        (split / name).write_text("\n".join(lines) + "\n")
+    lsmix = write_validation_cuts(split / DEV_MANIFEST, tmp_path / "validation_cuts.jsonl.gz", {1: 2, 2: 2})
+    recipe = DiarizerRecipe(conversations=4)
+    _, validation = _data_config(recipe, split / TRAIN_MANIFEST, lsmix, sortformer_config("small"))
+    cuts = list(CutSet.from_file(validation["cuts_path"]))
+    recordings = [getattr(c, "recording", None) for c in cuts]  # lsmix mixtures are MixedCuts: none
+    stretches = [
+        c for c, r in zip(cuts, recordings, strict=True) if r and "validation_conversations" in r.sources[0].source
+    ]
+    assert len(cuts) == 4 + VALIDATION_CONVERSATIONS and len(stretches) == VALIDATION_CONVERSATIONS
+    assert all(c.supervisions for c in stretches)
+    spoken = {s.text for c in stretches for s in c.supervisions if s.text}
+    assert spoken and spoken <= held_out
+
+
+@needs_voices
 def test_long_conversation_stretches_outlast_the_served_speaker_cache(corpus, tmp_path):
     """The diarizer's long-conversation stage: its conversations run a minute and its stretches outlast the
     speaker cache and FIFO the default diarizer is served with, so training sees the cache compressed, and a

@@ -60,6 +60,9 @@ DIARIZER_LONG_SESSIONS = TrainSettings(
     max_steps=400, batch_size=4, val_every_steps=100, lr=3e-4, warmup_steps=20, hold_fraction=0.5
 )
 LONG_CONVERSATIONS = 160
+# A conversation stage validates on these too: stretches of conversations of the held-out sentences.
+VALIDATION_CONVERSATIONS = 24
+VALIDATION_SEED = 4321
 CONVERSATION_SPEAKERS = {1: 0.2, 2: 0.4, 3: 0.3, 4: 0.1}  # share of conversations with n speakers
 
 
@@ -119,7 +122,34 @@ def _data_config(recipe: DiarizerRecipe, manifest: Path, val_cuts: Path, model_c
         for entry in train["input_cfg"]:
             entry["weight"] *= lsmix_share
         train["input_cfg"].append(conversation_input_cfg(sessions, recipe.conversation_weight, recipe.stretch_s))
+        if not recipe.memorise:
+            validation["cuts_path"] = str(_validation_with_conversations(recipe, manifest, val_cuts))
     return train, validation
+
+
+def _validation_with_conversations(recipe: DiarizerRecipe, manifest: Path, val_cuts: Path) -> Path:
+    """The lsmix validation mixtures plus fixed stretches of conversations of the dev sentences, as long as the
+    stage's own: the monitored F1 (and so the checkpoint kept) then sees what the stage trains for, speakers
+    who pause and return and, in long stretches, a speaker cache that fills. Lsmix mixtures see neither."""
+    from lhotse import CutSet
+
+    from mtasr.training.corpus import DEV_MANIFEST
+    from mtasr.training.evalset import write_conversations
+    from mtasr.training.simulation import draw_stretches
+
+    combined = val_cuts.with_name("validation_cuts_with_conversations.jsonl.gz")
+    if combined.is_file():
+        return combined
+    dev = manifest.with_name(DEV_MANIFEST)
+    folder = val_cuts.parent / "validation_conversations"
+    sessions = folder / "sessions.json"
+    if not sessions.is_file():
+        source = dev if dev.is_file() else manifest
+        count = VALIDATION_CONVERSATIONS
+        write_conversations(source, folder, count, CONVERSATION_SPEAKERS, VALIDATION_SEED, recipe.conversation_s)
+    stretches = draw_stretches(sessions, VALIDATION_CONVERSATIONS, recipe.stretch_s, VALIDATION_SEED)
+    (CutSet.from_file(str(val_cuts)) + CutSet.from_cuts(stretches)).to_file(str(combined))
+    return combined
 
 
 def build_config(recipe: DiarizerRecipe, manifest: Path, val_cuts: Path) -> DictConfig:

@@ -93,6 +93,29 @@ def draw_mixtures(manifest: Path, counts: dict[int, int], seed: int) -> list:
         random.setstate(state)
 
 
+def draw_stretches(sessions_manifest: Path, count: int, min_duration_s: float, seed: int) -> list:
+    """`count` stretches of conversations, as NeMo's `mixture_loader` simulator cuts them for training (at least
+    `min_duration_s` where the conversation goes on that long), reproducible from `seed`, with string ids."""
+    from lhotse.utils import fastcopy
+    from nemo.collections.asr.parts.utils.asr_multispeaker_utils import MultiSpeakerMixtureGenerator
+
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        generator = MultiSpeakerMixtureGenerator(
+            manifest_filepath=str(sessions_manifest),
+            sample_rate=16000,
+            simulator_type="mixture_loader",
+            min_duration=min_duration_s,
+        )
+        cuts = [next(generator) for _ in range(count)]
+    finally:
+        random.setstate(state)
+    for cut in cuts:
+        cut.supervisions = [fastcopy(s, id=str(s.id), recording_id=str(s.recording_id)) for s in cut.supervisions]
+    return cuts
+
+
 def write_validation_cuts(manifest: Path, out_path: Path, counts: dict[int, int], seed: int = 1234) -> Path:
     """A fixed lhotse cut manifest (`*.jsonl.gz`) of simulated mixtures for validation."""
     from lhotse import CutSet
