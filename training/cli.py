@@ -209,7 +209,8 @@ def add_train_parser(sub) -> None:
         choices=tuple(DIARIZER_STAGES),
         default="mixtures",
         help="which stage of the default curriculum: lsmix mixtures (from scratch), then short conversations "
-        "mixed in, then minute-long ones; the later two fine-tune the one before (--init-from)",
+        "mixed in, then minute-long ones, then mostly short ones again from a fresh warm-up; the later three "
+        "fine-tune the one before (--init-from)",
     )
     _add_train_options(diar, DIARIZER_TRAIN, of="for the mixture stage")
     diar.set_defaults(func=_diarizer)
