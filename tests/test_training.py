@@ -207,6 +207,17 @@ def test_the_one_speaker_baseline_finds_all_speech_and_tells_no_speakers_apart(c
 
 
 @needs_voices
+def test_conversations_of_a_set_with_few_utterances_per_voice_reuse_them(corpus, tmp_path):
+    """The fixture's dev side has 2 utterances per voice: a conversation speaks each once, then again."""
+    from mtasr.training.corpus import DEV_MANIFEST
+    from mtasr.training.evalset import REFERENCE_DIR, write_conversations
+
+    sessions = write_conversations(corpus / DEV_MANIFEST, tmp_path, 4, {1: 0.5, 2: 0.5}, seed=7, duration_s=20.0)
+    assert len(sessions.read_text().splitlines()) == 4
+    assert len(list((tmp_path / REFERENCE_DIR).glob("*.rttm"))) == 4
+
+
+@needs_voices
 def test_a_conversation_stage_validates_on_held_out_conversations_too(corpus, tmp_path):
     """Its monitored F1 must see speakers who pause and return: fixed stretches of conversations of the
     dev sentences join the lsmix validation mixtures."""

@@ -69,10 +69,17 @@ def corpus_conversation(
         raise ValueError(f"the corpus has {len(names)} voices; a {n_speakers}-speaker conversation needs more")
     if voices is None:
         voices = [names[int(i)] for i in rng.choice(len(names), n_speakers, replace=False)]
-    queues = {v: [by_voice[v][int(i)] for i in rng.permutation(len(by_voice[v]))] for v in voices}
+
+    def shuffled(voice: str) -> list[dict]:
+        return [by_voice[voice][int(i)] for i in rng.permutation(len(by_voice[voice]))]
+
+    queues = {v: shuffled(v) for v in voices}
 
     def speak(speaker: int):
-        entry = queues[voices[speaker]].pop()
+        voice = voices[speaker]
+        if not queues[voice]:  # a small set may have few utterances per voice: all once, then again
+            queues[voice] = shuffled(voice)
+        entry = queues[voice].pop()
         audio, _ = sf.read(entry["audio_filepath"], dtype="float32")
         return speaker, entry["text"], audio
 
