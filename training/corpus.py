@@ -130,6 +130,12 @@ def write_manifest(path: Path, entries: list[dict]) -> None:
     path.write_text("".join(json.dumps(e) + "\n" for e in entries))
 
 
+def validation_manifest(corpus_dir: Path) -> Path:
+    """The corpus's dev manifest (sentences training never sees); a corpus without one: its training manifest."""
+    dev = Path(corpus_dir) / DEV_MANIFEST
+    return dev if dev.is_file() else Path(corpus_dir) / TRAIN_MANIFEST
+
+
 def read_manifest(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 

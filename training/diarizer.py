@@ -139,20 +139,24 @@ def _validation_with_conversations(recipe: DiarizerRecipe, manifest: Path, val_c
     who pause and return and, in long stretches, a speaker cache that fills. Lsmix mixtures see neither."""
     from lhotse import CutSet
 
-    from mtasr.training.corpus import DEV_MANIFEST
+    from mtasr.training.corpus import validation_manifest
     from mtasr.training.evalset import write_conversations
     from mtasr.training.simulation import draw_stretches
 
     combined = val_cuts.with_name("validation_cuts_with_conversations.jsonl.gz")
     if combined.is_file():
         return combined
-    dev = manifest.with_name(DEV_MANIFEST)
     folder = val_cuts.parent / "validation_conversations"
     sessions = folder / "sessions.json"
     if not sessions.is_file():
-        source = dev if dev.is_file() else manifest
-        count = VALIDATION_CONVERSATIONS
-        write_conversations(source, folder, count, CONVERSATION_SPEAKERS, VALIDATION_SEED, recipe.conversation_s)
+        write_conversations(
+            validation_manifest(manifest.parent),
+            folder,
+            VALIDATION_CONVERSATIONS,
+            CONVERSATION_SPEAKERS,
+            VALIDATION_SEED,
+            recipe.conversation_s,
+        )
     stretches = draw_stretches(sessions, VALIDATION_CONVERSATIONS, recipe.stretch_s, VALIDATION_SEED)
     (CutSet.from_file(str(val_cuts)) + CutSet.from_cuts(stretches)).to_file(str(combined))
     return combined

@@ -81,19 +81,17 @@ def prepare_run(corpus_dir: Path, out_dir: Path, settings: TrainSettings, valida
     Returns (run folder, training manifest, validation cut manifest)."""
     import lightning.pytorch as pl
 
-    from mtasr.training.corpus import DEV_MANIFEST, TRAIN_MANIFEST
+    from mtasr.training.corpus import TRAIN_MANIFEST, validation_manifest
     from mtasr.training.simulation import write_validation_cuts
 
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = Path(corpus_dir).resolve() / TRAIN_MANIFEST
-    # Validation on sentences training never sees (a corpus without a dev side: training sentences)
-    dev = Path(corpus_dir).resolve() / DEV_MANIFEST
     apply_threads(settings)
     pl.seed_everything(settings.seed, workers=True)
     val_cuts = out_dir / "validation_cuts.jsonl.gz"
     if not val_cuts.is_file():
-        write_validation_cuts(dev if dev.is_file() else manifest, val_cuts, validation_mixtures)
+        write_validation_cuts(validation_manifest(manifest.parent), val_cuts, validation_mixtures)
     return out_dir, manifest, val_cuts
 
 

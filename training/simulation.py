@@ -8,6 +8,8 @@ multitalker tutorial does: one entry per speaker count, weighted. Validation nee
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # Share of training mixtures with 1, 2, 3 and 4 speakers.
@@ -76,32 +78,33 @@ def make_generator(manifest: Path, n_speakers: int):
     )
 
 
-def draw_mixtures(manifest: Path, counts: dict[int, int], seed: int) -> list:
-    """`counts[n]` lsmix MixedCuts of n speakers each, reproducible from `seed`.
-
-    The simulator draws from Python's global `random`; it is seeded here and restored after.
-    """
+@contextmanager
+def _seeded_random(seed: int) -> Iterator[None]:
+    """NeMo's simulator draws from Python's global `random`: seed it for a reproducible draw, restore it after."""
     state = random.getstate()
     random.seed(seed)
     try:
-        cuts = []
+        yield
+    finally:
+        random.setstate(state)
+
+
+def draw_mixtures(manifest: Path, counts: dict[int, int], seed: int) -> list:
+    """`counts[n]` lsmix MixedCuts of n speakers each, reproducible from `seed`."""
+    cuts = []
+    with _seeded_random(seed):
         for n, count in sorted(counts.items()):
             generator = make_generator(manifest, n)
             cuts += [next(generator) for _ in range(count)]
-        return cuts
-    finally:
-        random.setstate(state)
+    return cuts
 
 
 def draw_stretches(sessions_manifest: Path, count: int, min_duration_s: float, seed: int) -> list:
     """`count` stretches of conversations, as NeMo's `mixture_loader` simulator cuts them for training (at least
     `min_duration_s` where the conversation goes on that long), reproducible from `seed`, with string ids."""
-    from lhotse.utils import fastcopy
     from nemo.collections.asr.parts.utils.asr_multispeaker_utils import MultiSpeakerMixtureGenerator
 
-    state = random.getstate()
-    random.seed(seed)
-    try:
+    with _seeded_random(seed):
         generator = MultiSpeakerMixtureGenerator(
             manifest_filepath=str(sessions_manifest),
             sample_rate=16000,
@@ -109,10 +112,8 @@ def draw_stretches(sessions_manifest: Path, count: int, min_duration_s: float, s
             min_duration=min_duration_s,
         )
         cuts = [next(generator) for _ in range(count)]
-    finally:
-        random.setstate(state)
     for cut in cuts:
-        cut.supervisions = [fastcopy(s, id=str(s.id), recording_id=str(s.recording_id)) for s in cut.supervisions]
+        cut.supervisions = _string_ids(cut.supervisions)
     return cuts
 
 
@@ -125,14 +126,17 @@ def write_validation_cuts(manifest: Path, out_path: Path, counts: dict[int, int]
 
 
 def _with_string_ids(mixture):
-    """The simulator's supervisions carry `uuid.UUID` ids, which lhotse cannot write; stringify them."""
+    """A mixture whose tracks' supervisions have string ids (`_string_ids`)."""
+    for track in mixture.tracks:
+        track.cut.supervisions = _string_ids(track.cut.supervisions)
+    return mixture
+
+
+def _string_ids(supervisions: list) -> list:
+    """The simulator's supervisions carry `uuid.UUID` ids, which lhotse cannot write: copies with strings."""
     from lhotse.utils import fastcopy
 
-    for track in mixture.tracks:
-        track.cut.supervisions = [
-            fastcopy(s, id=str(s.id), recording_id=str(s.recording_id)) for s in track.cut.supervisions
-        ]
-    return mixture
+    return [fastcopy(s, id=str(s.id), recording_id=str(s.recording_id)) for s in supervisions]
 
 
 def mixture_segments(mixture, session: str) -> list:
