@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mtasr.training.text import split_sentences, vocabulary
-from mtasr.training.voices import missing_engines
+from mtasr.training.voices import VOICES, missing_engines
 
 needs_voices = pytest.mark.skipif(
     bool(missing_engines()), reason="flite/festival not installed (make system-deps installs them)"
@@ -118,13 +118,29 @@ MEMORISE_ASR_STEPS = 200
 MEMORISE_DIARIZER_STEPS = 300
 
 
+def arrival_order_of(turns: list[dict], window: tuple[float, float]) -> list[str]:
+    """The speakers of the RTTM turns inside `window`, in the order they first speak there."""
+    start, end = window
+    inside = [t for t in turns if t["end_time"] > start and t["start_time"] < end]
+    inside.sort(key=lambda t: t["start_time"])
+    return list(dict.fromkeys(t["speaker"] for t in inside))
+
+
+def assert_slot_voices_name_the_slots(slot_voices, voices: list[str], order: list[str], what: str):
+    """The voice head's labels: slot k holds the k-th speaker to arrive; a voice not in `voices` is none."""
+    from mtasr.training.diarizer_model import NO_VOICE
+
+    expected = [voices.index(v) if v in voices else NO_VOICE for v in order][:4]
+    assert slot_voices.tolist() == expected + [NO_VOICE] * (4 - len(expected)), what
+
+
 def assert_targets_match_turns(targets: np.ndarray, turns: list[dict], window: tuple[float, float], what: str):
     """`targets` [frames, 4] (NeMo's arrival-ordered speaker activity of a cut spanning `window` seconds of
     its recording) against RTTM turns of that recording: same speakers, same order, same frames up to
     the frame each turn edge falls in."""
     start, end = window
     turns = [t for t in turns if t["end_time"] > start and t["start_time"] < end]
-    order = list(dict.fromkeys(t["speaker"] for t in sorted(turns, key=lambda t: t["start_time"])))
+    order = arrival_order_of(turns, window)
     from_rttm = np.zeros_like(targets)
     centres = start + (np.arange(targets.shape[0]) + 0.5) * FRAME_S
     for turn in turns:
@@ -135,6 +151,20 @@ def assert_targets_match_turns(targets: np.ndarray, turns: list[dict], window: t
     disagree = np.abs(targets - from_rttm).sum(axis=0)
     edges = 2 * np.bincount([order.index(t["speaker"]) for t in turns], minlength=4)
     assert (disagree <= edges).all(), f"{what}: per-speaker disagreeing frames {disagree} (allowed {edges})"
+
+
+# The voice head's classes in these tests: every voice but one, so a voice outside them is seen too.
+VOICE_NAMES = sorted(voice.name for voice in VOICES)[1:]
+
+
+def test_the_voice_head_learns_from_frames_where_exactly_one_speaker_talks():
+    import torch
+
+    from mtasr.training.diarizer_model import NO_VOICE, frame_voices
+
+    targets = torch.tensor([[[0, 0, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]]])
+    slot_voices = torch.tensor([[7, 2, NO_VOICE, NO_VOICE]])  # slot 2: a voice outside the classes
+    assert frame_voices(targets, slot_voices).tolist() == [[NO_VOICE, 7, NO_VOICE, 2, NO_VOICE]]
 
 
 @needs_voices
@@ -149,11 +179,13 @@ def test_simulator_speaker_targets_agree_with_the_mixture_rttm(corpus, tmp_path)
     for i, mixture in enumerate(draw_mixtures(corpus / TRAIN_MANIFEST, {1: 2, 2: 4, 3: 4, 4: 2}, seed=5)):
         rttm = tmp_path / f"mix{i}.rttm"
         write_rttm(mixture_segments(mixture, f"mix{i}"), rttm)
-        _, _, targets, lengths = mixture_batch([mixture], 4, 0.01, 8)
+        _, _, targets, lengths, slot_voices = mixture_batch([mixture], 4, 0.01, 8, voices=VOICE_NAMES)
         assert len({t.cut.supervisions[0].speaker for t in mixture.tracks}) == len(
             {t["speaker"] for t in read_rttm(rttm)}
         )
         assert_targets_match_turns(targets[0, : int(lengths[0])].numpy(), read_rttm(rttm), (0.0, 1e9), f"mix{i}")
+        order = arrival_order_of(read_rttm(rttm), (0.0, 1e9))
+        assert_slot_voices_name_the_slots(slot_voices[0], VOICE_NAMES, order, f"mix{i}")
 
 
 @needs_voices
@@ -179,9 +211,11 @@ def test_conversation_simulator_targets_agree_with_the_conversation_rttm(corpus,
         cut = next(generator)
         session = cut.supervisions[0].recording_id
         turns = read_rttm(tmp_path / REFERENCE_DIR / f"{session}.rttm")
-        _, _, targets, lengths = mixture_batch([cut], 4, 0.01, 8)
+        _, _, targets, lengths, slot_voices = mixture_batch([cut], 4, 0.01, 8, voices=VOICE_NAMES)
         targets = targets[0, : int(lengths[0])].numpy()
-        assert_targets_match_turns(targets, turns, (cut.start, cut.start + cut.duration), f"cut {i}")
+        window = (cut.start, cut.start + cut.duration)
+        assert_targets_match_turns(targets, turns, window, f"cut {i}")
+        assert_slot_voices_name_the_slots(slot_voices[0], VOICE_NAMES, arrival_order_of(turns, window), f"cut {i}")
         starts = np.flatnonzero(np.diff(np.concatenate([[0], targets[:, 0]])) > 0)
         returning += len(starts) > 1
     assert returning, "some stretch should have a speaker who pauses and comes back"
@@ -286,9 +320,11 @@ def test_long_conversation_stretches_outlast_the_served_speaker_cache(corpus, tm
     for i in range(6):
         cut = next(generator)
         turns = read_rttm(tmp_path / REFERENCE_DIR / f"{cut.supervisions[0].recording_id}.rttm")
-        _, _, targets, lengths = mixture_batch([cut], 4, 0.01, 8)
+        _, _, targets, lengths, slot_voices = mixture_batch([cut], 4, 0.01, 8, voices=VOICE_NAMES)
         targets = targets[0, : int(lengths[0])].numpy()
-        assert_targets_match_turns(targets, turns, (cut.start, cut.start + cut.duration), f"cut {i}")
+        window = (cut.start, cut.start + cut.duration)
+        assert_targets_match_turns(targets, turns, window, f"cut {i}")
+        assert_slot_voices_name_the_slots(slot_voices[0], VOICE_NAMES, arrival_order_of(turns, window), f"cut {i}")
         if cut.duration >= recipe.stretch_s:
             long_cuts += 1
             late = targets[int(served_span_s / geometry["frame_len_s"]) :]
@@ -319,7 +355,7 @@ def test_short_training_run_trains_restores_exports_and_serves(corpus, tmp_path,
     from mtasr.training.corpus import TEST_MANIFEST, read_manifest
     from mtasr.training.diarizer import DiarizerRecipe, train_diarizer
     from mtasr.training.evalset import corpus_conversation
-    from mtasr.training.lightning import TrainSettings
+    from mtasr.training.lightning import TrainSettings, training_log
 
     steps = TrainSettings(
         max_steps=24, batch_size=4, val_every_steps=12, lr=2e-3, warmup_steps=4, progress=False, log_every_steps=1
@@ -352,9 +388,9 @@ def test_short_training_run_trains_restores_exports_and_serves(corpus, tmp_path,
     # Stage 2 of both curricula: NeMo's fine-tuning path from a .nemo (the diarizer's with conversations).
     short = replace(steps, max_steps=4, val_every_steps=4, warmup_steps=1)
     tuned_asr = train_asr(corpus, tmp_path / "asr_tuned", replace(asr_recipe, train=short), init_from=asr_path)
-    tuned_diar = train_diarizer(
-        corpus, tmp_path / "diar_tuned", replace(diar_recipe, train=short, conversations=4), init_from=diar_path
-    )
+    with_voice_head = replace(diar_recipe, train=short, conversations=4, voice_head_weight=0.5)
+    tuned_diar = train_diarizer(corpus, tmp_path / "diar_tuned", with_voice_head, init_from=diar_path)
+    assert any(r.get("voice_loss") for r in training_log(tmp_path / "diar_tuned")), "the voice head was not trained"
     before = EncDecMultiTalkerRNNTBPEModel.restore_from(str(asr_path), map_location="cpu").state_dict()
     after = EncDecMultiTalkerRNNTBPEModel.restore_from(str(tuned_asr), map_location="cpu").state_dict()
     assert before.keys() == after.keys()

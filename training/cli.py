@@ -116,6 +116,8 @@ def _diarizer(args: argparse.Namespace) -> int:
         return refused
     recipe = DIARIZER_STAGES[args.stage]
     recipe = dataclasses.replace(recipe, train=_train_settings(args, recipe.train))
+    if args.voice_head_weight is not None:
+        recipe = dataclasses.replace(recipe, voice_head_weight=args.voice_head_weight)
     train_diarizer(args.corpus, args.out, recipe, init_from=args.init_from)
     return 0
 
@@ -209,10 +211,18 @@ def add_train_parser(sub) -> None:
         choices=tuple(DIARIZER_STAGES),
         default="mixtures",
         help="which stage of the default curriculum: lsmix mixtures (from scratch), then short conversations "
-        "mixed in, then minute-long ones, then mostly short ones again from a fresh warm-up; the later three "
-        "fine-tune the one before (--init-from)",
+        "mixed in, then minute-long ones, then mostly short ones again from a fresh warm-up, then those with the "
+        "voice head; the later four fine-tune the one before (--init-from)",
     )
     _add_train_options(diar, DIARIZER_TRAIN, of="for the mixture stage")
+    diar.add_argument(
+        "--voice-head-weight",
+        type=float,
+        help="weight of the training-only voice head, which classifies the corpus voice of every frame with one "
+        "speaker (0: none; default: the stage's own, "
+        + ", ".join(f"{name} {recipe.voice_head_weight:g}" for name, recipe in DIARIZER_STAGES.items())
+        + ")",
+    )
     diar.set_defaults(func=_diarizer)
 
     defaults = steps.add_parser(

@@ -102,7 +102,7 @@ def reproduce_defaults(work_dir: Path, settings: DefaultsSettings = DefaultsSett
         write_demo_conversation(corpus)
     times["total"] = round(sum(times.values()), 1)
     (work_dir / "wall_times.json").write_text(json.dumps(times, indent=1) + "\n")
-    print(quality_table(groups["served"], groups["diarizer"], groups["checks"]), end="")
+    print(quality_table(groups["served"], groups["diarizer"], groups["checks"], groups["one_speaker_baseline"]), end="")
     logger.info("wall time: %.1f min (%s)", times["total"] / 60, json.dumps(times))
     return times
 
