@@ -6,12 +6,13 @@ import json
 
 from mtasr.training.defaults import DEFAULT_REPOSITORY, DEMO_CONVERSATION
 
-# The committed diarizer alone on the demo conversation (3 speakers, the first returning at the end,
-# overlapping turns): 41.8 % DER (1.0 s missed, 1.2 s confusion of 5.4 s of speech), with a margin. One
-# session guards against regressions; the quality table comes from `mtasr evaluate` on the whole evaluation
-# set (docs/training.md). Neither model reaches the project's targets yet (WER <= 15 %, cpWER <= 25 %,
-# DER <= 10 %), so nothing here claims words beyond what the tests below check.
-MAX_DEMO_DIARIZER_DER = 0.50
+# The committed pair on the demo conversation (3 speakers, the first returning at the end, overlapping
+# turns): the diarizer alone 7.5 % DER (0.14 s missed, 0.27 s false alarm, no confusion, of 5.4 s of speech),
+# the served transcript 46.7 % cpWER (14 of 30 words); floors with a margin. One session guards against
+# regressions; the quality table comes from `mtasr evaluate` on the whole evaluation set (docs/training.md).
+# The ASR does not reach the project's targets yet (cpWER <= 15 % on the demo), so nothing here claims more.
+MAX_DEMO_DIARIZER_DER = 0.20
+MAX_DEMO_CPWER = 0.60
 
 
 def test_default_repository_is_a_complete_modest_export():
@@ -41,13 +42,14 @@ def test_default_models_serve_the_demo_conversation_and_diarize_it(tmp_path):
         chunk = client.settings().chunk_samples
         transcript = client.transcribe(load_audio(str(DEMO_CONVERSATION), client.settings().sample_rate))
     assert transcript.chunks == -(-sf.info(DEMO_CONVERSATION).frames // chunk)
-    assert isinstance(transcript.seglst, list)
+    reference = DEMO_CONVERSATION.with_suffix(SEGLST_SUFFIX)
+    cpwer = score_against_reference(transcript.seglst, reference, tmp_path / "served").cpwer
+    assert cpwer.rate <= MAX_DEMO_CPWER, cpwer
 
     audio, _ = sf.read(DEMO_CONVERSATION, dtype="float32")
     probs = LocalPipeline(DEFAULT_REPOSITORY).speaker_activity(audio, chunk)
     turns = activity_segments(probs, manifest["diarizer"]["geometry"]["frame_len_s"], "demo")
-    reference = DEMO_CONVERSATION.with_suffix(SEGLST_SUFFIX)
-    der = score_against_reference(turns, reference, tmp_path).der
+    der = score_against_reference(turns, reference, tmp_path / "diarizer").der
     assert len({t["speaker"] for t in turns}) == 3, turns
     assert der.rate <= MAX_DEMO_DIARIZER_DER, der
 
