@@ -19,6 +19,7 @@ from nemo.collections.asr.models.multitalker_asr_models import EncDecMultiTalker
 from omegaconf import open_dict
 
 from mtasr.training.aux_ctc import AUX_CTC_WEIGHT_KEY
+from mtasr.training.heads import load_beside_fresh_head, without_head
 
 HEAD = "aux_ctc_head."
 
@@ -57,15 +58,7 @@ class MultiTalkerRNNTWithAuxCTC(EncDecMultiTalkerRNNTBPEModel):
 
     def to_plain_model(self) -> EncDecMultiTalkerRNNTBPEModel:
         """NeMo's model class with these weights, without the CTC head."""
-        cfg = self.cfg.copy()
-        with open_dict(cfg):
-            cfg.pop(AUX_CTC_WEIGHT_KEY, None)
-            # NeMo restores the class named here, and only classes of approved (NeMo) modules
-            cfg.target = f"{EncDecMultiTalkerRNNTBPEModel.__module__}.{EncDecMultiTalkerRNNTBPEModel.__name__}"
-        plain = EncDecMultiTalkerRNNTBPEModel(cfg=cfg)
-        state = {k: v for k, v in self.state_dict().items() if not k.startswith(HEAD)}
-        plain.load_state_dict(state)
-        return plain.eval()
+        return without_head(self, EncDecMultiTalkerRNNTBPEModel, HEAD, (AUX_CTC_WEIGHT_KEY,))
 
 
 def unpack_tokenizer(nemo_path: Path, out_dir: Path) -> Path:
@@ -96,7 +89,5 @@ def with_aux_ctc(nemo_path: Path, cfg_changes: dict, weight: float, tokenizer_di
         if adapt is not None:
             adapt(cfg)
     wrapped = MultiTalkerRNNTWithAuxCTC(cfg=cfg, trainer=trainer)
-    missing, unexpected = wrapped.load_state_dict(given.state_dict(), strict=False)
-    if unexpected or any(not k.startswith(HEAD) for k in missing):
-        raise ValueError(f"{nemo_path} does not fit the model: missing {missing}, unexpected {unexpected}")
+    load_beside_fresh_head(wrapped, given.state_dict(), HEAD, str(nemo_path))
     return wrapped

@@ -15,6 +15,8 @@ import torch
 from nemo.collections.asr.models import SortformerEncLabelModel
 from omegaconf import open_dict
 
+from mtasr.training.heads import load_beside_fresh_head, without_head
+
 VOICES_KEY = "voice_head_voices"  # the voice names, in class order
 WEIGHT_KEY = "voice_head_weight"
 HEAD = "voice_head."
@@ -65,15 +67,7 @@ class SortformerWithVoiceHead(SortformerEncLabelModel):
 
     def to_plain_model(self) -> SortformerEncLabelModel:
         """NeMo's model class with these weights, without the voice head."""
-        cfg = self.cfg.copy()
-        with open_dict(cfg):
-            cfg.pop(VOICES_KEY, None)
-            cfg.pop(WEIGHT_KEY, None)
-            # NeMo restores the class named here, and only classes of approved (NeMo) modules
-            cfg.target = f"{SortformerEncLabelModel.__module__}.{SortformerEncLabelModel.__name__}"
-        plain = SortformerEncLabelModel(cfg=cfg)
-        plain.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith(HEAD)})
-        return plain.eval()
+        return without_head(self, SortformerEncLabelModel, HEAD, (VOICES_KEY, WEIGHT_KEY))
 
 
 def with_voice_head(model: SortformerEncLabelModel, voices: list[str], weight: float, trainer=None):
@@ -84,7 +78,5 @@ def with_voice_head(model: SortformerEncLabelModel, voices: list[str], weight: f
         cfg[VOICES_KEY] = list(voices)
         cfg[WEIGHT_KEY] = float(weight)
     wrapped = SortformerWithVoiceHead(cfg=cfg, trainer=trainer)
-    missing, unexpected = wrapped.load_state_dict(model.state_dict(), strict=False)
-    if unexpected or any(not k.startswith(HEAD) for k in missing):
-        raise ValueError(f"the model does not fit: missing {missing}, unexpected {unexpected}")
+    load_beside_fresh_head(wrapped, model.state_dict(), HEAD)
     return wrapped
