@@ -178,7 +178,12 @@ def background_bug_can_matter(active_per_chunk: Sequence[Sequence[int]]) -> bool
 
 
 def _config(
-    right_context_ctx: list[int], max_num_of_spks: int, batch_size: int, cache_gating: bool = True, masked_asr=False
+    right_context_ctx: list[int],
+    max_num_of_spks: int,
+    batch_size: int,
+    cache_gating: bool = True,
+    masked_asr: bool = False,
+    binary_diar_preds: bool = False,
 ):
     from omegaconf import OmegaConf
 
@@ -189,7 +194,7 @@ def _config(
             "use_amp": False,  # fp32 (CPU autocast would be bfloat16)
             "cache_gating": cache_gating,
             "cache_gating_buffer_size": 2,
-            "binary_diar_preds": False,
+            "binary_diar_preds": binary_diar_preds,
             "single_speaker_mode": False,
             "max_num_of_spks": max_num_of_spks,
             "deploy_mode": True,  # no manifest / audio file
@@ -255,6 +260,7 @@ def run_nemo_multitalker(
     max_num_of_spks: int = 4,
     diar_cache: tuple[int, int] | None = NEMO_SCRIPT_DIARIZER_CACHE,
     masked_asr: bool = False,
+    binary_diar_preds: bool = False,
     models: tuple[Any, Any] | None = None,
     quiet: bool = True,
 ) -> NemoResult:
@@ -291,6 +297,9 @@ def run_nemo_multitalker(
     the speaker kernels get the diarizer's masks (``kernels``). Either way the ASR model's speaker
     targets are cleared before and after the run, so a shared model carries nothing between calls.
 
+    ``binary_diar_preds`` is the script's option of that name (default False): the speaker kernels' target
+    masks thresholded at 0.5 (export's ``--binary-speaker-masks``).
+
     ``models`` may pass an already restored ``(asr_model, diar_model)`` pair to skip restoring; the
     call leaves the ASR encoder at ``right_context`` and the diarizer at the streaming settings above.
     """
@@ -316,7 +325,14 @@ def run_nemo_multitalker(
                 asr_model,
                 diar_model,
                 batch,
-                _config(ctx, max_num_of_spks, len(batch), cache_gating=not all_slots_active, masked_asr=masked_asr),
+                _config(
+                    ctx,
+                    max_num_of_spks,
+                    len(batch),
+                    cache_gating=not all_slots_active,
+                    masked_asr=masked_asr,
+                    binary_diar_preds=binary_diar_preds,
+                ),
                 fix_background_mask,
                 use_async,
             )

@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
                 all_slots_active=args.all_slots_active,
                 nemo_background_mask=args.nemo_background_mask,
                 speaker_conditioning=args.speaker_conditioning,
+                binary_speaker_masks=args.binary_speaker_masks,
             ),
         )
         if args.random:
@@ -189,6 +190,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="how the encoder is told which speaker to transcribe, NeMo's script's masked_asr: 'kernels' "
         "(masked_asr=False: the diarizer's masks feed the speaker kernels; default) or 'masked' (masked_asr=True, "
         "the script's own default: each speaker's features are masked, the kernels get all ones)",
+    )
+    export.add_argument(
+        "--binary-speaker-masks",
+        action="store_true",
+        help="give the speaker kernels the diarizer's probabilities thresholded at 0.5, as the ASR saw its reference "
+        "masks in training (NeMo's binary_diar_preds=True); default: the probabilities themselves (the script's "
+        "default). The default pair is exported with it (docs/training.md)",
     )
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     export.set_defaults(func=run)

@@ -43,6 +43,10 @@ class ServingSettings:
     # How the encoder is told its speaker (NeMo's script's masked_asr): "kernels" (False; the speaker
     # kernels get the diarizer's masks) or "masked" (True, the script's default: features masked).
     speaker_conditioning: str = "kernels"
+    # NeMo's script's binary_diar_preds: a speaker kernel's target mask is the diarizer's probability thresholded
+    # at 0.5 (what the ASR is trained on: 0/1 masks from the reference turns) instead of the probability itself
+    # (False, the script's default). Background masks are thresholded either way.
+    binary_speaker_masks: bool = False
     # Every speaker slot active every chunk, whatever the diarizer says: the worst-case ASR load,
     # for benchmarks of random-weight models (whose diarizer activates speakers regardless of the audio).
     all_slots_active: bool = False
@@ -142,6 +146,7 @@ def build_stage(
             nemo_background_mask=settings.nemo_background_mask,
             all_active=settings.all_slots_active,
             conditioning=settings.speaker_conditioning,
+            binary_targets=settings.binary_speaker_masks,
         )
         return SpeakerKernelStage(gating, slots, width, geometry.padded_frames, idle)
     if name == "asr":

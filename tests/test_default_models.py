@@ -86,10 +86,13 @@ def test_default_checkpoints_export_to_the_served_models(tmp_path):
     geometry = manifest["diarizer"]["geometry"]
     cmd += ["--diarizer-cache", f"{geometry['spkcache_len']},{geometry['fifo_len']}"]
     cmd += ["--encoder-cache", manifest["asr"]["streaming"].get("channel_cache", "input")]  # absent: NeMo's layout
+    if manifest["deployment"]["serving"].get("binary_speaker_masks"):
+        cmd += ["--binary-speaker-masks"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     exported = tmp_path / "export" / "model_repository"
     assert load_manifest(exported)["asr"] == manifest["asr"]
+    assert load_manifest(exported)["deployment"]["serving"] == manifest["deployment"]["serving"]
     for key in ("geometry", "features"):
         assert load_manifest(exported)["diarizer"][key] == manifest["diarizer"][key], key
 

@@ -199,6 +199,27 @@ def test_masked_speaker_conditioning_gives_the_tokens_of_nemos_script_default(
     assert differs_from_kernels, "masking must change what is decoded, or this test shows nothing"
 
 
+def test_binary_speaker_masks_give_the_tokens_of_nemos_binary_diar_preds(
+    tiny_checkpoints, nemo_models, conversations, served
+):
+    """`--binary-speaker-masks` (the default pair's setting) thresholds each speaker kernel's target mask at 0.5,
+    as NeMo's script does with binary_diar_preds=True: the same tokens per slot, and not the soft masks' tokens."""
+    _, repo = served
+    pipeline = LocalPipeline(repo, ServingSettings(graph_backend="onnxruntime", binary_speaker_masks=True))
+    differs_from_soft = False
+    for conv in conversations:
+        served_tokens = tokens_by_speaker(pipeline.transcribe(conv.audio, chunk_samples(repo)))
+        nemo = run_nemo_multitalker(
+            *tiny_checkpoints, conv.audio, 13, fix_background_mask=True, binary_diar_preds=True, models=nemo_models
+        )
+        want = {slot: tokens for slot, tokens in nemo.tokens.items() if tokens}
+        assert want, "the reference decoded nothing: the comparison would be empty"
+        assert served_tokens == want, f"{len(conv.segments)}-segment input"
+        soft = run_nemo_multitalker(*tiny_checkpoints, conv.audio, 13, fix_background_mask=True, models=nemo_models)
+        differs_from_soft |= {s: t for s, t in soft.tokens.items() if t} != want
+    assert differs_from_soft, "thresholding must change what is decoded, or this test shows nothing"
+
+
 def test_all_slots_active_gives_nemo_tokens_with_its_cache_gating_off(
     tiny_checkpoints, nemo_models, conversations, served
 ):

@@ -240,6 +240,53 @@ def test_the_one_speaker_baseline_finds_all_speech_and_tells_no_speakers_apart(c
     assert two["error_rate"] <= 0.5 + 1e-6
 
 
+def test_reference_activity_gives_each_speaker_a_slot_in_order_of_first_speech(tmp_path):
+    from mtasr.client.formats import make_segment, write_rttm
+    from mtasr.training.evaluate import reference_activity
+
+    turns = [("bob", 0.4, 1.2), ("ann", 1.0, 2.0), ("bob", 2.4, 2.8)]
+    write_rttm([make_segment("s", who, start, end) for who, start, end in turns], tmp_path / "s.rttm")
+    activity = reference_activity(tmp_path / "s.rttm", 0.08, 40, 4)
+    assert activity.shape == (40, 4)
+    assert np.flatnonzero(activity[:, 0]).tolist() == [*range(5, 15), *range(30, 35)]  # bob spoke first
+    assert np.flatnonzero(activity[:, 1]).tolist() == list(range(12, 25))
+    assert not activity[:, 2:].any()
+    with pytest.raises(ValueError, match="more than the 1 speaker slots"):
+        reference_activity(tmp_path / "s.rttm", 0.08, 40, 1)
+
+
+@needs_voices
+def test_the_asr_given_the_reference_speakers_sees_exactly_their_turns(corpus, tmp_path):
+    """`mtasr evaluate`'s reference-speaker run: the served stages with the diarizer's probabilities replaced by
+    the reference turns frame for frame, so words come only from the slots of the session's own speakers."""
+    import soundfile as sf
+
+    from mtasr.client.formats import SEGLST_SUFFIX, read_seglst
+    from mtasr.deployment import chunk_samples
+    from mtasr.local_pipeline import LocalPipeline
+    from mtasr.protocol import speaker_name
+    from mtasr.training.corpus import TRAIN_MANIFEST
+    from mtasr.training.defaults import DEFAULT_REPOSITORY
+    from mtasr.training.evalset import AUDIO_DIR, REFERENCE_DIR, write_conversations
+    from mtasr.training.evaluate import ReferenceSpeakers, reference_activity, transcribe_with_reference_speakers
+
+    write_conversations(corpus / TRAIN_MANIFEST, tmp_path / "set", 3, {1: 0.3, 2: 0.7}, seed=3)
+    pipeline = LocalPipeline(DEFAULT_REPOSITORY)
+    wav = sorted((tmp_path / "set" / AUDIO_DIR).glob("*.wav"))[-1]
+    audio, _ = sf.read(wav, dtype="float32")
+    activity = reference_activity(tmp_path / "set" / REFERENCE_DIR / f"{wav.stem}.rttm", 0.08, 1000, 4)
+    pipeline.stages["diarization"] = ReferenceSpeakers(pipeline.stages["diarization"], activity)
+    served = pipeline.speaker_activity(audio, chunk_samples(pipeline.manifest))
+    assert np.array_equal(served, activity[: len(served)]) and activity[: len(served)].any()
+
+    transcribe_with_reference_speakers(DEFAULT_REPOSITORY, tmp_path / "set", tmp_path / "hyp")
+    for ref in (tmp_path / "set" / REFERENCE_DIR).glob(f"*{SEGLST_SUFFIX}"):
+        speakers = {s["speaker"] for s in read_seglst(ref)}
+        hyp = read_seglst(tmp_path / "hyp" / ref.name)
+        assert hyp, f"{ref.name}: no words at all"
+        assert {s["speaker"] for s in hyp} <= {speaker_name(k) for k in range(len(speakers))}, ref.name
+
+
 @needs_voices
 def test_conversations_of_a_set_with_few_utterances_per_voice_reuse_them(corpus, tmp_path):
     """The fixture's dev side has 2 utterances per voice: a conversation speaks each once, then again."""

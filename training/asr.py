@@ -215,11 +215,24 @@ ASR_RESTART = TrainSettings(
 ASR_SECOND_RESTART = TrainSettings(
     max_steps=1800, batch_size=12, val_every_steps=450, lr=3e-4, warmup_steps=50, hold_fraction=0.75
 )
+# Stage 5: served with the diarizer replaced by the reference turns (oracle masks), the second-restart model still
+# wrote 54 / 49 % cpWER on 2 / 3 speakers against 24 % WER alone: it drops the speech of a speaker who starts or
+# ends while another talks. More overlap (2 and 3 speakers 80 % of the mixtures, not 60), on new draws.
+ASR_OVERLAP = TrainSettings(
+    max_steps=1600, batch_size=12, val_every_steps=400, lr=3e-4, warmup_steps=50, hold_fraction=0.75, seed=1
+)
+OVERLAP_SPEAKER_WEIGHTS = {1: 0.2, 2: 0.5, 3: 0.3}
 ASR_STAGES = {
     "single_speaker": AsrRecipe(speaker_weights=dict(SINGLE_SPEAKER)),
     "mixtures": AsrRecipe(train=ASR_FINE_TUNE, **_EVERY_LATENCY),
     "mixtures_restart": AsrRecipe(train=ASR_RESTART, **_EVERY_LATENCY),
     "mixtures_second_restart": AsrRecipe(train=ASR_SECOND_RESTART, **_EVERY_LATENCY),
+    "overlapped_mixtures": AsrRecipe(
+        train=ASR_OVERLAP,
+        speaker_weights=dict(OVERLAP_SPEAKER_WEIGHTS),
+        validation_mixtures={n: 8 for n in ASR_SPEAKER_WEIGHTS},
+        **_EVERY_LATENCY,
+    ),
 }
 ASR_CURRICULUM = tuple(ASR_STAGES.values())
 

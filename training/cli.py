@@ -137,7 +137,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from mtasr.training.evaluate import evaluate, quality_table
 
     result = evaluate(args.model_repository, args.evalset, args.out, jobs=args.jobs)
-    print(quality_table(result["served"], result["diarizer"], result["checks"], result["one_speaker_baseline"]), end="")
+    print(quality_table(result), end="")
     return 0
 
 
@@ -199,8 +199,8 @@ def add_train_parser(sub) -> None:
         choices=tuple(ASR_STAGES),
         default="mixtures",
         help="which stage of the default curriculum: single speakers (from scratch), mixtures at every latency "
-        "(from scratch: at the serving latency only), mixtures again from a fresh warm-up, twice (each needs "
-        "--init-from); default %(default)s",
+        "(from scratch: at the serving latency only), mixtures again from a fresh warm-up, twice, then "
+        "mixtures with more overlap (each needs --init-from); default %(default)s",
     )
     _add_train_options(asr, ASR_TRAIN, of="for the single-speaker stage")
     asr.set_defaults(func=_asr)
@@ -212,7 +212,7 @@ def add_train_parser(sub) -> None:
         default="mixtures",
         help="which stage of the default curriculum: lsmix mixtures (from scratch), then short conversations "
         "mixed in, then minute-long ones, then mostly short ones again from a fresh warm-up, then those with the "
-        "voice head; the later four fine-tune the one before (--init-from)",
+        "voice head, and those again on new draws; the later five fine-tune the one before (--init-from)",
     )
     _add_train_options(diar, DIARIZER_TRAIN, of="for the mixture stage")
     diar.add_argument(

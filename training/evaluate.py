@@ -2,7 +2,9 @@
 
 Starts tritonserver on the repository, streams every evaluation session through the ensemble
 (as `mtasr transcribe` does), and scores the transcripts with `mtasr score`, per speaker count:
-WER for one speaker (cpWER reduces to WER), cpWER and DER for two and three.
+WER for one speaker (cpWER reduces to WER), cpWER and DER for two and three. Beside it, in process: the
+streaming diarizer alone, and the ASR given the reference speaker turns instead of the diarizer's (what
+is left is the ASR's own error).
 """
 
 from __future__ import annotations
@@ -85,6 +87,73 @@ def diarize_evalset(repo: Path, evalset_dir: Path, hyp_dir: Path) -> None:
         write_rttm(segments, hyp_dir / f"{wav.stem}{RTTM_SUFFIX}")
 
 
+def reference_activity(rttm: Path, frame_s: float, frames: int, slots: int) -> np.ndarray:
+    """[frames, slots] 0/1 activity of an RTTM's turns on a grid of `frame_s`, a slot per speaker in order of first
+    speech (the diarizer's arrival order)."""
+    from mtasr.client.formats import read_rttm
+
+    turns = sorted(read_rttm(rttm), key=lambda s: s["start_time"])
+    speakers = list(dict.fromkeys(t["speaker"] for t in turns))
+    if len(speakers) > slots:
+        raise ValueError(f"{rttm}: {len(speakers)} speakers, more than the {slots} speaker slots")
+    activity = np.zeros((frames, slots), np.float32)
+    for turn in turns:
+        first, last = round(turn["start_time"] / frame_s), round(turn["end_time"] / frame_s)
+        activity[first:last, speakers.index(turn["speaker"])] = 1.0
+    return activity
+
+
+class ReferenceSpeakers:
+    """Stands in for a `LocalPipeline`'s diarization stage: the stage runs as served (its frames per chunk), and
+    its probabilities are replaced by the reference activity of the same frames."""
+
+    def __init__(self, stage, activity: np.ndarray) -> None:
+        self.stage, self.activity, self.next_frame = stage, activity, 0
+
+    def process(self, requests: list) -> list:
+        from mtasr.stages import DIARIZER_FRAMES, SPEAKER_PROBS, RequestError
+
+        results = self.stage.process(requests)
+        for result in results:
+            if isinstance(result, RequestError):
+                continue
+            probs = np.zeros_like(result[SPEAKER_PROBS])
+            for c, frames in enumerate(result[DIARIZER_FRAMES].tolist()):
+                probs[c, :frames] = self.activity[self.next_frame : self.next_frame + frames]
+                self.next_frame += frames
+            result[SPEAKER_PROBS] = probs
+        return results
+
+
+def transcribe_with_reference_speakers(repo: Path, evalset_dir: Path, hyp_dir: Path) -> None:
+    """The served pipeline (in process) with the diarizer's output replaced by the reference turns: what the ASR
+    writes given perfect speaker masks, so the errors left are the ASR's. A `<session>.seglst.json` per session."""
+    import soundfile as sf
+    from tqdm import tqdm
+
+    from mtasr.client.formats import RTTM_SUFFIX, SEGLST_SUFFIX, write_seglst
+    from mtasr.deployment import chunk_samples, load_manifest
+    from mtasr.local_pipeline import LocalPipeline
+    from mtasr.stages import TRANSCRIPT
+
+    manifest = load_manifest(Path(repo))
+    geometry = manifest["diarizer"]["geometry"]
+    chunk, frame_s = chunk_samples(manifest), geometry["frame_len_s"]
+    pipeline = LocalPipeline(Path(repo))
+    diarization = pipeline.stages["diarization"]
+    hyp_dir.mkdir(parents=True, exist_ok=True)
+    for wav in tqdm(sorted((Path(evalset_dir) / AUDIO_DIR).glob("*.wav")), desc="reference speakers", unit="file"):
+        audio, rate = sf.read(wav, dtype="float32")
+        frames = int(len(audio) / rate / frame_s) + 2 * geometry["chunk_frames"]  # the last chunk may be padded
+        rttm = Path(evalset_dir) / REFERENCE_DIR / f"{wav.stem}{RTTM_SUFFIX}"
+        activity = reference_activity(rttm, frame_s, frames, manifest["speaker_slots"])
+        pipeline.stages["diarization"] = ReferenceSpeakers(diarization, activity)
+        last = pipeline.transcribe(audio, chunk)[-1]
+        segments = json.loads(last[TRANSCRIPT].reshape(-1)[0])
+        write_seglst([{**s, "session_id": wav.stem} for s in segments], hyp_dir / f"{wav.stem}{SEGLST_SUFFIX}")
+    pipeline.stages["diarization"] = diarization
+
+
 def one_speaker_baseline(evalset_dir: Path, hyp_dir: Path) -> None:
     """The diarizer's yardstick, per session: every reference turn given to one speaker (speech found
     perfectly, speakers never told apart). A diarizer with a higher DER has not learnt to separate speakers."""
@@ -115,33 +184,31 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f} %"
 
 
-def quality_table(
-    groups: dict[str, dict],
-    diarizer: dict[str, dict] | None = None,
-    checks: dict | None = None,
-    baseline: dict[str, dict] | None = None,
-) -> str:
-    """Markdown: speakers, sessions, reference words, (cp)WER and DER of the served transcripts, the DER
-    of the streaming diarizer alone (its own turns, not the words') and of the one-speaker `baseline`;
-    then the `checks` (silence, long stream).
+def quality_table(result: dict[str, dict]) -> str:
+    """Markdown of an `evaluate` result: speakers, sessions, reference words, (cp)WER and DER of the served
+    transcripts, the cpWER with the reference speaker turns in place of the diarizer's, the DER of the streaming
+    diarizer alone (its own turns, not the words') and of the one-speaker baseline; then the checks (silence,
+    long stream). A part missing from `result` is shown as "-".
 
     Groups: `spkN` (N speakers), `voice` (1 speaker, the voice held out of training), `long` (the
     5-minute 3-speaker conversation)."""
     lines = [
-        "| speakers | sessions | ref words | cpWER (= WER for 1 speaker) | DER (words' turns) | DER (diarizer alone) "
-        "| DER (one-speaker baseline) |",
-        "|---|---|---|---|---|---|---|",
+        "| speakers | sessions | ref words | cpWER (= WER for 1 speaker) | cpWER, reference speakers "
+        "| DER (words' turns) | DER (diarizer alone) | DER (one-speaker baseline) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
 
-    def der_of(scores: dict[str, dict] | None, prefix: str) -> float | None:
-        return ((scores or {}).get(prefix, {}).get("der") or {}).get("error_rate")
+    def rate_of(part: str, prefix: str, metric: str) -> float | None:
+        return ((result.get(part) or {}).get(prefix, {}).get(metric) or {}).get("error_rate")
 
-    for prefix, g in groups.items():
+    for prefix, g in result["served"].items():
         lines.append(
             f"| {prefix.removeprefix('spk')} | {g['sessions']} | {g['cpwer']['length']} | "
-            f"{_percent(g['cpwer']['error_rate'])} | {_percent(der_of(groups, prefix))} | "
-            f"{_percent(der_of(diarizer, prefix))} | {_percent(der_of(baseline, prefix))} |"
+            f"{_percent(g['cpwer']['error_rate'])} | {_percent(rate_of('reference_speakers', prefix, 'cpwer'))} | "
+            f"{_percent(rate_of('served', prefix, 'der'))} | {_percent(rate_of('diarizer', prefix, 'der'))} | "
+            f"{_percent(rate_of('one_speaker_baseline', prefix, 'der'))} |"
         )
+    checks = result.get("checks")
     if checks:
         lines.append("")
         lines.append(f"- words written for {SILENCE_S:.0f} s of silence: {checks['silence_words']}")
@@ -195,9 +262,9 @@ def _words_in(seglst: Path) -> int:
 
 
 def evaluate(repo: Path, evalset_dir: Path, out_dir: Path, jobs: int = 2) -> dict[str, dict]:
-    """Transcribe and score; diarize and score; the one-speaker baseline; the long conversation's first and
-    last minute and the words written for silence; writes `out_dir/hyp/`, `diarizer/`, `one_speaker/`,
-    `quality.json`, `quality.md`."""
+    """Transcribe and score; diarize and score; the one-speaker baseline; the ASR given the reference speaker
+    turns; the long conversation's first and last minute and the words written for silence; writes
+    `out_dir/hyp/`, `diarizer/`, `one_speaker/`, `reference_speakers/`, `quality.json`, `quality.md`."""
     from mtasr.client.formats import SEGLST_SUFFIX
     from mtasr.training.evalset import LONG_SESSION
 
@@ -218,7 +285,15 @@ def evaluate(repo: Path, evalset_dir: Path, out_dir: Path, jobs: int = 2) -> dic
     diarizer = score_by_speaker_count(diarizer_dir, evalset_dir)
     one_speaker_baseline(evalset_dir, out_dir / "one_speaker")
     baseline = score_by_speaker_count(out_dir / "one_speaker", evalset_dir)
-    result = {"served": groups, "diarizer": diarizer, "one_speaker_baseline": baseline, "checks": checks}
+    transcribe_with_reference_speakers(repo, evalset_dir, out_dir / "reference_speakers")
+    reference = score_by_speaker_count(out_dir / "reference_speakers", evalset_dir)
+    result = {
+        "served": groups,
+        "reference_speakers": reference,
+        "diarizer": diarizer,
+        "one_speaker_baseline": baseline,
+        "checks": checks,
+    }
     (out_dir / "quality.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out_dir / "quality.md").write_text(quality_table(groups, diarizer, checks, baseline))
+    (out_dir / "quality.md").write_text(quality_table(result))
     return result
