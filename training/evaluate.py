@@ -212,9 +212,13 @@ def quality_table(result: dict[str, dict]) -> str:
     if checks:
         lines.append("")
         lines.append(f"- words written for {SILENCE_S:.0f} s of silence: {checks['silence_words']}")
-        if windows := checks.get("long_conversation_cpwer"):
-            parts = ", ".join(f"{name.replace('_', ' ')} {_percent(rate)}" for name, rate in windows.items())
-            lines.append(f"- long conversation cpWER: {parts}")
+        for key, what in (
+            ("long_conversation_cpwer", ""),
+            ("long_conversation_cpwer_reference_speakers", ", reference speakers"),
+        ):
+            if windows := checks.get(key):
+                parts = ", ".join(f"{name.replace('_', ' ')} {_percent(rate)}" for name, rate in windows.items())
+                lines.append(f"- long conversation cpWER{what}: {parts}")
     return "\n".join(lines) + "\n"
 
 
@@ -277,16 +281,20 @@ def evaluate(repo: Path, evalset_dir: Path, out_dir: Path, jobs: int = 2) -> dic
     for suffix in (SEGLST_SUFFIX, ".rttm", ".stm", ".txt"):  # not a session of the evaluation set
         (hyp_dir / f"{silence.stem}{suffix}").unlink(missing_ok=True)
     groups = score_by_speaker_count(hyp_dir, evalset_dir)
+    reference_dir = out_dir / "reference_speakers"
+    transcribe_with_reference_speakers(repo, evalset_dir, reference_dir)
+    reference = score_by_speaker_count(reference_dir, evalset_dir)
     checks = {"silence_words": silence_words}
     if (Path(evalset_dir) / REFERENCE_DIR / f"{LONG_SESSION}{SEGLST_SUFFIX}").is_file():
         checks["long_conversation_cpwer"] = window_cpwer(hyp_dir, evalset_dir, LONG_SESSION, LONG_WINDOWS)
+        checks["long_conversation_cpwer_reference_speakers"] = window_cpwer(
+            reference_dir, evalset_dir, LONG_SESSION, LONG_WINDOWS
+        )
     diarizer_dir = out_dir / "diarizer"
     diarize_evalset(repo, evalset_dir, diarizer_dir)
     diarizer = score_by_speaker_count(diarizer_dir, evalset_dir)
     one_speaker_baseline(evalset_dir, out_dir / "one_speaker")
     baseline = score_by_speaker_count(out_dir / "one_speaker", evalset_dir)
-    transcribe_with_reference_speakers(repo, evalset_dir, out_dir / "reference_speakers")
-    reference = score_by_speaker_count(out_dir / "reference_speakers", evalset_dir)
     result = {
         "served": groups,
         "reference_speakers": reference,
