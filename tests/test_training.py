@@ -333,6 +333,43 @@ def test_a_conversation_stage_validates_on_held_out_conversations_too(corpus, tm
 
 
 @needs_voices
+def test_an_asr_conversation_stage_learns_each_speakers_words_of_a_stretch_in_order(corpus, tmp_path):
+    """Half its draws are stretches of conversations: the lsmix entries keep their proportions in the other half,
+    and a stretch's target text for a speaker is that speaker's sentences inside it, in the order spoken."""
+    import random
+
+    from nemo.collections.asr.parts.utils.asr_multispeaker_utils import (
+        MultiSpeakerMixtureGenerator,
+        speaker_to_target,
+    )
+
+    from mtasr.training.asr import AsrRecipe, _data_config
+    from mtasr.training.corpus import TRAIN_MANIFEST
+
+    recipe = AsrRecipe(speaker_weights={1: 0.25, 2: 0.75}, conversations=6, conversation_weight=0.5)
+    manifest = corpus / TRAIN_MANIFEST
+    train, _ = _data_config(recipe, manifest, tmp_path / "validation_cuts.jsonl.gz", manifest)
+    weights = [(e["simulator_type"], e["weight"]) for e in train["input_cfg"]]
+    assert weights == [("lsmix", 0.125), ("lsmix", 0.375), ("mixture_loader", 0.5)]
+
+    random.seed(0)
+    loader = MultiSpeakerMixtureGenerator(train["input_cfg"][-1]["manifest_filepath"], 16000, "mixture_loader")
+    for _ in range(8):
+        cut = next(loader)
+        _, texts = speaker_to_target(cut, num_speakers=4, return_text=True)
+        inside = sorted(  # lhotse's SupervisionSet.find allows 1 ms either side
+            (s for s in cut.supervisions if cut.start - 1e-3 <= s.start and s.end <= cut.end + 1e-3),
+            key=lambda s: s.start,
+        )
+        speakers = list(dict.fromkeys(s.speaker for s in inside))
+        assert texts == [" ".join(s.text for s in inside if s.speaker == who) for who in speakers], (
+            cut.start,
+            cut.end,
+            [(s.speaker, s.start, s.end) for s in cut.supervisions],
+        )
+
+
+@needs_voices
 def test_long_conversation_stretches_outlast_the_served_speaker_cache(corpus, tmp_path):
     """The diarizer's long-conversation stage: its conversations run a minute and its stretches outlast the
     speaker cache and FIFO the default diarizer is served with, so training sees the cache compressed, and a

@@ -200,7 +200,7 @@ def add_train_parser(sub) -> None:
         default="mixtures",
         help="which stage of the default curriculum: single speakers (from scratch), mixtures at every latency "
         "(from scratch: at the serving latency only), mixtures again from a fresh warm-up, twice, then "
-        "mixtures with more overlap (each needs --init-from); default %(default)s",
+        "conversations mixed in (each needs --init-from); default %(default)s",
     )
     _add_train_options(asr, ASR_TRAIN, of="for the single-speaker stage")
     asr.set_defaults(func=_asr)

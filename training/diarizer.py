@@ -33,7 +33,12 @@ from mtasr.training.lightning import (
     save_trained,
 )
 from mtasr.training.normalization import feature_normalization, fold_into_first_conv, set_normalization
-from mtasr.training.simulation import DEFAULT_SPEAKER_WEIGHTS, data_configs
+from mtasr.training.simulation import (
+    CONVERSATION_SPEAKERS,
+    DEFAULT_SPEAKER_WEIGHTS,
+    data_configs,
+    mix_in_conversations,
+)
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -86,7 +91,6 @@ DIARIZER_VOICES_AGAIN = TrainSettings(
 # A conversation stage validates on these too: stretches of conversations of the held-out sentences.
 VALIDATION_CONVERSATIONS = 24
 VALIDATION_SEED = 4321
-CONVERSATION_SPEAKERS = {1: 0.2, 2: 0.4, 3: 0.3, 4: 0.1}  # share of conversations with n speakers
 
 
 @dataclass(frozen=True)
@@ -142,19 +146,16 @@ def _data_config(recipe: DiarizerRecipe, manifest: Path, val_cuts: Path, model_c
         common, manifest, val_cuts, recipe.speaker_weights, recipe.train.seed, recipe.memorise
     )
     if recipe.conversations:
-        from mtasr.training.evalset import write_conversations
-        from mtasr.training.simulation import conversation_input_cfg
-
-        folder = val_cuts.parent / "conversations"
-        sessions = folder / "sessions.json"
-        if not sessions.is_file():
-            write_conversations(
-                manifest, folder, recipe.conversations, CONVERSATION_SPEAKERS, recipe.train.seed, recipe.conversation_s
-            )
-        lsmix_share = 1.0 - recipe.conversation_weight
-        for entry in train["input_cfg"]:
-            entry["weight"] *= lsmix_share
-        train["input_cfg"].append(conversation_input_cfg(sessions, recipe.conversation_weight, recipe.stretch_s))
+        mix_in_conversations(
+            train,
+            manifest,
+            val_cuts.parent / "conversations",
+            recipe.conversations,
+            recipe.conversation_weight,
+            recipe.train.seed,
+            recipe.conversation_s,
+            recipe.stretch_s,
+        )
         if not recipe.memorise:
             validation["cuts_path"] = str(_validation_with_conversations(recipe, manifest, val_cuts))
     return train, validation

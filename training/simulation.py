@@ -44,6 +44,36 @@ def conversation_input_cfg(sessions_manifest: Path, weight: float, min_duration_
     }
 
 
+# Share of training conversations with n speakers (`mix_in_conversations`).
+CONVERSATION_SPEAKERS = {1: 0.2, 2: 0.4, 3: 0.3, 4: 0.1}
+
+
+def mix_in_conversations(
+    train: dict,
+    corpus_manifest: Path,
+    folder: Path,
+    count: int,
+    weight: float,
+    seed: int,
+    conversation_s: float | None = None,
+    stretch_s: float = 6.0,
+) -> Path:
+    """Give `weight` of `train`'s draws to stretches of `count` conversations of `corpus_manifest` (written into
+    `folder` once: `evalset.write_conversations`, speakers by `CONVERSATION_SPEAKERS`), the lsmix entries the rest.
+
+    In lsmix mixtures each speaker says one utterance; in conversations speakers pause and come back, as in
+    the evaluation set and in meetings. Returns the conversations' `sessions.json`."""
+    from mtasr.training.evalset import write_conversations
+
+    sessions = Path(folder) / "sessions.json"
+    if not sessions.is_file():
+        write_conversations(corpus_manifest, Path(folder), count, CONVERSATION_SPEAKERS, seed, conversation_s)
+    for entry in train["input_cfg"]:
+        entry["weight"] *= 1.0 - weight
+    train["input_cfg"].append(conversation_input_cfg(sessions, weight, stretch_s))
+    return sessions
+
+
 def data_configs(
     common: dict,
     manifest: Path,
