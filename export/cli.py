@@ -196,7 +196,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         action="store_true",
         help="give the speaker kernels the diarizer's probabilities thresholded at 0.5, as the ASR saw its reference "
         "masks in training (NeMo's binary_diar_preds=True); default: the probabilities themselves (the script's "
-        "default). The default pair is exported with it (docs/training.md)",
+        "default)",
     )
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     export.set_defaults(func=run)

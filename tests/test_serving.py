@@ -202,7 +202,7 @@ def test_masked_speaker_conditioning_gives_the_tokens_of_nemos_script_default(
 def test_binary_speaker_masks_give_the_tokens_of_nemos_binary_diar_preds(
     tiny_checkpoints, nemo_models, conversations, served
 ):
-    """`--binary-speaker-masks` (the default pair's setting) thresholds each speaker kernel's target mask at 0.5,
+    """`--binary-speaker-masks` thresholds each speaker kernel's target mask at 0.5,
     as NeMo's script does with binary_diar_preds=True: the same tokens per slot, and not the soft masks' tokens."""
     _, repo = served
     pipeline = LocalPipeline(repo, ServingSettings(graph_backend="onnxruntime", binary_speaker_masks=True))

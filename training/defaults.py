@@ -33,16 +33,11 @@ DEFAULT_MAX_STREAMS = 4
 
 def default_export_settings():
     """How the committed repository is exported (`mtasr.export.pipeline.ExportSettings`): the diarizer with the
-    cache sizes it was trained and validated with; speaker masks thresholded as the ASR saw them in training
-    (fewer errors on the evaluation set's 2 and 3 speakers than the probabilities themselves: docs/training.md)."""
-    from mtasr.deployment import ServingSettings
+    cache sizes it was trained and validated with. Speaker masks are the diarizer's probabilities (NeMo's
+    default): thresholded (`--binary-speaker-masks`) they did no better on the evaluation set (docs/training.md)."""
     from mtasr.export.pipeline import ExportSettings
 
-    return ExportSettings(
-        max_streams_per_batch=DEFAULT_MAX_STREAMS,
-        diarizer_cache=None,
-        serving=ServingSettings(binary_speaker_masks=True),
-    )
+    return ExportSettings(max_streams_per_batch=DEFAULT_MAX_STREAMS, diarizer_cache=None)
 
 
 @dataclass(frozen=True)
