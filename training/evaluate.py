@@ -105,7 +105,8 @@ def reference_activity(rttm: Path, frame_s: float, frames: int, slots: int) -> n
 
 class ReferenceSpeakers:
     """Stands in for a `LocalPipeline`'s diarization stage: the stage runs as served (its frames per chunk), and
-    its probabilities are replaced by the reference activity of the same frames."""
+    its probabilities are replaced by the reference activity of the same frames. One stream, from its start: it
+    counts the frames it has given out."""
 
     def __init__(self, stage, activity: np.ndarray) -> None:
         self.stage, self.activity, self.next_frame = stage, activity, 0
