@@ -57,12 +57,12 @@ def mix_in_conversations(
     seed: int,
     conversation_s: float | None = None,
     stretch_s: float = 6.0,
-) -> Path:
+) -> None:
     """Give `weight` of `train`'s draws to stretches of `count` conversations of `corpus_manifest` (written into
     `folder` once: `evalset.write_conversations`, speakers by `CONVERSATION_SPEAKERS`), the lsmix entries the rest.
 
     In lsmix mixtures each speaker says one utterance; in conversations speakers pause and come back, as in
-    the evaluation set and in meetings. Returns the conversations' `sessions.json`."""
+    the evaluation set and in meetings."""
     from mtasr.training.evalset import write_conversations
 
     sessions = Path(folder) / "sessions.json"
@@ -71,7 +71,6 @@ def mix_in_conversations(
     for entry in train["input_cfg"]:
         entry["weight"] *= 1.0 - weight
     train["input_cfg"].append(conversation_input_cfg(sessions, weight, stretch_s))
-    return sessions
 
 
 def data_configs(
