@@ -287,6 +287,72 @@ def test_the_asr_given_the_reference_speakers_sees_exactly_their_turns(corpus, t
         assert {s["speaker"] for s in hyp} <= {speaker_name(k) for k in range(len(speakers))}, ref.name
 
 
+def test_diarizer_masks_are_what_serving_builds_where_the_diarizer_found_the_speaker():
+    """A row takes the matched slot's probability as its target mask and the other slots above the threshold as
+    its background; a speaker the diarizer missed, merged with another, or lost to a slot that follows another
+    speaker, keeps the oracle masks."""
+    import torch
+
+    from mtasr.training.diarizer_masks import masks_from_probabilities
+
+    frames = 20
+    speaker = torch.zeros(4, frames)
+    speaker[:, 2:12] = 1  # every row's target speaker talks in frames 2..11
+    background = torch.zeros(4, frames, dtype=torch.bool)
+    background[:3, 12:18] = True  # another speaker in frames 12..17
+    background[3, 4:12] = True  # row 3: another speaker inside the target's turn
+    probs = torch.zeros(4, frames + 1, 4)  # the diarizer may give a frame more
+    # row 0: found in slot 2 (soft, a frame late), the other speaker in slot 0, a spurious burst of slot 3
+    probs[0, 3:12, 2] = 0.8
+    probs[0, 12:18, 0] = 0.9
+    probs[0, 5:7, 3] = 0.7
+    # row 1: missed (only a weak slot)
+    probs[1, 2:12, 1] = 0.3
+    # row 2: slot 1 covers both speakers
+    probs[2, 2:18, 1] = 0.9
+    # row 3: the target's slot drops when the other speaker starts; the other's slot is the best match left
+    probs[3, 2:5, 0] = 0.9
+    probs[3, 4:12, 1] = 0.9
+    target, new_background, replaced = masks_from_probabilities(probs, speaker, background, min_iou=0.5)
+
+    assert replaced.tolist() == [True, False, False, False]
+    assert torch.equal(target[0], probs[0, :frames, 2])
+    expected = torch.zeros(frames, dtype=torch.bool)
+    expected[12:18] = expected[5:7] = True
+    assert torch.equal(new_background[0], expected)
+    assert torch.equal(target[1:], speaker[1:]) and torch.equal(new_background[1:], background[1:])
+
+
+def test_the_served_diarizer_gives_the_asr_masks_of_a_training_mixture(corpus):
+    """The default diarizer, run as the ASR's diarizer_masks stage runs it, finds the speakers of simulated
+    training mixtures: most rows take its masks, and those agree with the oracle turns on most frames."""
+    import torch
+
+    from mtasr.training.corpus import TRAIN_MANIFEST
+    from mtasr.training.diarizer import mixture_batch
+    from mtasr.training.diarizer_masks import DiarizerMasks, DiarizerMaskSettings
+    from mtasr.training.simulation import draw_mixtures
+
+    masks = DiarizerMasks(DiarizerMaskSettings(Path("default_checkpoints/diarizer.nemo"), fraction=1.0))
+    mixtures = draw_mixtures(corpus / TRAIN_MANIFEST, {1: 2, 2: 3, 3: 3}, seed=7)
+    audio, lens, targets, frames = mixture_batch(mixtures, 4, 0.01, 8)
+    speaker, background = targets[:, :, 0], targets[:, :, 1:].amax(-1) > 0
+    new_speaker, new_background = masks(audio, lens, speaker, background)
+
+    assert masks.offered == len(mixtures) and masks.used_share() >= 0.6
+    changed = [i for i in range(len(mixtures)) if not torch.equal(new_speaker[i], speaker[i])]
+    assert len(changed) == masks.replaced
+
+    def agreement(i: int, slot: int) -> float:
+        n = int(frames[i])
+        return float(((new_speaker[i, :n] > 0.5) == (targets[i, :n, slot] > 0.5)).float().mean())
+
+    assert np.mean([agreement(i, 0) for i in changed]) >= 0.85
+    for i in changed:  # each row's mask follows its own speaker, not another of the mixture
+        others = [k for k in range(1, 4) if targets[i, :, k].any()]
+        assert all(agreement(i, 0) > agreement(i, k) for k in others), (i, [agreement(i, k) for k in range(4)])
+
+
 @needs_voices
 def test_conversations_of_a_set_with_few_utterances_per_voice_reuse_them(corpus, tmp_path):
     """The fixture's dev side has 2 utterances per voice: a conversation speaks each once, then again."""
@@ -557,6 +623,16 @@ def test_a_stage_that_fine_tunes_needs_the_model_it_starts_from(model, stage, tm
     assert result.returncode == 2 and "--init-from" in result.stderr
 
 
+def test_the_asr_stage_on_the_diarizers_masks_needs_the_diarizer(tmp_path):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "mtasr.cli", "train", "asr", "--stage", "diarizer_masks", "--out", str(tmp_path)]
+    cmd += ["--init-from", "default_checkpoints/asr.nemo"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--diarizer" in result.stderr
+
+
 @pytest.mark.parametrize("model", ["asr", "diarizer"])
 def test_a_curriculum_fine_tunes_each_stage_from_the_one_before(model, tmp_path, monkeypatch):
     """Stage k trains in `<work dir>/<its name>` from stage k-1's model; the last stage's model is the result."""
@@ -568,17 +644,36 @@ def test_a_curriculum_fine_tunes_each_stage_from_the_one_before(model, tmp_path,
     }[model]
     calls = []
 
-    def train(corpus, out_dir, recipe, init_from=None):
+    def train(corpus, out_dir, recipe, init_from=None, diarizer=None):
         calls.append((out_dir.name, recipe, init_from))
         return out_dir / module.CHECKPOINT_NAME
 
     monkeypatch.setattr(module, train_name, train)
-    last = curriculum(tmp_path / "corpus", tmp_path)
+    # the ASR's last stage trains on the diarizer's masks
+    last = curriculum(tmp_path / "corpus", tmp_path, **({"diarizer": tmp_path / "d.nemo"} if model == "asr" else {}))
     names = list(stages)
     assert len(names) >= 2
     assert [(name, recipe) for name, recipe, _ in calls] == list(stages.items())
     assert [init for _, _, init in calls] == [None] + [tmp_path / n / module.CHECKPOINT_NAME for n in names[:-1]]
     assert last == tmp_path / names[-1] / module.CHECKPOINT_NAME
+
+
+def test_without_the_diarizer_the_asr_curriculum_stops_before_the_stage_on_its_masks(tmp_path, monkeypatch):
+    """`mtasr train defaults` trains the two models side by side: the ASR goes as far as it can without the
+    diarizer, and the stage on the diarizer's masks runs once the diarizer is done."""
+    from mtasr.training import asr
+
+    calls = []
+
+    def train(corpus, out_dir, recipe, init_from=None, diarizer=None):
+        calls.append((out_dir.name, diarizer))
+        return out_dir / asr.CHECKPOINT_NAME
+
+    monkeypatch.setattr(asr, "train_asr", train)
+    first = [name for name, recipe in asr.ASR_STAGES.items() if recipe.diarizer_masks][0]
+    before = list(asr.ASR_STAGES)[: list(asr.ASR_STAGES).index(first)]
+    assert asr.train_asr_curriculum(tmp_path, tmp_path) == tmp_path / before[-1] / asr.CHECKPOINT_NAME
+    assert calls == [(name, None) for name in before]
 
 
 def test_a_finished_stage_is_returned_not_trained_again(tmp_path):

@@ -19,6 +19,7 @@ from nemo.collections.asr.models.multitalker_asr_models import EncDecMultiTalker
 from omegaconf import open_dict
 
 from mtasr.training.aux_ctc import AUX_CTC_WEIGHT_KEY
+from mtasr.training.diarizer_masks import DIARIZER_MASKS_KEY, DiarizerMasks, DiarizerMaskSettings
 from mtasr.training.heads import load_beside_fresh_head, without_head
 
 HEAD = "aux_ctc_head."
@@ -31,9 +32,14 @@ class MultiTalkerRNNTWithAuxCTC(EncDecMultiTalkerRNNTBPEModel):
         self.aux_ctc_weight = float(cfg[AUX_CTC_WEIGHT_KEY])
         # blank is the last class, as in the RNNT joint
         self.aux_ctc_head = torch.nn.Linear(int(cfg.encoder.d_model), self.decoder.blank_idx + 1)
+        # Set by the recipe (training.asr.AsrRecipe.diarizer_masks): part of each batch gets the diarizer's masks.
+        masks = cfg.get(DIARIZER_MASKS_KEY)
+        self.diarizer_masks = DiarizerMasks(DiarizerMaskSettings.from_config(masks)) if masks else None
 
     def training_step(self, batch, batch_nb):
         signal, signal_len, transcript, transcript_len, spk_targets, bg_spk_targets = batch
+        if self.diarizer_masks is not None:
+            spk_targets, bg_spk_targets = self.diarizer_masks(signal, signal_len, spk_targets, bg_spk_targets)
         self.set_speaker_targets(spk_targets, bg_spk_targets)
         encoded, encoded_len = self.forward(input_signal=signal, input_signal_length=signal_len)
         decoder, target_length, _ = self.decoder(targets=transcript, target_length=transcript_len)
@@ -53,12 +59,15 @@ class MultiTalkerRNNTWithAuxCTC(EncDecMultiTalkerRNNTBPEModel):
             / transcript.shape[0]
         )  # per utterance, as NeMo's hybrid CTC and the RNNT loss: per token it would be ~9x weaker
         loss = rnnt + self.aux_ctc_weight * ctc
-        self.log_dict({"train_loss": loss, "train_rnnt_loss": rnnt, "train_ctc_loss": ctc}, on_step=True)
+        logged = {"train_loss": loss, "train_rnnt_loss": rnnt, "train_ctc_loss": ctc}
+        if self.diarizer_masks is not None:
+            logged["diarizer_masks_used"] = self.diarizer_masks.used_share()
+        self.log_dict(logged, on_step=True)
         return {"loss": loss}
 
     def to_plain_model(self) -> EncDecMultiTalkerRNNTBPEModel:
         """NeMo's model class with these weights, without the CTC head."""
-        return without_head(self, EncDecMultiTalkerRNNTBPEModel, HEAD, (AUX_CTC_WEIGHT_KEY,))
+        return without_head(self, EncDecMultiTalkerRNNTBPEModel, HEAD, (AUX_CTC_WEIGHT_KEY, DIARIZER_MASKS_KEY))
 
 
 def unpack_tokenizer(nemo_path: Path, out_dir: Path) -> Path:

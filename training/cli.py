@@ -105,7 +105,10 @@ def _asr(args: argparse.Namespace) -> int:
     if args.init_from is None and args.stage == "mixtures":
         recipe = AsrRecipe(train=recipe.train)  # from scratch: the serving latency only
     recipe = dataclasses.replace(recipe, train=_train_settings(args, recipe.train))
-    train_asr(args.corpus, args.out, recipe, args.init_from)
+    if recipe.diarizer_masks and args.diarizer is None:
+        print(f"error: --stage {args.stage} trains on the diarizer's speaker masks: give --diarizer", file=sys.stderr)
+        return 2
+    train_asr(args.corpus, args.out, recipe, args.init_from, diarizer=args.diarizer)
     return 0
 
 
@@ -200,7 +203,13 @@ def add_train_parser(sub) -> None:
         default="mixtures",
         help="which stage of the default curriculum: single speakers (from scratch), mixtures at every latency "
         "(from scratch: at the serving latency only), mixtures again from a fresh warm-up, twice, then "
-        "conversations mixed in (each needs --init-from); default %(default)s",
+        "conversations mixed in, then half of each batch masked by the diarizer (each needs --init-from); "
+        "default %(default)s",
+    )
+    asr.add_argument(
+        "--diarizer",
+        type=Path,
+        help="the diarizer .nemo the pair is served with: its speaker masks train the diarizer_masks stage",
     )
     _add_train_options(asr, ASR_TRAIN, of="for the single-speaker stage")
     asr.set_defaults(func=_asr)

@@ -119,8 +119,11 @@ def _settings(train, steps: int | None, threads: int):
     )
 
 
-def _train_curriculum(which: str, corpus: Path, out_dir: Path, steps: int | None, threads: int) -> Path:
-    """One model's default curriculum, each stage's steps and threads set (in a worker process)."""
+def _train_curriculum(
+    which: str, corpus: Path, out_dir: Path, steps: int | None, threads: int, diarizer: Path | None = None
+) -> Path:
+    """One model's default curriculum, each stage's steps and threads set (in a worker process). The ASR's
+    stops before its stage that trains on the diarizer's masks unless `diarizer` is given."""
     import dataclasses
 
     from mtasr.cli import configure_logging
@@ -134,12 +137,15 @@ def _train_curriculum(which: str, corpus: Path, out_dir: Path, steps: int | None
         from mtasr.training.diarizer import DIARIZER_CURRICULUM as stages
         from mtasr.training.diarizer import train_diarizer_curriculum as train
     tuned = tuple(dataclasses.replace(r, train=_settings(r.train, steps, threads)) for r in stages)
+    if which == "asr":
+        return train(corpus, out_dir, tuned, diarizer=diarizer)
     return train(corpus, out_dir, tuned)
 
 
 def train_pair(corpus: Path, work_dir: Path, settings: DefaultsSettings) -> tuple[Path, Path]:
     """Both recipes at once in two processes, the cores split between them: small models gain little
-    from a second thread, so two single-threaded jobs beat two jobs one after the other."""
+    from a second thread, so two single-threaded jobs beat two jobs one after the other. The ASR's last
+    stage trains on the finished diarizer's masks, so it runs after both, on every core."""
     import multiprocessing
     import os
     from concurrent.futures import ProcessPoolExecutor
@@ -150,4 +156,9 @@ def train_pair(corpus: Path, work_dir: Path, settings: DefaultsSettings) -> tupl
         diarizer = pool.submit(
             _train_curriculum, "diarizer", corpus, work_dir / "diarizer", settings.diarizer_steps, threads
         )
-        return asr.result(), diarizer.result()
+        asr.result()  # the stages before the one that needs the diarizer
+        diarizer = diarizer.result()
+        last = pool.submit(
+            _train_curriculum, "asr", corpus, work_dir / "asr", settings.asr_steps, 2 * threads, diarizer
+        )
+        return last.result(), diarizer
