@@ -623,6 +623,23 @@ def test_a_stage_that_fine_tunes_needs_the_model_it_starts_from(model, stage, tm
     assert result.returncode == 2 and "--init-from" in result.stderr
 
 
+@pytest.mark.parametrize("model", ["asr", "diarizer"])
+def test_a_stage_trained_from_the_command_line_keeps_its_own_seed_unless_told(model):
+    """`mtasr train asr|diarizer --stage S` draws what `mtasr train defaults` draws for that stage."""
+    from mtasr.cli import build_parser
+    from mtasr.training.asr import ASR_STAGES
+    from mtasr.training.cli import _train_settings
+    from mtasr.training.diarizer import DIARIZER_STAGES
+
+    stages = {"asr": ASR_STAGES, "diarizer": DIARIZER_STAGES}[model]
+    parser = build_parser(["train"])
+    for name, recipe in stages.items():
+        args = parser.parse_args(["train", model, "--stage", name, "--out", "run"])
+        assert _train_settings(args, recipe.train) == replace(recipe.train, accelerator="auto", threads=0), name
+        args = parser.parse_args(["train", model, "--stage", name, "--out", "run", "--seed", "7"])
+        assert _train_settings(args, recipe.train).seed == 7
+
+
 def test_the_asr_stage_on_the_diarizers_masks_needs_the_diarizer(tmp_path):
     import subprocess
     import sys

@@ -267,14 +267,14 @@ ASR_SECOND_RESTART = TrainSettings(
 # second-restart model still wrote 54 / 49 % cpWER on 2 / 3 speakers against 24 % WER alone: it drops the speech of
 # a speaker who starts or ends while another talks, and it had never seen a conversation (in lsmix each speaker
 # says one utterance). Half the draws stretches of conversations (speakers pause and return, as in the
-# evaluation set), the lsmix half with more overlap (2 and 3 speakers 80 %, not 60), on new draws.
+# evaluation set), the lsmix half with more overlap (2 and 3 speakers 80 %, not 60).
 ASR_CONVERSATIONS = TrainSettings(
-    max_steps=1400, batch_size=12, val_every_steps=350, lr=3e-4, warmup_steps=50, hold_fraction=0.75, seed=1
+    max_steps=1400, batch_size=12, val_every_steps=350, lr=3e-4, warmup_steps=50, hold_fraction=0.75
 )
 OVERLAP_SPEAKER_WEIGHTS = {1: 0.2, 2: 0.5, 3: 0.3}
 CONVERSATIONS = 600
 # Stage 6: served, the conversations model wrote 65 % cpWER on three speakers given its diarizer (DER 14 %) and
-# 37 % given the reference turns: it trusts its masks too much. The same data on new draws, half of each
+# 37 % given the reference turns: it trusts its masks too much. The same data on new draws (seed 2), half of each
 # batch's rows masked by the served diarizer (`training.diarizer_masks`).
 ASR_DIARIZER_MASKS = TrainSettings(
     max_steps=1200, batch_size=12, val_every_steps=300, lr=3e-4, warmup_steps=50, hold_fraction=0.75, seed=2

@@ -26,7 +26,7 @@ def _train_settings(args: argparse.Namespace, defaults):
         lr=given(args.lr, defaults.lr),
         warmup_steps=min(given(args.warmup, defaults.warmup_steps), max_steps),
         accelerator=args.accelerator,
-        seed=args.seed,
+        seed=given(args.seed, defaults.seed),
         threads=args.threads,
     )
 
@@ -49,7 +49,7 @@ def _add_train_options(p: argparse.ArgumentParser, defaults, of: str = "") -> No
         "--val-every", type=int, help=f"validate and checkpoint every N steps {default(defaults.val_every_steps)}"
     )
     p.add_argument("--accelerator", default="auto", choices=("auto", "cpu", "gpu"), help="default: a GPU when present")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="seed of the draws and the shuffling (default: the stage's own)")
     p.add_argument(
         "--threads",
         type=int,
@@ -105,6 +105,8 @@ def _asr(args: argparse.Namespace) -> int:
     if args.init_from is None and args.stage == "mixtures":
         recipe = AsrRecipe(train=recipe.train)  # from scratch: the serving latency only
     recipe = dataclasses.replace(recipe, train=_train_settings(args, recipe.train))
+    if args.diarizer_mask_share is not None:
+        recipe = dataclasses.replace(recipe, diarizer_masks=args.diarizer_mask_share)
     if recipe.diarizer_masks and args.diarizer is None:
         print(f"error: --stage {args.stage} trains on the diarizer's speaker masks: give --diarizer", file=sys.stderr)
         return 2
@@ -211,6 +213,14 @@ def add_train_parser(sub) -> None:
         type=Path,
         help="the diarizer .nemo the pair is served with: its speaker masks train the diarizer_masks stage",
     )
+    asr.add_argument(
+        "--diarizer-mask-share",
+        type=float,
+        help="share of each batch's rows given the diarizer's speaker masks instead of the oracle ones (0: none; "
+        "default: the stage's own, "
+        + ", ".join(f"{name} {recipe.diarizer_masks:g}" for name, recipe in ASR_STAGES.items())
+        + ")",
+    )
     _add_train_options(asr, ASR_TRAIN, of="for the single-speaker stage")
     asr.set_defaults(func=_asr)
 
@@ -221,7 +231,7 @@ def add_train_parser(sub) -> None:
         default="mixtures",
         help="which stage of the default curriculum: lsmix mixtures (from scratch), then short conversations "
         "mixed in, then minute-long ones, then mostly short ones again from a fresh warm-up, then those with the "
-        "voice head, and those again on new draws; the later five fine-tune the one before (--init-from)",
+        "voice head, and those again; the later five fine-tune the one before (--init-from)",
     )
     _add_train_options(diar, DIARIZER_TRAIN, of="for the mixture stage")
     diar.add_argument(
