@@ -22,9 +22,19 @@ class ExportVariant:
     suffix: str  # appended to the model set's name in the report ("" for the baseline)
     encoder_cache: str  # `mtasr export --encoder-cache`
     int8: bool  # `mtasr export --int8`
+    threads: int | None = None  # `mtasr export --threads` (each stage's ONNX Runtime threads); None: its default
+    queue_delay_us: int | None = None  # `mtasr export --max-queue-delay-us`; None: its default
+
+    def export_options(self) -> list[str]:
+        options = ["--encoder-cache", self.encoder_cache] + (["--int8"] if self.int8 else [])
+        if self.threads is not None:
+            options += ["--threads", str(self.threads)]
+        if self.queue_delay_us is not None:
+            options += ["--max-queue-delay-us", str(self.queue_delay_us)]
+        return options
 
     def describe(self) -> str:
-        return f"export --encoder-cache {self.encoder_cache}" + (" --int8" if self.int8 else "")
+        return "export " + " ".join(self.export_options())
 
 
 # The baseline is today's default export; every other variant is reported against it and against NeMo.
@@ -33,7 +43,13 @@ VARIANTS = {
     BASELINE_VARIANT: ExportVariant("", "kv", False),
     "input-cache": ExportVariant(" input-cache", "input", False),  # NeMo's channel-cache layout
     "int8": ExportVariant(" int8", "kv", True),
+    # Thread budgets and batching (serving settings only, the same graphs): the diarization and ASR stages run in
+    # two processes, each with as many ONNX Runtime threads as cores by default, and oversubscribe under load.
+    "threads-1": ExportVariant(" threads-1", "kv", False, threads=1),
+    "queue-5ms": ExportVariant(" queue-5ms", "kv", False, queue_delay_us=5000),
 }
+# The variants that export the graphs differently (the quick preset runs each once).
+EXPORT_PATH_VARIANTS = (BASELINE_VARIANT, "input-cache", "int8")
 
 
 def variant_of(model: str) -> tuple[str, str]:
@@ -114,7 +130,7 @@ PLANS = {
         stream_s=4.0,
         memory_streams=(1, 2),
         steady_stream_s=8.0,  # the tiny diarizer's cache is full after 3.84 s
-        variants=tuple(VARIANTS),  # every export path once, on tiny models
+        variants=EXPORT_PATH_VARIANTS,  # every export path once, on tiny models
         measurement_ms=1500,
         max_trials=4,
         stability_percentage=100.0,

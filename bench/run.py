@@ -100,7 +100,7 @@ def export_for(
         "right_context": right_context,
         "max_streams": max_streams,
         "int8": quantization_settings() if variant.int8 else False,  # a changed scheme re-exports
-        "encoder_cache": variant.encoder_cache,
+        "export_options": variant.export_options(),
         "all_slots_active": all_slots_active,
         "diarizer_cache": "checkpoint",
     }
@@ -110,7 +110,7 @@ def export_for(
         return repo
     cmd = [sys.executable, "-m", "mtasr.cli", "export", "--asr", str(asr), "--diarizer", str(diarizer)]
     cmd += ["--output", str(out_dir), "--right-context", str(right_context), "--max-streams", str(max_streams)]
-    cmd += ["--overwrite", "--encoder-cache", variant.encoder_cache, *(["--int8"] if variant.int8 else [])]
+    cmd += ["--overwrite", *variant.export_options()]
     cmd += ["--all-slots-active"] if all_slots_active else []
     # Each pair is served with its own diarizer cache (the tiny one's fills within the steady-state stream;
     # the full pair's is the script's 188/188 anyway), and NeMo's loop runs with the same (`diar_cache=None`).

@@ -25,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
             max_streams_per_batch=args.max_streams,
             graph_instances=args.instances,
             intra_op_threads=args.threads,
+            max_queue_delay_us=args.max_queue_delay_us,
             tensorrt=args.tensorrt,
             int8=args.int8,
             encoder_cache=args.encoder_cache,
@@ -124,6 +125,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     export.add_argument(
         "--threads", type=int, default=_DEFAULTS.intra_op_threads, help="ONNX Runtime intra-op threads, 0 = all cores"
+    )
+    export.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=_DEFAULTS.max_queue_delay_us,
+        help="how long Triton's batchers wait for more requests to batch, in microseconds "
+        f"(default: {_DEFAULTS.max_queue_delay_us})",
     )
     export.add_argument(
         "--stage-instances",

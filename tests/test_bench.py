@@ -14,7 +14,7 @@ import pytest
 from mtasr.bench import report as bench_report
 from mtasr.bench import run as bench
 from mtasr.bench.accuracy import Int8Cost, edit_distance
-from mtasr.bench.plan import VARIANTS, right_context_for
+from mtasr.bench.plan import EXPORT_PATH_VARIANTS, VARIANTS, right_context_for
 from mtasr.bench.results import BenchResult, LoadPoint, MemoryPoint
 from mtasr.bench.run import fit_memory
 from mtasr.bench.steady import CALLS, SteadyCost, calls_per_chunk, chunk_windows, split_ms
@@ -50,6 +50,20 @@ def test_every_variant_is_reported_against_the_baseline_and_against_nemo():
     assert "| full | int8 | 1.12 s | 2 | 2.50x | 0.40x | 0.40x |" in text
     # against NeMo's one loop over the same checkpoints: 6.0 chunks/s against NeMo's 0.8 at 2 streams
     assert "| full int8 | 1.12 s | 2 | 7.50x |" in text
+
+
+def test_every_variant_is_an_export_the_command_line_understands():
+    """A variant is `mtasr export` with its options; the serving-only ones change the stages' settings."""
+    from mtasr.cli import build_parser
+
+    parser = build_parser(["export"])
+    base = ["export", "--asr", "a.nemo", "--diarizer", "d.nemo", "--output", "out"]
+    for name, variant in VARIANTS.items():
+        args = parser.parse_args(base + variant.export_options())
+        assert (args.encoder_cache, args.int8) == (variant.encoder_cache, variant.int8), name
+    assert parser.parse_args(base + VARIANTS["threads-1"].export_options()).threads == 1
+    assert parser.parse_args(base + VARIANTS["queue-5ms"].export_options()).max_queue_delay_us == 5000
+    assert set(EXPORT_PATH_VARIANTS) < set(VARIANTS)
 
 
 def test_real_time_needs_rtf_below_one_and_p99_within_a_chunk():
@@ -190,7 +204,7 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     plan = bench.PLANS["quick"]
-    assert set(plan.variants) == set(VARIANTS)  # the suite's run covers every export variant
+    assert set(plan.variants) == set(EXPORT_PATH_VARIANTS)  # the suite's run covers every export path
     results = json.loads((out / bench_report.RESULTS).read_text())
     served = ["tiny" + VARIANTS[v].suffix for v in plan.variants]
     measured = {(p["model"], p["system"], p["concurrency"]) for p in results["points"]}
