@@ -529,7 +529,8 @@ def add_parser(sub) -> None:
         "--variants",
         type=lambda s: tuple(s.split(",")),
         help=f"exports of the same checkpoints served side by side, alternating at each concurrency: {described}; "
-        f"{BASELINE_VARIANT} is always benched (full: every one, the others at 1.12 s only; quick: every one)",
+        f"{BASELINE_VARIANT} is always benched (default: full {', '.join(PLANS['full'].variants)}, the others at "
+        f"1.12 s only; quick {', '.join(PLANS['quick'].variants)})",
     )
     parser.set_defaults(func=_main)
 
