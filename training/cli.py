@@ -58,6 +58,12 @@ def _add_train_options(p: argparse.ArgumentParser, defaults, of: str = "") -> No
     )
 
 
+def _add_per_stage_option(p: argparse.ArgumentParser, flag: str, what: str, stages: dict, field: str) -> None:
+    """A number each stage's recipe sets (`field`), overridden from the command line."""
+    own = ", ".join(f"{name} {getattr(recipe, field):g}" for name, recipe in stages.items())
+    p.add_argument(flag, type=float, help=f"{what} (0: none; default: the stage's own, {own})")
+
+
 def _corpus(args: argparse.Namespace) -> int:
     from mtasr.training.corpus import CorpusSettings, build_corpus
     from mtasr.training.voices import missing_engines
@@ -213,13 +219,12 @@ def add_train_parser(sub) -> None:
         type=Path,
         help="the diarizer .nemo the pair is served with: its speaker masks train the diarizer_masks stage",
     )
-    asr.add_argument(
+    _add_per_stage_option(
+        asr,
         "--diarizer-mask-share",
-        type=float,
-        help="share of each batch's rows given the diarizer's speaker masks instead of the oracle ones (0: none; "
-        "default: the stage's own, "
-        + ", ".join(f"{name} {recipe.diarizer_masks:g}" for name, recipe in ASR_STAGES.items())
-        + ")",
+        "share of each batch's rows given the diarizer's speaker masks instead of the oracle ones",
+        ASR_STAGES,
+        "diarizer_masks",
     )
     _add_train_options(asr, ASR_TRAIN, of="for the single-speaker stage")
     asr.set_defaults(func=_asr)
@@ -234,13 +239,12 @@ def add_train_parser(sub) -> None:
         "voice head, and those again; the later five fine-tune the one before (--init-from)",
     )
     _add_train_options(diar, DIARIZER_TRAIN, of="for the mixture stage")
-    diar.add_argument(
+    _add_per_stage_option(
+        diar,
         "--voice-head-weight",
-        type=float,
-        help="weight of the training-only voice head, which classifies the corpus voice of every frame with one "
-        "speaker (0: none; default: the stage's own, "
-        + ", ".join(f"{name} {recipe.voice_head_weight:g}" for name, recipe in DIARIZER_STAGES.items())
-        + ")",
+        "weight of the training-only voice head, which classifies the corpus voice of every frame with one speaker",
+        DIARIZER_STAGES,
+        "voice_head_weight",
     )
     diar.set_defaults(func=_diarizer)
 
