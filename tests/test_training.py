@@ -536,8 +536,11 @@ def test_short_training_run_trains_restores_exports_and_serves(corpus, tmp_path,
     SortformerEncLabelModel.restore_from(str(diar_path), map_location="cpu")
 
     # Stage 2 of both curricula: NeMo's fine-tuning path from a .nemo (the diarizer's with conversations).
+    # The ASR's on the diarizer's masks (every row offered to it; this little diarizer may find no one).
     short = replace(steps, max_steps=4, val_every_steps=4, warmup_steps=1)
-    tuned_asr = train_asr(corpus, tmp_path / "asr_tuned", replace(asr_recipe, train=short), init_from=asr_path)
+    on_diarizer_masks = replace(asr_recipe, train=short, diarizer_masks=1.0)
+    tuned_asr = train_asr(corpus, tmp_path / "asr_tuned", on_diarizer_masks, init_from=asr_path, diarizer=diar_path)
+    assert any(r.get("diarizer_masks_used") for r in training_log(tmp_path / "asr_tuned"))
     with_voice_head = replace(diar_recipe, train=short, conversations=4, voice_head_weight=0.5)
     tuned_diar = train_diarizer(corpus, tmp_path / "diar_tuned", with_voice_head, init_from=diar_path)
     assert any(r.get("voice_loss") for r in training_log(tmp_path / "diar_tuned")), "the voice head was not trained"
@@ -545,6 +548,7 @@ def test_short_training_run_trains_restores_exports_and_serves(corpus, tmp_path,
     after = EncDecMultiTalkerRNNTBPEModel.restore_from(str(tuned_asr), map_location="cpu").state_dict()
     assert before.keys() == after.keys()
     assert any(not torch.equal(before[k], after[k]) for k in before), "fine-tuning changed nothing"
+    assert "diarizer_masks" not in EncDecMultiTalkerRNNTBPEModel.restore_from(str(tuned_asr)).cfg  # training only
     assert (tmp_path / "diar_tuned" / "conversations" / "sessions.json").is_file()
     SortformerEncLabelModel.restore_from(str(tuned_diar), map_location="cpu")
 
