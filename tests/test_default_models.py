@@ -7,12 +7,12 @@ import json
 from mtasr.training.defaults import DEFAULT_REPOSITORY, DEMO_CONVERSATION
 
 # The committed pair on the demo conversation (3 speakers, the first returning at the end, overlapping
-# turns): the diarizer alone 7.5 % DER (0.14 s missed, 0.27 s false alarm, no confusion, of 5.4 s of speech),
-# the served transcript 46.7 % cpWER (14 of 30 words); floors with a margin. One session guards against
+# turns): the diarizer alone 1.5 % DER, the served transcript 36.7 % cpWER (11 of 30 words); floors with a
+# margin. One session guards against
 # regressions; the quality table comes from `mtasr evaluate` on the whole evaluation set (docs/training.md).
 # The ASR does not reach the project's targets yet (cpWER <= 15 % on the demo), so nothing here claims more.
-MAX_DEMO_DIARIZER_DER = 0.20
-MAX_DEMO_CPWER = 0.60
+MAX_DEMO_DIARIZER_DER = 0.10
+MAX_DEMO_CPWER = 0.50
 
 
 def test_default_repository_is_a_complete_modest_export():

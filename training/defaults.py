@@ -69,7 +69,8 @@ def install_repository(exported: Path, target: Path = DEFAULT_REPOSITORY, checkp
     shutil.copytree(exported, target, ignore=shutil.ignore_patterns("__pycache__"))
     for name, source in (checkpoints or {}).items():
         DEFAULT_CHECKPOINTS[name].parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, DEFAULT_CHECKPOINTS[name])
+        if Path(source).resolve() != DEFAULT_CHECKPOINTS[name].resolve():  # a model kept from the pair before
+            shutil.copy2(source, DEFAULT_CHECKPOINTS[name])
 
 
 def reproduce_defaults(work_dir: Path, settings: DefaultsSettings = DefaultsSettings(), install: bool = False) -> dict:
