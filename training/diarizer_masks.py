@@ -18,8 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where used: the recipe's settings are read by the command line
+    import torch
 
 # The config key (a dict: `diarizer` path, `fraction`, `min_iou`) that turns this on in
 # `training.asr_model.MultiTalkerRNNTWithAuxCTC`; training only, dropped from the saved `.nemo`.
@@ -45,6 +47,8 @@ class DiarizerMaskSettings:
 
 def _fit(x: torch.Tensor, frames: int) -> torch.Tensor:
     """[B, T, S] cut or zero-padded to `frames` along T."""
+    import torch
+
     if x.shape[1] >= frames:
         return x[:, :frames]
     return torch.nn.functional.pad(x, (0, 0, 0, frames - x.shape[1]))
@@ -52,6 +56,8 @@ def _fit(x: torch.Tensor, frames: int) -> torch.Tensor:
 
 def soft_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Soft intersection over union of [..., T] activities in [0, 1] along the last axis (0 where both are empty)."""
+    import torch
+
     inter = (a * b).sum(-1)
     union = a.sum(-1) + b.sum(-1) - inter
     return torch.where(union > 0, inter / union.clamp(min=1e-9), torch.zeros_like(union))
@@ -69,6 +75,8 @@ def masks_from_probabilities(
     `probs` [B, T', S] diarizer probabilities; `speaker`, `background` [B, T] the oracle target and
     background masks. Returns the new target and background masks [B, T] (the oracle ones on rows not
     replaced) and which rows were replaced [B]."""
+    import torch
+
     frames = speaker.shape[1]
     probs = _fit(probs.float(), frames)
     reference = speaker.float()
@@ -114,6 +122,8 @@ class DiarizerMasks:
     def __call__(
         self, signal: torch.Tensor, signal_len: torch.Tensor, speaker: torch.Tensor, background: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
         rows = torch.nonzero(torch.rand(signal.shape[0]) < self.settings.fraction).squeeze(-1)
         if rows.numel() == 0:
             return speaker, background
