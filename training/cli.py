@@ -113,8 +113,10 @@ def _asr(args: argparse.Namespace) -> int:
     recipe = dataclasses.replace(recipe, train=_train_settings(args, recipe.train))
     if args.diarizer_mask_share is not None:
         recipe = dataclasses.replace(recipe, diarizer_masks=args.diarizer_mask_share)
-    if recipe.diarizer_masks and args.diarizer is None:
-        print(f"error: --stage {args.stage} trains on the diarizer's speaker masks: give --diarizer", file=sys.stderr)
+    try:
+        recipe.mask_settings(args.diarizer)
+    except ValueError as missing:
+        print(f"error: --stage {args.stage}: {missing} (--diarizer)", file=sys.stderr)
         return 2
     train_asr(args.corpus, args.out, recipe, args.init_from, diarizer=args.diarizer)
     return 0

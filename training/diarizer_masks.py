@@ -23,10 +23,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch is imported where used: the recipe's settings are read by the command line
     import torch
 
+from mtasr.gating import GatingConfig
+
 # The config key (a dict: `diarizer` path, `fraction`, `min_iou`) that turns this on in
 # `training.asr_model.MultiTalkerRNNTWithAuxCTC`; training only, dropped from the saved `.nemo`.
 DIARIZER_MASKS_KEY = "diarizer_masks"
-THRESHOLD = 0.5  # the serving gate's (mtasr.gating.GatingConfig.threshold)
+THRESHOLD = GatingConfig.threshold  # the serving gate's
 # A slot above the threshold on more frames of other speakers alone than this share of its own frames has merged them.
 MAX_LEAK = 0.25
 
