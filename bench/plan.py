@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from mtasr.deployment import available_cores
 from mtasr.training.voices import SAMPLE_RATE
 
 ENCODER_FRAME_S = 0.08  # FastConformer 8x subsampling of 10 ms features
@@ -43,8 +44,10 @@ VARIANTS = {
     BASELINE_VARIANT: ExportVariant("", "kv", False),
     "input-cache": ExportVariant(" input-cache", "input", False),  # NeMo's channel-cache layout
     "int8": ExportVariant(" int8", "kv", True),
-    # Thread budgets and batching (serving settings only, the same graphs): the diarization and ASR stages run in
-    # two processes, each with as many ONNX Runtime threads as cores by default, and oversubscribe under load.
+    # Thread budgets and batching (serving settings only, the same graphs). By default the cores are shared among
+    # the processes that run the diarizer and the encoder (`mtasr.deployment.serving_threads`); threads-all gives
+    # each of them every core (ONNX Runtime's own default, this project's before), threads-1 one thread each.
+    "threads-all": ExportVariant(" threads-all", "kv", False, threads=available_cores()),
     "threads-1": ExportVariant(" threads-1", "kv", False, threads=1),
     "queue-5ms": ExportVariant(" queue-5ms", "kv", False, queue_delay_us=5000),
 }

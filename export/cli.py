@@ -124,7 +124,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help=f"Triton instances per graph model (default: {_DEFAULTS.graph_instances})",
     )
     export.add_argument(
-        "--threads", type=int, default=_DEFAULTS.intra_op_threads, help="ONNX Runtime intra-op threads, 0 = all cores"
+        "--threads",
+        type=int,
+        default=_DEFAULTS.intra_op_threads,
+        help="ONNX Runtime intra-op threads of each serving process that runs graphs; 0 (default): the "
+        "machine's cores shared among them (on 2 cores: one each for the diarization and ASR stages)",
     )
     export.add_argument(
         "--max-queue-delay-us",

@@ -40,7 +40,7 @@ class ExportSettings:
     right_context: int = 13
     max_streams_per_batch: int = 8
     graph_instances: int = 1
-    intra_op_threads: int = 0  # 0: ONNX Runtime picks (all cores)
+    intra_op_threads: int = 0  # 0: the cores shared among the serving processes (mtasr.deployment.serving_threads)
     max_queue_delay_us: int = 1000
     opset: int = 17
     tensorrt: bool = False

@@ -18,6 +18,7 @@ from mtasr.bench.plan import EXPORT_PATH_VARIANTS, VARIANTS, right_context_for
 from mtasr.bench.results import BenchResult, LoadPoint, MemoryPoint
 from mtasr.bench.run import fit_memory
 from mtasr.bench.steady import CALLS, SteadyCost, calls_per_chunk, chunk_windows, split_ms
+from mtasr.deployment import available_cores
 
 
 def test_latency_settings_are_right_contexts():
@@ -62,6 +63,7 @@ def test_every_variant_is_an_export_the_command_line_understands():
         args = parser.parse_args(base + variant.export_options())
         assert (args.encoder_cache, args.int8) == (variant.encoder_cache, variant.int8), name
     assert parser.parse_args(base + VARIANTS["threads-1"].export_options()).threads == 1
+    assert parser.parse_args(base + VARIANTS["threads-all"].export_options()).threads == available_cores()
     assert parser.parse_args(base + VARIANTS["queue-5ms"].export_options()).max_queue_delay_us == 5000
     assert set(EXPORT_PATH_VARIANTS) < set(VARIANTS)
 

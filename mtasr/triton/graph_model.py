@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from mtasr.deployment import load_manifest, serving_threads
 from mtasr.graphs import cpu_session
 
 _NUMPY_DTYPES = {
@@ -64,7 +65,9 @@ class TritonPythonModel:
         self.inputs = [(i["name"], _NUMPY_DTYPES[i["data_type"]], _model_dims(i)) for i in config["input"]]
         self.outputs = [o["name"] for o in config["output"]]
         graph = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
-        self.session = cpu_session(graph, *_thread_counts(config.get("parameters", {})))
+        intra_op, inter_op = _thread_counts(config.get("parameters", {}))
+        manifest = load_manifest(Path(args["model_repository"]).parent)
+        self.session = cpu_session(graph, serving_threads(manifest, intra_op), inter_op)
 
     def execute(self, requests: list) -> list:
         import triton_python_backend_utils as pb_utils

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtasr.deployment import ServingSettings, build_stage, load_manifest, local_graphs
+from mtasr.deployment import ServingSettings, build_stage, load_manifest, local_graphs, serving_threads
 from mtasr.graphs import TritonGraph, single_threaded_blas
 from mtasr.protocol import (  # noqa: F401  (re-exported: the stage models' names)
     CONTROL_CORRID,
@@ -50,7 +50,8 @@ class TritonPythonModel:
         if settings.graph_backend == "triton":
             graphs = lambda name: TritonGraph(name, manifest["graphs"][name])  # noqa: E731
         else:
-            graphs = local_graphs(repo_dir, manifest, int(params.get("intra_op_threads", "0")))
+            threads = serving_threads(manifest, int(params.get("intra_op_threads", "0")))
+            graphs = local_graphs(repo_dir, manifest, threads)
         self.stage = build_stage(self.stage_name, manifest, repo_dir, settings, graphs)
         # The tensors this repository's config declares: one exported by an earlier version lacks the
         # newer ones (e.g. FEATURE_MASKS), and its stages still serve it.
