@@ -23,11 +23,14 @@ class ExportVariant:
     suffix: str  # appended to the model set's name in the report ("" for the baseline)
     encoder_cache: str  # `mtasr export --encoder-cache`
     int8: bool  # `mtasr export --int8`
+    pre_encode: str | None = None  # `mtasr export --pre-encode`; None: its default
     threads: int | None = None  # `mtasr export --threads` (each stage's ONNX Runtime threads); None: its default
     queue_delay_us: int | None = None  # `mtasr export --max-queue-delay-us`; None: its default
 
     def export_options(self) -> list[str]:
         options = ["--encoder-cache", self.encoder_cache] + (["--int8"] if self.int8 else [])
+        if self.pre_encode is not None:
+            options += ["--pre-encode", self.pre_encode]
         if self.threads is not None:
             options += ["--threads", str(self.threads)]
         if self.queue_delay_us is not None:
@@ -44,6 +47,9 @@ VARIANTS = {
     BASELINE_VARIANT: ExportVariant("", "kv", False),
     "input-cache": ExportVariant(" input-cache", "input", False),  # NeMo's channel-cache layout
     "int8": ExportVariant(" int8", "kv", True),
+    # The encoder's subsampling front end per speaker instance, inside the encoder graph, as NeMo runs it (the
+    # default export runs it once per stream).
+    "pre-encode-speaker": ExportVariant(" pre-encode-speaker", "kv", False, pre_encode="speaker"),
     # Thread budgets and batching (serving settings only, the same graphs). By default the cores are shared among
     # the processes that run the diarizer and the encoder (`mtasr.deployment.serving_threads`); threads-all gives
     # each of them every core (ONNX Runtime's own default, this project's before), threads-1 one thread each.

@@ -92,14 +92,14 @@ def export_for(
     """An export at `right_context`, reused when the checkpoints and settings match (a subprocess:
     the export's torch memory is returned when it ends)."""
     from mtasr.export.checkpoints import sha256_of
-    from mtasr.export.quantize import quantization_settings
+    from mtasr.export.quantize import QUANTIZED_GRAPHS, quantization_settings
 
     key = {
         "asr": sha256_of(asr),
         "diarizer": sha256_of(diarizer),
         "right_context": right_context,
         "max_streams": max_streams,
-        "int8": quantization_settings() if variant.int8 else False,  # a changed scheme re-exports
+        "int8": quantization_settings(list(QUANTIZED_GRAPHS)) if variant.int8 else False,  # a changed scheme re-exports
         "export_options": variant.export_options(),
         "all_slots_active": all_slots_active,
         "diarizer_cache": "checkpoint",

@@ -31,9 +31,14 @@ from mtasr.graph_io import (
     DECODER_INPUTS,
     DECODER_OUTPUTS,
     ENCODER_INPUTS,
+    ENCODER_LAYER_INPUTS,
     ENCODER_OUTPUTS,
     JOINT_INPUTS,
     JOINT_OUTPUTS,
+    PRE_ENCODE_MODES,
+    PRE_ENCODE_PER_STREAM,
+    PRE_ENCODER_INPUTS,
+    PRE_ENCODER_OUTPUTS,
 )
 
 # The right contexts (lookahead encoder frames) the released checkpoint is trained for.
@@ -174,12 +179,12 @@ def set_right_context(model, right_context: int) -> None:
     model.encoder.setup_streaming_params()
 
 
-class EncoderStep(torch.nn.Module):
-    """One cache-aware streaming step of the multitalker encoder, speaker masks as inputs.
+class PreEncodeStep(torch.nn.Module):
+    """The encoder's subsampling front end for one streaming chunk, the pre-encode cache's frames dropped.
 
-    Mirrors NeMo's parallel multitalker streaming path: pre-encode the chunk, drop the frames that
-    belong to the pre-encode cache, then run the conformer layers with the speaker kernels applied
-    to the layer inputs (`x * mask` through the kernel, added as a residual).
+    Features always come at the later chunks' length. A stream's first chunk has no pre-encode cache: it
+    is right-padded (causal subsampling never looks at the padding) and drops nothing, so the drop is per
+    row and every row yields the same number of frames.
     """
 
     def __init__(self, model) -> None:
@@ -190,27 +195,40 @@ class EncoderStep(torch.nn.Module):
         self,
         features: torch.Tensor,  # [N, n_mels, T_feat]
         feature_lengths: torch.Tensor,  # [N] int64
+        drop_extra_pre_encoded: torch.Tensor,  # [N] int64: 0 on a stream's first chunk
+    ):
+        encoder = self.model.encoder
+        x, lengths = encoder.pre_encode(x=features.transpose(1, 2), lengths=feature_lengths)
+        n_out = x.shape[1] - encoder.streaming_cfg.drop_extra_pre_encoded
+        index = torch.arange(n_out, device=x.device)[None, :] + drop_extra_pre_encoded[:, None]
+        x = torch.gather(x, 1, index[:, :, None].expand(-1, -1, x.shape[2]))
+        return x, (lengths.to(torch.int64) - drop_extra_pre_encoded).clamp(min=0)
+
+
+class EncoderLayersStep(torch.nn.Module):
+    """The conformer layers of one cache-aware streaming step, on pre-encoded frames, with the speaker
+    kernels applied to the layer inputs (`x * mask` through the kernel, added as a residual)."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        pre_encoded: torch.Tensor,  # [N, T_enc, d_model]
+        pre_encoded_lengths: torch.Tensor,  # [N] int64
         cache_last_channel: torch.Tensor,  # [N, layers, cache, d_model]
         cache_last_time: torch.Tensor,  # [N, layers, d_model, conv_cache]
         cache_last_channel_len: torch.Tensor,  # [N] int64
         speaker_mask: torch.Tensor,  # [N, T_enc] target speaker activity
         background_mask: torch.Tensor,  # [N, T_enc] any other speaker active
-        drop_extra_pre_encoded: torch.Tensor,  # [N] int64: 0 on a stream's first chunk
     ):
         encoder = self.model.encoder
-        x, lengths = encoder.pre_encode(x=features.transpose(1, 2), lengths=feature_lengths)
-        # Features always come at the later chunks' length. A stream's first chunk has no pre-encode
-        # cache: it is right-padded (causal subsampling never looks at the padding) and drops nothing,
-        # so the drop is per row and every row yields the same number of frames.
-        n_out = x.shape[1] - self.model.encoder.streaming_cfg.drop_extra_pre_encoded
-        index = torch.arange(n_out, device=x.device)[None, :] + drop_extra_pre_encoded[:, None]
-        x = torch.gather(x, 1, index[:, :, None].expand(-1, -1, x.shape[2]))
-        lengths = (lengths.to(torch.int64) - drop_extra_pre_encoded).clamp(min=0)
         self.model.set_speaker_targets(speaker_mask, background_mask)
         try:
             encoded, encoded_len, channel, time, channel_len = encoder.forward_internal(
-                x,
-                lengths,
+                pre_encoded,
+                pre_encoded_lengths,
                 cache_last_channel=cache_last_channel.transpose(0, 1),
                 cache_last_time=cache_last_time.transpose(0, 1),
                 cache_last_channel_len=cache_last_channel_len,
@@ -222,6 +240,32 @@ class EncoderStep(torch.nn.Module):
             (encoded, encoded_len, channel, time, channel_len), keep_all_outputs=False
         )
         return encoded, encoded_len, channel.transpose(0, 1), time.transpose(0, 1), channel_len
+
+
+class EncoderStep(torch.nn.Module):
+    """One cache-aware streaming step of the multitalker encoder, speaker masks as inputs: the front end
+    and the layers in one graph, as NeMo's parallel multitalker streaming path runs them."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.pre_encode = PreEncodeStep(model)
+        self.layers = EncoderLayersStep(model)
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        feature_lengths: torch.Tensor,
+        cache_last_channel: torch.Tensor,
+        cache_last_time: torch.Tensor,
+        cache_last_channel_len: torch.Tensor,
+        speaker_mask: torch.Tensor,
+        background_mask: torch.Tensor,
+        drop_extra_pre_encoded: torch.Tensor,
+    ):
+        x, lengths = self.pre_encode(features, feature_lengths, drop_extra_pre_encoded)
+        return self.layers(
+            x, lengths, cache_last_channel, cache_last_time, cache_last_channel_len, speaker_mask, background_mask
+        )
 
 
 class PredictionStep(torch.nn.Module):
@@ -349,25 +393,37 @@ def example_encoder_inputs(
     }
 
 
+_INSTANCE_AXES = {
+    "cache_last_channel": {0: "N"},
+    "cache_last_time": {0: "N"},
+    "cache_last_channel_len": {0: "N"},
+    "speaker_mask": {0: "N", 1: "T_enc"},
+    "background_mask": {0: "N", 1: "T_enc"},
+    "encoded": {0: "N", 2: "T_out"},
+    "encoded_lengths": {0: "N"},
+    "next_cache_last_channel": {0: "N"},
+    "next_cache_last_time": {0: "N"},
+    "next_cache_last_channel_len": {0: "N"},
+}
+_FEATURE_AXES = {"features": {0: "N", 2: "T_feat"}, "feature_lengths": {0: "N"}, "drop_extra_pre_encoded": {0: "N"}}
+_PRE_ENCODED_AXES = {"pre_encoded": {0: "N", 1: "T_enc"}, "pre_encoded_lengths": {0: "N"}}
 ENCODER_SPEC = GraphSpec(
     file="encoder.onnx",
     inputs=list(ENCODER_INPUTS),
     outputs=list(ENCODER_OUTPUTS),
-    dynamic_axes={
-        "features": {0: "N", 2: "T_feat"},
-        "feature_lengths": {0: "N"},
-        "cache_last_channel": {0: "N"},
-        "cache_last_time": {0: "N"},
-        "cache_last_channel_len": {0: "N"},
-        "speaker_mask": {0: "N", 1: "T_enc"},
-        "background_mask": {0: "N", 1: "T_enc"},
-        "drop_extra_pre_encoded": {0: "N"},
-        "encoded": {0: "N", 2: "T_out"},
-        "encoded_lengths": {0: "N"},
-        "next_cache_last_channel": {0: "N"},
-        "next_cache_last_time": {0: "N"},
-        "next_cache_last_channel_len": {0: "N"},
-    },
+    dynamic_axes={**_FEATURE_AXES, **_INSTANCE_AXES},
+)
+PRE_ENCODER_SPEC = GraphSpec(
+    file="pre_encoder.onnx",
+    inputs=list(PRE_ENCODER_INPUTS),
+    outputs=list(PRE_ENCODER_OUTPUTS),
+    dynamic_axes={**_FEATURE_AXES, **_PRE_ENCODED_AXES},
+)
+ENCODER_LAYERS_SPEC = GraphSpec(
+    file="encoder.onnx",
+    inputs=list(ENCODER_LAYER_INPUTS),
+    outputs=list(ENCODER_OUTPUTS),
+    dynamic_axes={**_PRE_ENCODED_AXES, **_INSTANCE_AXES},
 )
 
 DECODER_SPEC = GraphSpec(
@@ -405,30 +461,48 @@ def example_joint_inputs(model, batch: int, seed: int = 0) -> dict[str, torch.Te
     }
 
 
-def export_asr(
-    model, out_dir: Path, right_context: int, opset: int = 17, channel_cache: str = KV_CACHE
-) -> dict[str, Any]:
-    """Export encoder, prediction network and joint for `right_context`; return their manifest entries.
+def pre_encoded_example(model, example: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The encoder layers' inputs for an `example_encoder_inputs` example: its features pre-encoded."""
+    with torch.no_grad():
+        pre_encoded = PreEncodeStep(model).eval()(*(example[name] for name in PRE_ENCODER_INPUTS))
+    return {**dict(zip(PRE_ENCODER_OUTPUTS, pre_encoded, strict=True)), **example}
 
-    `channel_cache`: "kv" (projected keys and values, `export.kv_cache`) or "input" (NeMo's)."""
+
+def export_asr(
+    model,
+    out_dir: Path,
+    right_context: int,
+    opset: int = 17,
+    channel_cache: str = KV_CACHE,
+    pre_encode: str = PRE_ENCODE_PER_STREAM,
+) -> dict[str, Any]:
+    """Export the encoder, prediction network and joint for `right_context`; return their manifest entries.
+
+    `channel_cache`: "kv" (projected keys and values, `export.kv_cache`) or "input" (NeMo's).
+    `pre_encode`: "stream" (a `pre_encoder` graph for the subsampling front end, run once per stream, and the
+    layers in `encoder`) or "speaker" (both in `encoder`, run per speaker instance, as NeMo runs them)."""
+    if pre_encode not in PRE_ENCODE_MODES:
+        raise ValueError(f"pre_encode must be one of {', '.join(PRE_ENCODE_MODES)}, got {pre_encode!r}")
     set_right_context(model, right_context)
     model.eval()
-    encoder_step = EncoderStep(model).eval()
     example = example_encoder_inputs(model, 2, False, channel_cache=channel_cache)
+    graphs = {}
     with projected_kv_cache(model) if channel_cache == KV_CACHE else nullcontext():
-        encoder = export_onnx(encoder_step, example, ENCODER_SPEC, out_dir, opset)
+        if pre_encode == PRE_ENCODE_PER_STREAM:
+            graphs["pre_encoder"] = export_onnx(PreEncodeStep(model).eval(), example, PRE_ENCODER_SPEC, out_dir, opset)
+            layers_example = pre_encoded_example(model, example)
+            graphs["encoder"] = export_onnx(
+                EncoderLayersStep(model).eval(), layers_example, ENCODER_LAYERS_SPEC, out_dir, opset
+            )
+        else:
+            graphs["encoder"] = export_onnx(EncoderStep(model).eval(), example, ENCODER_SPEC, out_dir, opset)
     streaming = streaming_geometry(model)
     streaming["channel_cache"] = channel_cache
     streaming["channel_cache_width"] = channel_cache_width(streaming["d_model"], channel_cache)
-    graphs = {
-        "encoder": encoder,
-        "decoder": export_onnx(
-            PredictionStep(model.decoder).eval(),
-            example_decoder_inputs(model, 2),
-            DECODER_SPEC,
-            out_dir,
-            opset,
-        ),
-        "joint": export_onnx(JointStep(model.joint).eval(), example_joint_inputs(model, 2), JOINT_SPEC, out_dir, opset),
-    }
+    graphs["decoder"] = export_onnx(
+        PredictionStep(model.decoder).eval(), example_decoder_inputs(model, 2), DECODER_SPEC, out_dir, opset
+    )
+    graphs["joint"] = export_onnx(
+        JointStep(model.joint).eval(), example_joint_inputs(model, 2), JOINT_SPEC, out_dir, opset
+    )
     return {"graphs": graphs, "streaming": streaming, "decoding": decoder_geometry(model)}

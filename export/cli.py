@@ -10,6 +10,7 @@ from mtasr.deployment import ServingSettings
 from mtasr.export.kv_cache import CHANNEL_CACHES
 from mtasr.export.pipeline import ExportSettings
 from mtasr.gating import SPEAKER_CONDITIONINGS
+from mtasr.graph_io import PRE_ENCODE_MODES
 
 _DEFAULTS = ExportSettings()
 _SERVING = ServingSettings()
@@ -29,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
             tensorrt=args.tensorrt,
             int8=args.int8,
             encoder_cache=args.encoder_cache,
+            pre_encode=args.pre_encode,
             diarizer_cache=args.diarizer_cache,
             stage_instances=args.stage_instances,
             max_sequences=args.max_sequences,
@@ -182,6 +184,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
         default=_DEFAULTS.encoder_cache,
         help="what the encoder's attention caches between chunks: 'kv' its projected keys and values, so a chunk "
         "projects only its own frames (default), or 'input' its layer inputs, as NeMo does; the same tokens",
+    )
+    export.add_argument(
+        "--pre-encode",
+        choices=PRE_ENCODE_MODES,
+        default=_DEFAULTS.pre_encode,
+        help="where the encoder's subsampling front end runs: 'stream' once per stream, in its own graph, since "
+        "every speaker of a stream hears the same features (default), or 'speaker' in the encoder graph for "
+        "every speaker, as NeMo does; the same tokens",
     )
     export.add_argument(
         "--all-slots-active",

@@ -90,7 +90,7 @@ def export_onnx(
         external_data = save_onnx(proto, target)
         del proto
     session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
-    session.run(None, {name: value.numpy() for name, value in example_inputs.items()})  # proves it runs
+    session.run(None, {name: example_inputs[name].numpy() for name in spec.inputs})  # proves it runs
     return describe_onnx(session, target, external_data=external_data)
 
 

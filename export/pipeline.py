@@ -30,6 +30,7 @@ from mtasr.export.checkpoints import (
 )
 from mtasr.export.compatibility import NEMO_SCRIPT_DIARIZER_CACHE, check_asr_config, check_diarizer_config
 from mtasr.export.kv_cache import KV_CACHE
+from mtasr.graph_io import PRE_ENCODE_PER_STREAM
 
 MANIFEST_VERSION = 1
 SPEAKER_SLOTS = 4
@@ -47,6 +48,9 @@ class ExportSettings:
     int8: bool = False  # int8 dynamic quantisation of every graph (mtasr.export.quantize)
     # The encoder's channel cache: "kv" projected keys and values (mtasr.export.kv_cache), or "input" (NeMo's).
     encoder_cache: str = KV_CACHE
+    # The encoder's subsampling front end: "stream" (its own graph, once per stream) or "speaker" (in the
+    # encoder graph, per speaker instance, as NeMo runs it).
+    pre_encode: str = PRE_ENCODE_PER_STREAM
     # Diarizer (spkcache_len, fifo_len) to serve: NeMo's script's run-time values by default; None: the checkpoint's.
     diarizer_cache: tuple[int, int] | None = NEMO_SCRIPT_DIARIZER_CACHE
     stage_instances: int = 1  # Triton instances of each stateful stage
@@ -152,7 +156,7 @@ def run_export(
 
 def _export_into(staging: Path, asr_info, diar_info, settings: ExportSettings, progress) -> dict[str, Any]:
     from mtasr.export import asr, sortformer
-    from mtasr.export.quantize import quantization_settings
+    from mtasr.export.quantize import QUANTIZED_GRAPHS, quantization_settings, quantize_int8
     from mtasr.export.repository import write_python_repository
     from mtasr.features import FeatureConfig
 
@@ -170,7 +174,12 @@ def _export_into(staging: Path, asr_info, diar_info, settings: ExportSettings, p
         )
     progress(f"exporting ASR graphs (right context {settings.right_context})")
     asr_entry = asr.export_asr(
-        asr_model, graphs_dir, settings.right_context, settings.opset, channel_cache=settings.encoder_cache
+        asr_model,
+        graphs_dir,
+        settings.right_context,
+        settings.opset,
+        channel_cache=settings.encoder_cache,
+        pre_encode=settings.pre_encode,
     )
     asr_features = FeatureConfig.from_nemo(asr_model.cfg.preprocessor).to_dict()
     del asr_model
@@ -193,18 +202,17 @@ def _export_into(staging: Path, asr_info, diar_info, settings: ExportSettings, p
     exported = dict(asr_entry["graphs"], diarizer=diar_entry["graph"])
     for entry in exported.values():
         entry["quantization"] = None
-    if settings.int8:
-        from mtasr.export.quantize import QUANTIZED_GRAPHS, quantize_int8
-
-        for name in QUANTIZED_GRAPHS:
-            progress(f"quantising the {name} graph to int8")
-            entry = exported[name]
-            entry.update(quantize_int8(graphs_dir / entry["file"], external_data=entry["external_data"]))
+    quantized = [name for name in QUANTIZED_GRAPHS if name in exported] if settings.int8 else []
+    for name in quantized:
+        progress(f"quantising the {name} graph to int8")
+        entry = exported[name]
+        entry.update(quantize_int8(graphs_dir / entry["file"], external_data=entry["external_data"]))
 
     extract_tokenizer(asr_info.path, repo_dir)
 
     specs = {
-        "encoder": asr.ENCODER_SPEC,
+        "pre_encoder": asr.PRE_ENCODER_SPEC,
+        "encoder": asr.ENCODER_LAYERS_SPEC if "pre_encoder" in exported else asr.ENCODER_SPEC,
         "decoder": asr.DECODER_SPEC,
         "joint": asr.JOINT_SPEC,
         "diarizer": sortformer.SORTFORMER_SPEC,
@@ -241,7 +249,7 @@ def _export_into(staging: Path, asr_info, diar_info, settings: ExportSettings, p
             "checkpoint_cache": checkpoint_cache,  # what the checkpoint said, where the geometry differs
         },
         "graphs": graphs,
-        "quantization": quantization_settings() if settings.int8 else None,
+        "quantization": quantization_settings(quantized) if quantized else None,
         "deployment": {
             "max_streams_per_batch": settings.max_streams_per_batch,
             "instances": settings.graph_instances,

@@ -20,17 +20,17 @@ from pathlib import Path
 from typing import Any
 
 QUANTIZATION = "int8-dynamic"
-QUANTIZED_GRAPHS = ("encoder", "diarizer", "decoder", "joint")
+QUANTIZED_GRAPHS = ("pre_encoder", "encoder", "diarizer", "decoder", "joint")  # those an export has
 OP_TYPES = ("MatMul", "LSTM")
 PER_CHANNEL = True
 REDUCE_RANGE = True
 
 
-def quantization_settings() -> dict[str, Any]:
-    """What the manifest records about an int8 export."""
+def quantization_settings(graphs: list[str]) -> dict[str, Any]:
+    """What the manifest records about an int8 export of `graphs`."""
     return {
         "scheme": QUANTIZATION,
-        "graphs": list(QUANTIZED_GRAPHS),
+        "graphs": list(graphs),
         "op_types": list(OP_TYPES),
         "weights": f"int8 ({7 if REDUCE_RANGE else 8}-bit range), symmetric, "
         + ("per channel" if PER_CHANNEL else "per tensor"),

@@ -22,9 +22,6 @@ from mtasr.rnnt import DecoderGeometry
 from mtasr.sortformer_state import SortformerParams
 from mtasr.stages import AsrStage, CacheShapes, DiarizationStage, FeatureStage, SpeakerKernelStage
 
-# The graph models each stage calls.
-STAGE_GRAPHS = {"diarization": ("diarizer",), "asr": ("encoder", "decoder", "joint")}
-
 
 @dataclass(frozen=True)
 class ServingSettings:
@@ -189,5 +186,7 @@ def build_stage(
             Tokenizer(Path(repo_dir) / manifest["tokenizer"]["model"]),
             idle,
             settings.segment_gap_s,
+            # Repositories exported before the front end had its own graph run it inside the encoder.
+            pre_encoder=graphs("pre_encoder") if "pre_encoder" in manifest["graphs"] else None,
         )
     raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")

@@ -342,11 +342,15 @@ class AsrStage:
         tokenizer: Tokenizer,
         idle_timeout_s: float,
         segment_gap_s: float = 1.0,
+        pre_encoder: Graph | None = None,
     ) -> None:
+        """`pre_encoder`: the encoder's front end, run once per stream before `encoder` runs the layers per
+        speaker instance (`export --pre-encode stream`); None: `encoder` is the whole encoder."""
         self.geometry = geometry
         self.decoder = decoder
         self.caches = caches
         self.encoder, self.prediction, self.joint = encoder, prediction, joint
+        self.pre_encoder = pre_encoder
         self.tokenizer = tokenizer
         self.segment_gap_s = segment_gap_s
         self.streams: StreamTable[_AsrStream] = StreamTable(idle_timeout_s)
@@ -418,26 +422,50 @@ class AsrStage:
                     self.streams.get(requests[i].stream).frame_offset += int(requests[i].inputs[ENCODER_FRAMES][r])
 
     def _step(self, requests, r: int, rows: list[_Row], new_tokens, new_words) -> None:
-        def per_row(name: str, pick) -> np.ndarray:
-            return np.stack([pick(requests[row.request].inputs[name][r], row) for row in rows])
-
-        def features(x: np.ndarray, row: _Row) -> np.ndarray:
+        def instance_masks(row: _Row) -> np.ndarray | None:
             masks = requests[row.request].inputs.get(FEATURE_MASKS)
-            if masks is None or masks.shape[-1] == 0:  # speaker kernels only
-                return x.T
-            return mask_features(x.T, masks[r][row.slot])
+            return None if masks is None or masks.shape[-1] == 0 else masks[r][row.slot]  # None: speaker kernels only
+
+        def features(row: _Row) -> np.ndarray:
+            x = requests[row.request].inputs[FEATURES][r].T
+            masks = instance_masks(row)
+            return x if masks is None else mask_features(x, masks)
+
+        def audio_feeds(audio_rows: list[_Row]) -> dict[str, np.ndarray]:
+            inputs = [requests[row.request].inputs for row in audio_rows]
+            return {
+                "features": np.stack([features(row) for row in audio_rows]),
+                "feature_lengths": np.stack([x[FEATURE_LENGTHS][r] for x in inputs]),
+                "drop_extra_pre_encoded": np.stack([x[DROP_FRAMES][r] for x in inputs]),
+            }
+
+        def per_row(name: str) -> np.ndarray:
+            return np.stack([requests[row.request].inputs[name][r][row.slot] for row in rows])
 
         feeds = {
-            "features": per_row(FEATURES, features),
-            "feature_lengths": per_row(FEATURE_LENGTHS, lambda x, row: x),
             "cache_last_channel": np.stack([row.speaker.cache_channel for row in rows]),
             "cache_last_time": np.stack([row.speaker.cache_time for row in rows]),
             "cache_last_channel_len": np.array([row.speaker.cache_len for row in rows], np.int64),
-            "speaker_mask": per_row(SPEAKER_MASKS, lambda x, row: x[row.slot]),
-            "background_mask": per_row(BACKGROUND_MASKS, lambda x, row: x[row.slot]),
-            "drop_extra_pre_encoded": per_row(DROP_FRAMES, lambda x, row: x),
+            "speaker_mask": per_row(SPEAKER_MASKS),
+            "background_mask": per_row(BACKGROUND_MASKS),
         }
-        out = self.encoder.run({name: np.ascontiguousarray(feeds[name]) for name in graph_io.ENCODER_INPUTS})
+        if self.pre_encoder is None:
+            feeds.update(audio_feeds(rows))
+            encoder_inputs = graph_io.ENCODER_INPUTS
+        else:
+            # Every speaker of a stream hears the same features (unless they are masked per speaker): the front
+            # end runs once for them all.
+            keys = [(row.request, -1 if instance_masks(row) is None else row.slot) for row in rows]
+            first: dict[tuple[int, int], int] = {}  # each key's first row
+            for k, key in enumerate(keys):
+                first.setdefault(key, k)
+            audio_rows = [rows[k] for k in first.values()]
+            position = {key: i for i, key in enumerate(first)}
+            pre = self.pre_encoder.run({k: np.ascontiguousarray(v) for k, v in audio_feeds(audio_rows).items()})
+            index = np.array([position[key] for key in keys])
+            feeds.update({name: pre[name][index] for name in graph_io.PRE_ENCODER_OUTPUTS})
+            encoder_inputs = graph_io.ENCODER_LAYER_INPUTS
+        out = self.encoder.run({name: np.ascontiguousarray(feeds[name]) for name in encoder_inputs})
         encoded, lengths, channel, time, channel_len = (out[name] for name in graph_io.ENCODER_OUTPUTS)
         decoded = greedy_decode(
             self.decoder,

@@ -8,20 +8,41 @@ import pytest
 import torch
 
 from mtasr.export import asr
+from mtasr.graph_io import (
+    ENCODER_INPUTS,
+    ENCODER_INSTANCE_INPUTS,
+    PRE_ENCODE_MODES,
+    PRE_ENCODER_INPUTS,
+    PRE_ENCODER_OUTPUTS,
+)
 
 TOLERANCE = 1e-4
 N_CHUNKS = 5
 
 
-@pytest.fixture(scope="module")
-def exported(tiny_tokenizer_dir, tmp_path_factory):
+@pytest.fixture(scope="module", params=PRE_ENCODE_MODES)
+def exported(request, tiny_tokenizer_dir, tmp_path_factory):
+    """Both encoder layouts: the front end in its own graph (once per stream when served) or in the encoder."""
     model = asr.build_asr("tiny", tiny_tokenizer_dir, seed=3)
     out = tmp_path_factory.mktemp("asr_graphs")
     # NeMo's own cache layout (layer inputs), so caches compare directly; the default, projected keys and
     # values, has its own test below.
-    entry = asr.export_asr(model, out, right_context=13, channel_cache="input")
-    sessions = {name: ort.InferenceSession(str(out / g["file"])) for name, g in entry["graphs"].items()}
-    return model, entry, sessions
+    entry = asr.export_asr(model, out, right_context=13, channel_cache="input", pre_encode=request.param)
+    return model, entry, sessions_of(entry, out)
+
+
+def sessions_of(entry: dict, out) -> dict[str, ort.InferenceSession]:
+    return {name: ort.InferenceSession(str(out / g["file"])) for name, g in entry["graphs"].items()}
+
+
+def run_encoder(sessions: dict, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """One encoder step from the whole encoder's inputs, through whichever layout was exported."""
+    if "pre_encoder" not in sessions:
+        return sessions["encoder"].run(None, {name: feeds[name] for name in ENCODER_INPUTS})
+    pre_encoded = sessions["pre_encoder"].run(None, {name: feeds[name] for name in PRE_ENCODER_INPUTS})
+    layer_feeds = dict(zip(PRE_ENCODER_OUTPUTS, pre_encoded, strict=True))
+    layer_feeds.update({name: feeds[name] for name in ENCODER_INSTANCE_INPUTS})
+    return sessions["encoder"].run(None, layer_feeds)
 
 
 def nemo_stream_step(model, inputs: dict[str, torch.Tensor]):
@@ -80,7 +101,7 @@ def test_encoder_graph_matches_nemo_over_consecutive_chunks_with_per_instance_sp
             cache_last_channel=ort_state[0], cache_last_time=ort_state[1], cache_last_channel_len=ort_state[2]
         )
         ort_inputs = {k: np.asarray(v) for k, v in ort_inputs.items()}
-        ort_out = sessions["encoder"].run(None, ort_inputs)
+        ort_out = run_encoder(sessions, ort_inputs)
 
         for name, got, want in zip(asr.ENCODER_SPEC.outputs, ort_out, nemo_out, strict=True):
             assert got.shape == tuple(want.shape), name
@@ -96,9 +117,9 @@ def test_encoder_graph_matches_nemo_over_consecutive_chunks_with_per_instance_sp
 def test_speaker_masks_change_the_encoding(exported):
     model, _, sessions = exported
     inputs = {k: v.numpy() for k, v in asr.example_encoder_inputs(model, 1, first_chunk=False).items()}
-    first = sessions["encoder"].run(["encoded"], inputs)[0]
+    first = run_encoder(sessions, inputs)[0]
     inputs["speaker_mask"] = 1.0 - inputs["speaker_mask"]
-    second = sessions["encoder"].run(["encoded"], inputs)[0]
+    second = run_encoder(sessions, inputs)[0]
     assert max_diff(first, second) > 1e-3
 
 
@@ -151,7 +172,7 @@ def test_first_chunks_right_padded_batch_with_later_chunks(exported):
     assert first["feature_lengths"][0] < later["feature_lengths"][0]
     first["features"][:, :, int(first["feature_lengths"][0]) :] = 7.0  # padding content must not matter
     mixed = {k: torch.cat([first[k], later[k]]) for k in first}
-    got = sessions["encoder"].run(None, {k: v.numpy() for k, v in mixed.items()})
+    got = run_encoder(sessions, {k: v.numpy() for k, v in mixed.items()})
     with torch.no_grad():
         want_first = nemo_stream_step(model, first)
         want_later = nemo_stream_step(model, later)
@@ -166,11 +187,12 @@ def test_encoder_with_a_projected_key_value_cache_computes_what_nemo_does(export
     outputs are NeMo's (its cache taken through the same projections), within the same tolerance."""
     from mtasr.export.kv_cache import KV_CACHE, project_channel_cache
 
-    model, _, _ = exported
-    entry = asr.export_asr(model, tmp_path, right_context=13, channel_cache=KV_CACHE)
+    model, input_cache_entry, _ = exported
+    layout = PRE_ENCODE_MODES[0] if "pre_encoder" in input_cache_entry["graphs"] else PRE_ENCODE_MODES[1]
+    entry = asr.export_asr(model, tmp_path, right_context=13, channel_cache=KV_CACHE, pre_encode=layout)
     streaming = entry["streaming"]
     assert streaming["channel_cache"] == KV_CACHE and streaming["channel_cache_width"] == 2 * streaming["d_model"]
-    session = ort.InferenceSession(str(tmp_path / entry["graphs"]["encoder"]["file"]))
+    sessions = sessions_of(entry, tmp_path)
     batch = 3
     channel, time, channel_len = (
         t.transpose(0, 1) if t.ndim > 1 else t for t in model.encoder.get_initial_cache_state(batch_size=batch)
@@ -196,7 +218,7 @@ def test_encoder_with_a_projected_key_value_cache_computes_what_nemo_does(export
         feeds.update(
             cache_last_channel=kv_state[0], cache_last_time=kv_state[1], cache_last_channel_len=np.asarray(kv_state[2])
         )
-        got = session.run(None, {k: np.asarray(v) for k, v in feeds.items()})
+        got = run_encoder(sessions, {k: np.asarray(v) for k, v in feeds.items()})
         want = list(nemo_out)
         with torch.no_grad():
             want[2] = project_channel_cache(model, nemo_out[2])

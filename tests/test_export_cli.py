@@ -16,7 +16,7 @@ from nemo_files import with_config
 
 from mtasr.export.repository import ROOT_FILES
 
-GRAPHS = ["encoder", "decoder", "joint", "diarizer"]
+GRAPHS = ["pre_encoder", "encoder", "decoder", "joint", "diarizer"]
 
 
 def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -104,33 +104,23 @@ def test_real_triton_serves_the_exported_repository_and_matches_onnxruntime(expo
         got = http.infer("joint", inputs).as_numpy("logits")
         assert np.max(np.abs(got - want)) <= 1e-5
 
-        # The encoder's per-row scalars travel as [N, 1] and reach the graph as [N].
-        encoder = manifest["graphs"]["encoder"]
-        encoder_feeds = {
-            t["name"]: (
-                rng.integers(0, 2, [2]).astype(np.int64)
-                if t["dtype"] == "int64"
-                else rng.standard_normal([2, *t["shape"][1:]]).astype(np.float32)
-            )
-            for t in encoder["inputs"]
-            if -1 not in t["shape"][1:]
-        }
-        serving = encoder["serving_dims"]
-        encoder_feeds["features"] = rng.standard_normal([2, *serving["features"]]).astype(np.float32)
-        encoder_feeds["feature_lengths"] = np.full(2, serving["features"][1], np.int64)
-        for mask in ("speaker_mask", "background_mask"):
-            encoder_feeds[mask] = rng.random([2, *serving[mask]]).astype(np.float32)
-        want_encoder = ort.InferenceSession(str(repo / "encoder" / "1" / "model.onnx")).run(None, encoder_feeds)
-        encoder_inputs = []
-        for name, value in encoder_feeds.items():
-            wire = value[:, None] if value.ndim == 1 else value
-            tensor = httpclient.InferInput(name, list(wire.shape), "INT64" if wire.dtype == np.int64 else "FP32")
-            tensor.set_data_from_numpy(wire)
-            encoder_inputs.append(tensor)
-        served = http.infer("encoder", encoder_inputs)
-        for output, want_value in zip(encoder["outputs"], want_encoder, strict=True):
-            got_value = served.as_numpy(output["name"]).reshape(want_value.shape)
-            assert np.max(np.abs(got_value - want_value)) <= 1e-5, output["name"]
+        # The encoder graphs' per-row scalars travel as [N, 1] and reach the graph as [N].
+        for name in ("pre_encoder", "encoder"):
+            graph = manifest["graphs"][name]
+            graph_feeds = _serving_feeds(graph, rng)
+            want_outputs = ort.InferenceSession(str(repo / name / "1" / "model.onnx")).run(None, graph_feeds)
+            wire_inputs = []
+            for input_name, value in graph_feeds.items():
+                wire = value[:, None] if value.ndim == 1 else value
+                tensor = httpclient.InferInput(
+                    input_name, list(wire.shape), "INT64" if wire.dtype == np.int64 else "FP32"
+                )
+                tensor.set_data_from_numpy(wire)
+                wire_inputs.append(tensor)
+            served = http.infer(name, wire_inputs)
+            for output, want_value in zip(graph["outputs"], want_outputs, strict=True):
+                got_value = served.as_numpy(output["name"]).reshape(want_value.shape)
+                assert np.max(np.abs(got_value - want_value)) <= 1e-5, (name, output["name"])
 
         grpc = grpcclient.InferenceServerClient(server.address("grpc"))
         bad = grpcclient.InferInput("encoder_frame", [3, joint["inputs"][0]["shape"][1]], "FP32")
@@ -142,16 +132,42 @@ def test_real_triton_serves_the_exported_repository_and_matches_onnxruntime(expo
         assert grpc.is_server_live()  # one bad request does not take the model down
 
 
+def _serving_feeds(graph: dict, rng: np.random.Generator, rows: int = 2) -> dict[str, np.ndarray]:
+    """Random inputs of the shapes the server feeds `graph` (its manifest entry); lengths span the chunk."""
+    serving = graph["serving_dims"]
+    feeds = {}
+    for tensor in graph["inputs"]:
+        shape = [rows, *serving[tensor["name"]]]
+        if tensor["dtype"] == "int64":
+            feeds[tensor["name"]] = rng.integers(0, 2, shape).astype(np.int64)
+        elif tensor["name"].endswith("_mask"):
+            feeds[tensor["name"]] = rng.random(shape).astype(np.float32)
+        else:
+            feeds[tensor["name"]] = rng.standard_normal(shape).astype(np.float32)
+    # features are [n_mels, T], pre_encoded [T, d_model]
+    if "feature_lengths" in feeds:
+        feeds["feature_lengths"] = np.full(rows, serving["features"][1], np.int64)
+    if "pre_encoded_lengths" in feeds:
+        feeds["pre_encoded_lengths"] = np.full(rows, serving["pre_encoded"][0], np.int64)
+    return feeds
+
+
 def test_tensorrt_profiles_span_one_to_n_instances_and_the_script_names_every_graph(exported):
     from mtasr.export.tensorrt import engine_profiles
 
     manifest = json.loads((exported / "model_repository" / "manifest.json").read_text())
     profiles = engine_profiles(manifest)
     assert set(profiles) == set(GRAPHS)
-    features = profiles["encoder"]["features"]
+    features = profiles["pre_encoder"]["features"]
     streaming = manifest["asr"]["streaming"]
     frames = streaming["chunk_feature_frames"][1] + streaming["pre_encode_cache_frames"][1]
     assert features == {"min": [1, 128, frames], "opt": [8, 128, frames], "max": [16, 128, frames]}
+    pre_encoded = [streaming["encoder_frames_per_chunk"], streaming["d_model"]]
+    assert profiles["encoder"]["pre_encoded"] == {
+        "min": [1, *pre_encoded],
+        "opt": [8, *pre_encoded],
+        "max": [16, *pre_encoded],
+    }
     assert profiles["diarizer"]["spkcache"]["max"][0] == 4
     script = (exported / "tensorrt" / "build_engines.sh").read_text()
     assert subprocess.run(["bash", "-n", str(exported / "tensorrt" / "build_engines.sh")]).returncode == 0
@@ -343,7 +359,7 @@ def test_int8_export_quantises_every_graph_pointwise_convolutions_included_and_s
             assert counts["DynamicQuantizeLSTM"] >= 1
         else:
             assert counts["MatMulInteger"] > 0
-        if name in ("encoder", "diarizer"):
+        if name in ("pre_encoder", "encoder", "diarizer"):
             # Only the convolutions with wider kernels stay fp32: the pointwise ones became MatMuls.
             assert min(_conv_kernel_sizes(repo / graph["file"])) > 1, "a 1x1 convolution was left unquantised"
         assert fp32["graphs"][name]["quantization"] is None
@@ -367,6 +383,52 @@ def _conv_kernel_sizes(path: Path) -> list[int]:
     return sizes
 
 
+def test_the_encoder_front_end_runs_once_per_stream_and_gives_the_per_speaker_layouts_tokens(
+    exported, tiny_checkpoints, tmp_path
+):
+    """Every speaker of a stream hears the same features: the default export runs the subsampling front end
+    once per stream (its own graph), `--pre-encode speaker` inside the encoder for every speaker, as NeMo does.
+    Three streams in one batch, every slot active: the same tokens, a quarter of the front-end rows."""
+    from mtasr.deployment import ServingSettings, chunk_samples, load_manifest
+    from mtasr.local_pipeline import LocalPipeline
+    from mtasr.protocol import TOKEN_IDS, TOKEN_SPEAKERS
+
+    per_speaker = export_tiny(tiny_checkpoints, tmp_path / "per_speaker", "--pre-encode", "speaker")
+    assert "pre_encoder" not in load_manifest(per_speaker / "model_repository")["graphs"]
+    settings = ServingSettings(graph_backend="onnxruntime", all_slots_active=True)
+    audio = _gliding_tone()
+    chunk = chunk_samples(load_manifest(exported / "model_repository"))
+    tokens, rows = {}, {}
+    for name, repo in (("stream", exported), ("speaker", per_speaker)):
+        pipeline = LocalPipeline(repo / "model_repository", settings)
+        asr = pipeline.stages["asr"]
+        counted = {
+            graph: _RowCounter(getattr(asr, graph)) for graph in ("pre_encoder", "encoder") if getattr(asr, graph)
+        }
+        for graph, counter in counted.items():
+            setattr(asr, graph, counter)
+        pieces = [audio[i : i + chunk] for i in range(0, len(audio), chunk)]
+        out = []
+        for k, piece in enumerate(pieces):
+            requests = [(stream, piece * (1 + stream), k == 0, k == len(pieces) - 1) for stream in range(3)]
+            out.append([(r[TOKEN_IDS].tolist(), r[TOKEN_SPEAKERS].tolist()) for r in pipeline.step(requests)])
+        tokens[name], rows[name] = out, {graph: counter.rows for graph, counter in counted.items()}
+    assert tokens["stream"] == tokens["speaker"]
+    assert sum(len(ids) for chunk_out in tokens["stream"] for ids, _ in chunk_out) > 0
+    assert rows["stream"]["encoder"] == rows["speaker"]["encoder"] == 4 * rows["stream"]["pre_encoder"] > 0
+
+
+class _RowCounter:
+    """A graph that counts the rows it is called on."""
+
+    def __init__(self, graph) -> None:
+        self.graph, self.rows = graph, 0
+
+    def run(self, feeds):
+        self.rows += len(next(iter(feeds.values())))
+        return self.graph.run(feeds)
+
+
 def test_pointwise_convolutions_rewritten_as_matmul_compute_the_same(exported, tmp_path):
     """The rewrite int8 export applies before quantising (1-D and 2-D 1x1 convolutions): in fp32 the
     encoder and diarizer compute what they did, chunk after chunk of a stream."""
@@ -376,14 +438,14 @@ def test_pointwise_convolutions_rewritten_as_matmul_compute_the_same(exported, t
 
     from mtasr.deployment import chunk_samples, load_manifest
     from mtasr.export.quantize import pointwise_convs_as_matmul
-    from mtasr.graph_io import ENCODER_OUTPUTS
+    from mtasr.graph_io import ENCODER_OUTPUTS, PRE_ENCODER_OUTPUTS
     from mtasr.local_pipeline import LocalPipeline
     from mtasr.sortformer_state import SPKCACHE_FIFO_CHUNK_PREDS
 
     original = exported / "model_repository"
     repo = tmp_path / "model_repository"
     shutil.copytree(original, repo)
-    for name in ("encoder", "diarizer"):
+    for name in ("pre_encoder", "encoder", "diarizer"):
         path = repo / name / "1" / "model.onnx"
         proto = onnx.load(str(path))
         assert pointwise_convs_as_matmul(proto) == _conv_kernel_sizes(path).count(1) > 0
@@ -391,13 +453,16 @@ def test_pointwise_convolutions_rewritten_as_matmul_compute_the_same(exported, t
         assert min(_conv_kernel_sizes(path)) > 1
     pipeline = LocalPipeline(repo)
     asr, diarization = pipeline.stages["asr"], pipeline.stages["diarization"]
+    asr.pre_encoder = pre_encoder = _AgainstFp32(
+        asr.pre_encoder, original / "pre_encoder" / "1" / "model.onnx", PRE_ENCODER_OUTPUTS[0]
+    )
     asr.encoder = encoder = _AgainstFp32(asr.encoder, original / "encoder" / "1" / "model.onnx", ENCODER_OUTPUTS[0])
     diarization.graph = diarizer = _AgainstFp32(
         diarization.graph, original / "diarizer" / "1" / "model.onnx", SPKCACHE_FIFO_CHUNK_PREDS
     )
     pipeline.transcribe(_gliding_tone(), chunk_samples(load_manifest(repo)))
-    assert encoder.errors and diarizer.errors
-    assert max(encoder.errors + diarizer.errors) < 1e-5
+    assert pre_encoder.errors and encoder.errors and diarizer.errors
+    assert max(pre_encoder.errors + encoder.errors + diarizer.errors) < 1e-5
 
 
 def _gliding_tone(seconds: float = 4.0) -> np.ndarray:
@@ -425,7 +490,7 @@ class _AgainstFp32:
 
 def test_int8_pipeline_runs_end_to_end_close_to_fp32(exported_int8, exported):
     from mtasr.deployment import chunk_samples, load_manifest
-    from mtasr.graph_io import DECODER_OUTPUTS, ENCODER_OUTPUTS, JOINT_OUTPUTS
+    from mtasr.graph_io import DECODER_OUTPUTS, ENCODER_OUTPUTS, JOINT_OUTPUTS, PRE_ENCODER_OUTPUTS
     from mtasr.local_pipeline import LocalPipeline
     from mtasr.sortformer_state import SPKCACHE_FIFO_CHUNK_PREDS
     from mtasr.stages import TRANSCRIPT
@@ -433,6 +498,9 @@ def test_int8_pipeline_runs_end_to_end_close_to_fp32(exported_int8, exported):
     repo, fp32_repo = exported_int8 / "model_repository", exported / "model_repository"
     pipeline = LocalPipeline(repo)
     asr, diarization = pipeline.stages["asr"], pipeline.stages["diarization"]
+    asr.pre_encoder = pre_encoder = _AgainstFp32(
+        asr.pre_encoder, fp32_repo / "pre_encoder" / "1" / "model.onnx", PRE_ENCODER_OUTPUTS[0]
+    )
     asr.encoder = encoder = _AgainstFp32(asr.encoder, fp32_repo / "encoder" / "1" / "model.onnx", ENCODER_OUTPUTS[0])
     diarization.graph = diarizer = _AgainstFp32(
         diarization.graph, fp32_repo / "diarizer" / "1" / "model.onnx", SPKCACHE_FIFO_CHUNK_PREDS
@@ -446,6 +514,7 @@ def test_int8_pipeline_runs_end_to_end_close_to_fp32(exported_int8, exported):
     assert encoder.errors and diarizer.errors
     # Measured on this input (AVX2, 7-bit weights): encoder output ~0.9 %; with 8-bit weights on a CPU without
     # VNNI, int16 saturation made it 12 %, which this bound catches.
+    assert 0 < max(pre_encoder.errors) < 0.05, pre_encoder.errors
     assert 0 < max(encoder.errors) < 0.05, encoder.errors
     assert 0 < max(diarizer.errors) < 0.05, diarizer.errors
     assert 0 < max(prediction.errors) < 0.05, prediction.errors
