@@ -146,7 +146,7 @@ def _train_curriculum(
 def train_pair(corpus: Path, work_dir: Path, settings: DefaultsSettings) -> tuple[Path, Path]:
     """Both recipes at once in two processes, the cores split between them: small models gain little
     from a second thread, so two single-threaded jobs beat two jobs one after the other. The ASR's last
-    stage trains on the finished diarizer's masks, so it runs after both, on every core."""
+    stages train on the finished diarizer's masks, so they run after both, on every core."""
     import multiprocessing
     import os
     from concurrent.futures import ProcessPoolExecutor

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 GRAPH_ROOTS = {  # graph -> (model, prefix of its named initializers within that model's state dict)
+    "pre_encoder": ("asr", "model."),  # absent from repositories whose encoder graph holds its front end
     "encoder": ("asr", "model."),
     "decoder": ("asr", ""),
     "joint": ("asr", ""),
@@ -161,6 +162,8 @@ def rebuild_models(repo: Path, tokenizer_dir: Path):
     models = {"asr": asr, "diarizer": diarizer}
     assigned: dict[str, set[str]] = {"asr": set(), "diarizer": set()}
     for graph, (which, prefix) in GRAPH_ROOTS.items():
+        if graph not in manifest["graphs"]:
+            continue
         entry = manifest["graphs"][graph]
         assigned[which] |= load_graph_weights(models[which], repo / entry["file"], prefix)
     for which, model in models.items():
