@@ -37,7 +37,7 @@ class SteadyCost:
     served_full_ms: float  # median chunk time, chunks starting after fill_s
     nemo_early_ms: float
     nemo_full_ms: float
-    # Mean ms per chunk once full: each graph's calls ("diarizer", "encoder", "decoder", "joint") and "other".
+    # Mean ms per chunk once full: each graph's calls (diarizer, pre_encoder, encoder, decoder, joint) and "other".
     served_full_split_ms: dict[str, float] = field(default_factory=dict)
     # Mean ONNX Runtime calls per chunk once full, per graph (greedy decoding calls decoder and joint per step).
     served_full_calls: dict[str, float] = field(default_factory=dict)

@@ -230,9 +230,10 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path):
     assert steady["stream_s"] == plan.steady_stream_s and steady["fill_s"] < plan.steady_stream_s
     assert all(steady[k] > 0 for k in ("served_early_ms", "served_full_ms", "nemo_early_ms", "nemo_full_ms"))
     split = steady["served_full_split_ms"]  # every graph the stages call, and the rest
-    assert set(split) == {"diarizer", "encoder", "decoder", "joint", "other"} and min(split.values()) > 0
+    assert set(split) == {"diarizer", "pre_encoder", "encoder", "decoder", "joint", "other"}
+    assert min(split.values()) > 0
     calls = steady["served_full_calls"]  # one diarizer and one encoder call a chunk; decoding calls per step
-    assert calls["diarizer"] == calls["encoder"] == 1 and calls["joint"] >= 1
+    assert calls["diarizer"] == calls["pre_encoder"] == calls["encoder"] == 1 and calls["joint"] >= 1
     report = (out / bench_report.REPORT).read_text()
     headings = ("## Summary", "## Served against NeMo", "## Variants against the baseline", "## All measurements")
     for heading in (*headings, "## Server memory", "## Once the diarizer's cache is full", "## int8"):
