@@ -456,11 +456,12 @@ class AsrStage:
             # Every speaker of a stream hears the same features (unless they are masked per speaker): the front
             # end runs once for them all.
             keys = [(row.request, -1 if instance_masks(row) is None else row.slot) for row in rows]
-            first: dict[tuple[int, int], int] = {}  # each key's first row
-            for k, key in enumerate(keys):
-                first.setdefault(key, k)
-            audio_rows = [rows[k] for k in first.values()]
-            position = {key: i for i, key in enumerate(first)}
+            audio_rows: list[_Row] = []
+            position: dict[tuple[int, int], int] = {}  # each key's row of the front end's batch
+            for row, key in zip(rows, keys, strict=True):
+                if key not in position:
+                    position[key] = len(audio_rows)
+                    audio_rows.append(row)
             pre = self.pre_encoder.run({k: np.ascontiguousarray(v) for k, v in audio_feeds(audio_rows).items()})
             index = np.array([position[key] for key in keys])
             feeds.update({name: pre[name][index] for name in graph_io.PRE_ENCODER_OUTPUTS})
