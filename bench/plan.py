@@ -140,8 +140,8 @@ PLANS = {
         memory_streams=(1, 2),
         steady_stream_s=8.0,  # the tiny diarizer's cache is full after 3.84 s
         variants=EXPORT_PATH_VARIANTS,  # every export path once, on tiny models
-        measurement_ms=1500,
-        max_trials=4,
+        measurement_ms=1000,
+        max_trials=3,
         stability_percentage=100.0,
     ),
     # The headline: full-size architecture and the default models at the three latency settings, and at

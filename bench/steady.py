@@ -13,7 +13,9 @@ The median chunk time before the cache holds a short benchmark stream's worth an
 full are the two figures reported, with where a served chunk's time goes once full (each graph's
 ONNX Runtime calls, and the rest: features, cache and state updates, gating, glue).
 
-`python -m mtasr.bench.steady REPO [--seconds 40]` prints the served side's split alone.
+`python -m mtasr.bench.steady REPO [--seconds 40] [--streams N]` prints the served side's split alone, for
+one stream or for N streams stepped together (each step one batch, as Triton batches streams that arrive
+together): the stages' own cost at that batch size, without Triton's.
 """
 
 from __future__ import annotations
@@ -87,12 +89,13 @@ class _TimedGraph:
             self._calls[self._name] += 1
 
 
-def served_chunk_seconds(repo: Path, audio: np.ndarray, stream: int = 1) -> list[dict]:
-    """Per chunk of `audio` through the repository's stages in this process: its wall time ("total"),
-    each graph's share of it (seconds per graph name) and each graph's calls (`CALLS`)."""
+def served_chunk_seconds(repo: Path, audios: list[np.ndarray], first_stream: int = 1) -> list[dict]:
+    """Per step of `audios` (one stream each, stepped together: a step is one batch with a chunk of every
+    stream) through the repository's stages in this process: its wall time ("total"), each graph's share of it
+    (seconds per graph name) and each graph's calls (`CALLS`)."""
     from mtasr.deployment import chunk_samples, load_manifest, local_graphs
     from mtasr.graphs import single_threaded_blas
-    from mtasr.local_pipeline import LocalPipeline, stream_in_chunks
+    from mtasr.local_pipeline import LocalPipeline, streams_in_lockstep
 
     manifest = load_manifest(repo)
     graph_seconds: dict[str, float] = defaultdict(float)
@@ -100,20 +103,21 @@ def served_chunk_seconds(repo: Path, audio: np.ndarray, stream: int = 1) -> list
     plain = local_graphs(repo, manifest)
     pipeline = LocalPipeline(repo, graphs=lambda name: _TimedGraph(plain(name), name, graph_seconds, graph_calls))
     chunk = chunk_samples(manifest)
-    pipeline.transcribe(audio[: 2 * chunk], chunk, stream=stream + 1)  # warm-up: ONNX Runtime's first calls
-    chunks = []
+    warm_up = [audio[: 2 * chunk] for audio in audios]  # ONNX Runtime's first calls at this batch size
+    streams_in_lockstep(pipeline.step, warm_up, chunk, first_stream + len(audios))
+    steps = []
 
     def timed_step(requests):
         graph_seconds.clear()
         graph_calls.clear()
         started = time.perf_counter()
         results = pipeline.step(requests)
-        chunks.append({"total": time.perf_counter() - started, **graph_seconds, CALLS: dict(graph_calls)})
+        steps.append({"total": time.perf_counter() - started, **graph_seconds, CALLS: dict(graph_calls)})
         return results
 
     with single_threaded_blas():  # as in the served stage processes (mtasr.triton.stage_model)
-        stream_in_chunks(timed_step, audio, chunk, stream)
-    return chunks
+        streams_in_lockstep(timed_step, audios, chunk, first_stream)
+    return steps
 
 
 def split_ms(chunks: list[dict[str, float]], indices: list[int]) -> dict[str, float]:
@@ -159,7 +163,7 @@ def measure_steady_cost(
     from mtasr.deployment import load_manifest
 
     fill_s = diarizer_fill_s(load_manifest(repo))
-    chunks = served_chunk_seconds(repo, audio)
+    chunks = served_chunk_seconds(repo, [audio])
     served = [c["total"] for c in chunks]
     rc = right_context_for(latency_s)
     nemo = run_nemo_multitalker(
@@ -190,23 +194,38 @@ def _main() -> int:
 
     parser = argparse.ArgumentParser(
         prog="python -m mtasr.bench.steady",
-        description="Time one long 4-speaker stream chunk by chunk through an exported repository's stages in "
-        "this process, and print where a chunk's time goes before and after the diarizer's cache is full.",
+        description="Time long 4-speaker streams chunk by chunk through an exported repository's stages in this "
+        "process, and print where a chunk's time goes before and after the diarizer's cache is full.",
     )
     parser.add_argument("repo", type=Path, help="exported model repository (with manifest.json)")
     parser.add_argument("--seconds", type=float, default=40.0, help="stream length (default 40)")
     parser.add_argument("--early-seconds", type=float, default=8.0, help="the early window's end (default 8)")
+    parser.add_argument(
+        "--streams",
+        type=int,
+        default=1,
+        help="streams stepped together, each step one batch with a chunk of every stream, as the served stages "
+        "see streams that arrive together (default 1)",
+    )
     args = parser.parse_args()
+    if args.streams < 1:
+        parser.error("--streams must be at least 1")
     manifest = load_manifest(args.repo)
-    chunks = served_chunk_seconds(args.repo, conversation_audio(4, 100, args.seconds))
+    audios = [conversation_audio(4, 100 + i, args.seconds) for i in range(args.streams)]
+    steps = served_chunk_seconds(args.repo, audios)
     chunk_s = chunk_samples(manifest) / SAMPLE_RATE
     fill_s = diarizer_fill_s(manifest)
-    windows = chunk_windows(len(chunks), chunk_s, args.early_seconds, fill_s)
+    windows = chunk_windows(len(steps), chunk_s, args.early_seconds, fill_s)
     labels = (f"first {args.early_seconds:g} s", f"after {fill_s:.1f} s (cache full)")
+    batch = f"steps of {args.streams} chunks" if args.streams > 1 else "chunks"
     for label, indices in zip(labels, windows, strict=True):
-        split, calls = split_ms(chunks, indices), calls_per_chunk(chunks, indices)
-        print(f"{label}: {len(indices)} chunks of {1000 * chunk_s:.0f} ms, mean {format_split(split)}")
-        print(f"  graph calls per chunk: {format_calls(calls)}")
+        split, calls = split_ms(steps, indices), calls_per_chunk(steps, indices)
+        if not split:
+            print(f"{label}: no {batch} (stream too short)")
+            continue
+        audio_per_s = args.streams * chunk_s / (sum(split.values()) / 1000)
+        print(f"{label}: {len(indices)} {batch} of {1000 * chunk_s:.0f} ms, mean {format_split(split)}")
+        print(f"  {audio_per_s:.1f} audio s/s in this process; graph calls per step: {format_calls(calls)}")
     return 0
 
 

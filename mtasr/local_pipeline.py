@@ -65,13 +65,27 @@ class LocalPipeline:
 def stream_in_chunks(step, audio: np.ndarray, chunk_samples: int, stream: int) -> list[dict[str, Any]]:
     """One stream through `step` (`LocalPipeline.step` or `.run`, or a wrapper of them), a request per
     chunk of `chunk_samples`: START on the first, END on the last, which carries the last piece."""
-    pieces = [audio[i : i + chunk_samples] for i in range(0, len(audio), chunk_samples)] or [audio[:0]]
+    return [chunks[0] for chunks in streams_in_lockstep(step, [audio], chunk_samples, stream)]
+
+
+def streams_in_lockstep(
+    step, audios: list[np.ndarray], chunk_samples: int, first_stream: int
+) -> list[list[dict[str, Any]]]:
+    """Streams `first_stream`, `first_stream + 1`, ... (one per audio, all as long) through `step`, each
+    call one batch with a chunk of every stream, as Triton batches streams that arrive together. Returns
+    each step's results, one per stream."""
+    if len({len(audio) for audio in audios}) > 1:
+        raise ValueError("streams stepped together must be equally long")
+    n_pieces = max(1, -(-len(audios[0]) // chunk_samples))
     results = []
-    for k, piece in enumerate(pieces):
-        (result,) = step([(stream, piece, k == 0, k == len(pieces) - 1)])
-        if isinstance(result, RequestError):
-            raise result
-        results.append(result)
+    for k in range(n_pieces):
+        piece = slice(k * chunk_samples, (k + 1) * chunk_samples)
+        requests = [(first_stream + i, audio[piece], k == 0, k == n_pieces - 1) for i, audio in enumerate(audios)]
+        step_results = step(requests)
+        for result in step_results:
+            if isinstance(result, RequestError):
+                raise result
+        results.append(step_results)
     return results
 
 

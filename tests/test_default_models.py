@@ -136,3 +136,26 @@ def test_default_models_write_no_words_on_silence_or_faint_noise():
         results = pipeline.transcribe(audio, chunk, stream=stream)
         assert sum(len(r["WORDS"]) for r in results) == 0
         assert json.loads(results[-1]["TRANSCRIPT"][0]) == []
+
+
+def segments(result: dict) -> list[dict]:
+    """A final transcript's segments without their session id (the stream's own)."""
+    return [{k: v for k, v in seg.items() if k != "session_id"} for seg in json.loads(result["TRANSCRIPT"][0])]
+
+
+def test_streams_stepped_together_decode_what_each_decodes_alone():
+    """The stages batch the chunks of streams that arrive together (one graph call for every stream's
+    speakers); each stream's words are those it gets alone."""
+    from mtasr.bench.plan import conversation_audio
+    from mtasr.deployment import chunk_samples, load_manifest
+    from mtasr.local_pipeline import LocalPipeline, streams_in_lockstep
+
+    chunk = chunk_samples(load_manifest(DEFAULT_REPOSITORY))
+    audios = [conversation_audio(n_speakers, seed, 6.0) for n_speakers, seed in ((2, 1), (3, 2), (1, 3))]
+    together = streams_in_lockstep(LocalPipeline(DEFAULT_REPOSITORY).step, audios, chunk, first_stream=1)
+    for i, audio in enumerate(audios):
+        alone = LocalPipeline(DEFAULT_REPOSITORY).transcribe(audio, chunk, stream=1)
+        words = [list(step[i]["WORDS"]) for step in together]
+        assert words == [list(result["WORDS"]) for result in alone], i
+        assert segments(together[-1][i]) == segments(alone[-1]), i
+    assert any(len(step[0]["WORDS"]) for step in together), "nothing decoded: the comparison would be empty"

@@ -8,8 +8,6 @@ latency the released ASR supports.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from serving_client import chunked, stream_grpc, tokens_by_speaker
 
 from mtasr.bench.nemo_streaming import load_models, run_nemo_multitalker
 from mtasr.deployment import ServingSettings, chunk_samples, load_manifest
+from mtasr.export.pipeline import ExportSettings, run_export
 from mtasr.local_pipeline import LocalPipeline
 from mtasr.server import ServerConfig, TritonServer
 from mtasr.training.mixtures import espeak_available, make_conversation
@@ -101,11 +100,10 @@ def conversation():
 
 
 def export(pair: tuple[Path, Path], out: Path, right_context: int) -> Path:
-    asr, diarizer = pair
-    cmd = [sys.executable, "-m", "mtasr.cli", "export", "--asr", str(asr), "--diarizer", str(diarizer)]
-    cmd += ["--output", str(out), "--right-context", str(right_context), "--max-streams", "2"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
+    """`mtasr export --right-context R --max-streams 2`, in process (the command line's own path is tested in
+    test_client; a fresh interpreter would cost each latency ten seconds of imports)."""
+    settings = ExportSettings(right_context=right_context, max_streams_per_batch=2)
+    run_export(*pair, out, settings, progress=lambda message: None)
     return out / "model_repository"
 
 
