@@ -61,7 +61,8 @@ def export_onnx(
     out_dir: Path,
     opset: int = 17,
 ) -> dict[str, Any]:
-    """Export `module` to `out_dir/spec.file` and return its manifest entry (names, dtypes, shapes).
+    """Export `module` to `out_dir/spec.file` and return its manifest entry (names, dtypes, shapes, and
+    the names of its dynamic axes).
 
     Weights go into the graph file, or into exactly one `<file>.data` beside it when the graph is
     too large for protobuf (the TorchScript exporter alone would write one file per tensor).
@@ -91,7 +92,12 @@ def export_onnx(
         del proto
     session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
     session.run(None, {name: example_inputs[name].numpy() for name in spec.inputs})  # proves it runs
-    return describe_onnx(session, target, external_data=external_data)
+    entry = describe_onnx(session, target, external_data=external_data)
+    # Which dynamic axes are the same size (a batch, a frame count): what the serving configs are built from.
+    entry["dim_names"] = {
+        tensor: {str(axis): name for axis, name in axes.items()} for tensor, axes in spec.dynamic_axes.items()
+    }
+    return entry
 
 
 def save_onnx(proto, target: Path) -> str | None:

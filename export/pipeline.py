@@ -210,21 +210,8 @@ def _export_into(staging: Path, asr_info, diar_info, settings: ExportSettings, p
 
     extract_tokenizer(asr_info.path, repo_dir)
 
-    specs = {
-        "pre_encoder": asr.PRE_ENCODER_SPEC,
-        "encoder": asr.ENCODER_LAYERS_SPEC if "pre_encoder" in exported else asr.ENCODER_SPEC,
-        "decoder": asr.DECODER_SPEC,
-        "joint": asr.JOINT_SPEC,
-        "diarizer": sortformer.SORTFORMER_SPEC,
-    }
     graphs = {
-        name: dict(
-            entry,
-            source_file=entry["file"],
-            file=f"{name}/1/model.onnx",
-            dim_names=_dim_names(specs[name].dynamic_axes),
-        )
-        for name, entry in exported.items()
+        name: dict(entry, source_file=entry["file"], file=f"{name}/1/model.onnx") for name, entry in exported.items()
     }
     manifest: dict[str, Any] = {
         "manifest_version": MANIFEST_VERSION,
@@ -264,7 +251,3 @@ def _export_into(staging: Path, asr_info, diar_info, settings: ExportSettings, p
     write_python_repository(manifest, graphs_dir, repo_dir)
     shutil.rmtree(graphs_dir)
     return manifest
-
-
-def _dim_names(dynamic_axes: dict[str, dict[int, str]]) -> dict[str, dict[str, str]]:
-    return {tensor: {str(axis): name for axis, name in axes.items()} for tensor, axes in dynamic_axes.items()}
