@@ -26,6 +26,7 @@ class ExportVariant:
     pre_encode: str | None = None  # `mtasr export --pre-encode`; None: its default
     threads: int | None = None  # `mtasr export --threads` (each stage's ONNX Runtime threads); None: its default
     queue_delay_us: int | None = None  # `mtasr export --max-queue-delay-us`; None: its default
+    max_streams: int | None = None  # `mtasr export --max-streams` (streams per batch); None: the run's concurrency
 
     def export_options(self) -> list[str]:
         options = ["--encoder-cache", self.encoder_cache] + (["--int8"] if self.int8 else [])
@@ -35,6 +36,8 @@ class ExportVariant:
             options += ["--threads", str(self.threads)]
         if self.queue_delay_us is not None:
             options += ["--max-queue-delay-us", str(self.queue_delay_us)]
+        if self.max_streams is not None:
+            options += ["--max-streams", str(self.max_streams)]
         return options
 
     def describe(self) -> str:
@@ -56,6 +59,10 @@ VARIANTS = {
     "threads-all": ExportVariant(" threads-all", "kv", False, threads=available_cores()),
     "threads-1": ExportVariant(" threads-1", "kv", False, threads=1),
     "queue-5ms": ExportVariant(" queue-5ms", "kv", False, queue_delay_us=5000),
+    # Batches capped below the streams in flight: when one batch carries every stream, the stages take it in
+    # turn and each waits for the others; smaller batches keep the diarizer and the encoder busy together.
+    "batch-4": ExportVariant(" batch-4", "kv", False, max_streams=4),
+    "batch-8": ExportVariant(" batch-8", "kv", False, max_streams=8),
 }
 # The variants that export the graphs differently (the quick preset runs each once).
 EXPORT_PATH_VARIANTS = (BASELINE_VARIANT, "input-cache", "int8")

@@ -90,7 +90,7 @@ def export_for(
     all_slots_active: bool,
 ) -> Path:
     """An export at `right_context`, reused when the checkpoints and settings match (a subprocess:
-    the export's torch memory is returned when it ends)."""
+    the export's torch memory is returned when it ends); `max_streams` per batch unless the variant sets it."""
     from mtasr.export.checkpoints import sha256_of
     from mtasr.export.quantize import QUANTIZED_GRAPHS, quantization_settings
 
@@ -98,7 +98,7 @@ def export_for(
         "asr": sha256_of(asr),
         "diarizer": sha256_of(diarizer),
         "right_context": right_context,
-        "max_streams": max_streams,
+        "max_streams": variant.max_streams or max_streams,
         "int8": quantization_settings(list(QUANTIZED_GRAPHS)) if variant.int8 else False,  # a changed scheme re-exports
         "export_options": variant.export_options(),
         "all_slots_active": all_slots_active,
@@ -109,8 +109,9 @@ def export_for(
     if key_file.is_file() and json.loads(key_file.read_text()) == key and (repo / "manifest.json").is_file():
         return repo
     cmd = [sys.executable, "-m", "mtasr.cli", "export", "--asr", str(asr), "--diarizer", str(diarizer)]
-    cmd += ["--output", str(out_dir), "--right-context", str(right_context), "--max-streams", str(max_streams)]
-    cmd += ["--overwrite", *variant.export_options()]
+    cmd += ["--output", str(out_dir), "--right-context", str(right_context), "--overwrite"]
+    cmd += [] if variant.max_streams else ["--max-streams", str(max_streams)]
+    cmd += variant.export_options()
     cmd += ["--all-slots-active"] if all_slots_active else []
     # Each pair is served with its own diarizer cache (the tiny one's fills within the steady-state stream;
     # the full pair's is the script's 188/188 anyway), and NeMo's loop runs with the same (`diar_cache=None`).
