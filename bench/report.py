@@ -148,6 +148,7 @@ def render(result: BenchResult) -> str:
     if result.active_speakers:
         lines += ["", "Mean speaker instances the ASR runs per chunk (NeMo, batch 1, stream 0):", ""]
         lines += [f"- {k}: {v:.2f}" for k, v in result.active_speakers.items()]
+    lines += _stage_loads(result)
     lines += _steady_costs(result)
     lines += _int8_costs(result)
     lines += ["", "## Server memory (resident: tritonserver and its python-backend processes)", ""]
@@ -221,6 +222,34 @@ def _variants(result: BenchResult) -> list[str]:
         "|---|---|---|---|---|---|---|",
         *rows,
     ]
+
+
+def _stage_loads(result: BenchResult) -> list[str]:
+    """Each stage's batches, busy share and queueing under gRPC load (Triton's metrics over the whole
+    perf_analyzer run, its warm-up included)."""
+    points = [p for p in result.points if p.system == SERVED and p.stages]
+    if not points:
+        return []
+    stages = list(dict.fromkeys(stage for p in points for stage in p.stages))
+    lines = [
+        "",
+        "## The stages under load (gRPC)",
+        "",
+        "Per stage: mean requests per execution (batch), share of the wall time its process spent executing "
+        "(busy), mean wait of a request before its execution (queue).",
+        "",
+        "| model | latency | streams | " + " | ".join(f"{stage} batch / busy / queue" for stage in stages) + " |",
+        "|---|---|---|" + "---|" * len(stages),
+    ]
+    for p in points:
+        cells = []
+        for stage in stages:
+            load = p.stages.get(stage)
+            cells.append(
+                f"{load['batch']:.1f} / {100 * load['busy']:.0f} % / {load['queue_ms']:.1f} ms" if load else "n/a"
+            )
+        lines.append(f"| {p.model} | {p.latency_s:.2f} s | {p.concurrency} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _fitted_mb(value: float) -> str:

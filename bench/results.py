@@ -25,6 +25,8 @@ class LoadPoint:
     p50_ms: float
     p90_ms: float
     p99_ms: float
+    # Served only: per pipeline stage over the measurement (Triton's metrics), see `mtasr.bench.run.stage_load`.
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def rtf(self) -> float:

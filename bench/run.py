@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import signal
 import subprocess
 import sys
@@ -155,6 +156,49 @@ def _metric(url: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
 
 
+# Triton's cumulative per-model counters that say how busy each pipeline stage was.
+_STAGE_COUNTERS = {
+    "nv_inference_count": "requests",
+    "nv_inference_exec_count": "executions",
+    "nv_inference_queue_duration_us": "queue_us",
+    "nv_inference_compute_infer_duration_us": "compute_us",
+}
+_MODEL_LABEL = re.compile(r'model="([^"]+)"')
+
+
+def stage_counters(metrics_text: str) -> dict[str, dict[str, float]]:
+    """Per pipeline stage (`mtasr.deployment.STAGES`), its counters in Triton's metrics text."""
+    from mtasr.protocol import STAGES
+
+    counters = {stage: dict.fromkeys(_STAGE_COUNTERS.values(), 0.0) for stage in STAGES}
+    for line in metrics_text.splitlines():
+        metric, _, rest = line.partition("{")
+        labels, _, value = rest.rpartition("} ")
+        model = _MODEL_LABEL.search(labels)
+        if metric in _STAGE_COUNTERS and model and model.group(1) in counters:
+            counters[model.group(1)][_STAGE_COUNTERS[metric]] += float(value)
+    return counters
+
+
+def stage_load(before: dict, after: dict, seconds: float) -> dict[str, dict[str, float]]:
+    """Per stage between two `stage_counters` `seconds` apart: requests per execution ("batch"), the share of
+    the time its process spent executing ("busy"), and the mean time a request waited for it ("queue_ms")."""
+    load = {}
+    for stage, end in after.items():
+        delta = {k: v - before.get(stage, {}).get(k, 0.0) for k, v in end.items()}
+        if delta["executions"] > 0:
+            load[stage] = {
+                "batch": delta["requests"] / delta["executions"],
+                "busy": delta["compute_us"] / (1e6 * seconds),
+                "queue_ms": delta["queue_us"] / delta["requests"] / 1000,
+            }
+    return load
+
+
+def _stage_counters_of(server) -> dict[str, dict[str, float]]:
+    return stage_counters(urllib.request.urlopen(server.url("metrics"), timeout=10).read().decode())
+
+
 def _wait_streams_closed(server, timeout_s: float = 30.0) -> None:
     from mtasr.triton.stage_model import OPEN_STREAMS_METRIC
 
@@ -199,7 +243,9 @@ def sweep(
                     percentile=None,  # stabilise on the mean: p99 of a few dozen chunks is too noisy to
                 )
                 what = f"{name} @ {latency_s:.2f} s, {system}, {concurrency} stream(s)"
+                counters, started = _stage_counters_of(server), time.monotonic()
                 result = _stable_run(run, plan, server, what)
+                stages = stage_load(counters, _stage_counters_of(server), time.monotonic() - started)
                 if result is None:
                     unstable.append(what)
                     continue
@@ -216,6 +262,7 @@ def sweep(
                         ms["p50"],
                         ms["p90"],
                         ms["p99"],
+                        stages,
                     )
                 )
                 _wait_streams_closed(server)

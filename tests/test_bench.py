@@ -70,6 +70,28 @@ def test_every_variant_is_an_export_the_command_line_understands():
     assert set(EXPORT_PATH_VARIANTS) < set(VARIANTS)
 
 
+def test_each_stages_batch_busy_share_and_queueing_come_from_tritons_counters():
+    def metrics(asr_requests: int, asr_executions: int, compute_us: int, queue_us: int) -> str:
+        return "\n".join(
+            [
+                "# HELP nv_inference_count Number of inferences performed",
+                f'nv_inference_count{{model="asr",version="1"}} {asr_requests}',
+                f'nv_inference_count{{model="multitalker_asr",version="1"}} {asr_requests}',  # the ensemble: no stage
+                f'nv_inference_exec_count{{model="asr",version="1"}} {asr_executions}',
+                f'nv_inference_compute_infer_duration_us{{model="asr",version="1"}} {compute_us}',
+                f'nv_inference_queue_duration_us{{model="asr",version="1"}} {queue_us}',
+                'nv_inference_count{model="features",version="1"} 7',
+            ]
+        )
+
+    before = bench.stage_counters(metrics(100, 50, 1_000_000, 200_000))
+    assert set(before) == {"features", "diarization", "speaker_kernels", "asr"}
+    assert before["asr"] == {"requests": 100, "executions": 50, "queue_us": 200_000, "compute_us": 1_000_000}
+    # 40 requests in 10 executions over 2 s: batches of 4, 1.5 s of 2 executing, 5 ms waited per request.
+    load = bench.stage_load(before, bench.stage_counters(metrics(140, 60, 2_500_000, 400_000)), 2.0)
+    assert load == {"asr": {"batch": 4.0, "busy": 0.75, "queue_ms": 5.0}}  # stages that did not execute: none
+
+
 def test_real_time_needs_rtf_below_one_and_p99_within_a_chunk():
     # 2 streams processing 4 audio seconds per second: each stream at RTF 0.5.
     point = LoadPoint("full", 1.12, "gRPC stream", 2, 4.0, 4.0, 300, 500, 900)
@@ -235,7 +257,12 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path):
     assert min(split.values()) > 0
     calls = steady["served_full_calls"]  # one diarizer and one encoder call a chunk; decoding calls per step
     assert calls["diarizer"] == calls["pre_encoder"] == calls["encoder"] == 1 and calls["joint"] >= 1
+    for p in results["points"]:  # Triton's counters say how each stage was loaded
+        if p["system"] == "gRPC stream":
+            assert set(p["stages"]) == {"features", "diarization", "speaker_kernels", "asr"}
+            assert all(s["batch"] >= 1 and 0 < s["busy"] and s["queue_ms"] >= 0 for s in p["stages"].values())
     report = (out / bench_report.REPORT).read_text()
+    assert "## The stages under load (gRPC)" in report
     headings = ("## Summary", "## Served against NeMo", "## Variants against the baseline", "## All measurements")
     for heading in (*headings, "## Server memory", "## Once the diarizer's cache is full", "## int8"):
         assert heading in report
