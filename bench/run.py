@@ -182,14 +182,16 @@ def stage_counters(metrics_text: str) -> dict[str, dict[str, float]]:
 
 def stage_load(before: dict, after: dict, seconds: float) -> dict[str, dict[str, float]]:
     """Per stage between two `stage_counters` `seconds` apart: requests per execution ("batch"), the share of
-    the time its process spent executing ("busy"), and the mean time a request waited for it ("queue_ms")."""
+    the wall time its process spent executing ("busy": Triton charges every request of an execution the whole
+    execution, so the executions' time is the requests' total over the batch), and the mean time a request
+    waited for it ("queue_ms")."""
     load = {}
     for stage, end in after.items():
         delta = {k: v - before.get(stage, {}).get(k, 0.0) for k, v in end.items()}
         if delta["executions"] > 0:
             load[stage] = {
                 "batch": delta["requests"] / delta["executions"],
-                "busy": delta["compute_us"] / (1e6 * seconds),
+                "busy": delta["compute_us"] * delta["executions"] / delta["requests"] / (1e6 * seconds),
                 "queue_ms": delta["queue_us"] / delta["requests"] / 1000,
             }
     return load

@@ -87,8 +87,9 @@ def test_each_stages_batch_busy_share_and_queueing_come_from_tritons_counters():
     before = bench.stage_counters(metrics(100, 50, 1_000_000, 200_000))
     assert set(before) == {"features", "diarization", "speaker_kernels", "asr"}
     assert before["asr"] == {"requests": 100, "executions": 50, "queue_us": 200_000, "compute_us": 1_000_000}
-    # 40 requests in 10 executions over 2 s: batches of 4, 1.5 s of 2 executing, 5 ms waited per request.
-    load = bench.stage_load(before, bench.stage_counters(metrics(140, 60, 2_500_000, 400_000)), 2.0)
+    # 40 requests in 10 executions over 2 s: batches of 4; each request charged its execution's time (6 s in
+    # all), so 1.5 s of the 2 executing; 5 ms waited per request.
+    load = bench.stage_load(before, bench.stage_counters(metrics(140, 60, 7_000_000, 400_000)), 2.0)
     assert load == {"asr": {"batch": 4.0, "busy": 0.75, "queue_ms": 5.0}}  # stages that did not execute: none
 
 
