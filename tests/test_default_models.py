@@ -7,12 +7,12 @@ import json
 from mtasr.training.defaults import DEFAULT_REPOSITORY, DEMO_CONVERSATION
 
 # The committed pair on the demo conversation (3 speakers, the first returning at the end, overlapping
-# turns): the diarizer alone 1.5 % DER, the served transcript 40.0 % cpWER (12 of 30 words); floors with a
+# turns): the diarizer alone 1.5 % DER, the served transcript 20.0 % cpWER (6 of 30 words); floors with a
 # margin. One session guards against
 # regressions; the quality table comes from `mtasr evaluate` on the whole evaluation set (docs/training.md).
 # The ASR does not reach the project's targets yet (cpWER <= 15 % on the demo), so nothing here claims more.
 MAX_DEMO_DIARIZER_DER = 0.10
-MAX_DEMO_CPWER = 0.50
+MAX_DEMO_CPWER = 0.35
 
 
 def test_default_repository_is_a_complete_modest_export():

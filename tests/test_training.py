@@ -656,8 +656,9 @@ def test_the_asr_stage_on_the_diarizers_masks_needs_the_diarizer(tmp_path):
 
 @pytest.mark.parametrize("model", ["asr", "diarizer"])
 def test_a_curriculum_fine_tunes_each_stage_from_the_one_before(model, tmp_path, monkeypatch):
-    """Stage k trains in `<work dir>/<its name>` from stage k-1's model; the last stage's model is the result."""
-    from mtasr.training import asr, diarizer
+    """Stage k trains in `<work dir>/<its name>` from stage k-1's model; the diarizer's last stage is its result,
+    the ASR's the average of its `ASR_AVERAGED` stages."""
+    from mtasr.training import asr, averaging, diarizer
 
     module, train_name, stages, curriculum = {
         "asr": (asr, "train_asr", asr.ASR_STAGES, asr.train_asr_curriculum),
@@ -670,13 +671,19 @@ def test_a_curriculum_fine_tunes_each_stage_from_the_one_before(model, tmp_path,
         return out_dir / module.CHECKPOINT_NAME
 
     monkeypatch.setattr(module, train_name, train)
+    averaged = []
+    monkeypatch.setattr(averaging, "average_models", lambda paths, out: averaged.append((paths, out)) or out)
     # the ASR's last stage trains on the diarizer's masks
     last = curriculum(tmp_path / "corpus", tmp_path, **({"diarizer": tmp_path / "d.nemo"} if model == "asr" else {}))
     names = list(stages)
     assert len(names) >= 2
     assert [(name, recipe) for name, recipe, _ in calls] == list(stages.items())
     assert [init for _, _, init in calls] == [None] + [tmp_path / n / module.CHECKPOINT_NAME for n in names[:-1]]
-    assert last == tmp_path / names[-1] / module.CHECKPOINT_NAME
+    if model == "diarizer":
+        assert last == tmp_path / names[-1] / module.CHECKPOINT_NAME and not averaged
+    else:  # the ASR's result: its named stages averaged
+        out = tmp_path / asr.AVERAGED_DIR / asr.CHECKPOINT_NAME
+        assert averaged == [([tmp_path / n / asr.CHECKPOINT_NAME for n in asr.ASR_AVERAGED], out)] and last == out
 
 
 def test_without_the_diarizer_the_asr_curriculum_stops_before_the_stage_on_its_masks(tmp_path, monkeypatch):
@@ -695,6 +702,33 @@ def test_without_the_diarizer_the_asr_curriculum_stops_before_the_stage_on_its_m
     before = list(asr.ASR_STAGES)[: list(asr.ASR_STAGES).index(first)]
     assert asr.train_asr_curriculum(tmp_path, tmp_path) == tmp_path / before[-1] / asr.CHECKPOINT_NAME
     assert calls == [(name, None) for name in before]
+
+
+def test_averaging_two_models_gives_the_mean_of_their_weights(tmp_path):
+    """`training.averaging.average_models`: float weights averaged, everything else the first model's; a model
+    of another architecture is refused."""
+    import torch
+    from nemo.core.classes.modelPT import ModelPT
+
+    from mtasr.export.random_models import build_random_pair
+    from mtasr.training.averaging import average_models
+
+    first, _ = build_random_pair("tiny", tmp_path / "tiny")
+    model = ModelPT.restore_from(str(first), map_location="cpu")
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1.0)
+    model.save_to(str(tmp_path / "shifted.nemo"))
+    out = average_models([first, tmp_path / "shifted.nemo"], tmp_path / "averaged" / "asr.nemo")
+    want = {k: v for k, v in ModelPT.restore_from(str(first), map_location="cpu").state_dict().items()}
+    got = ModelPT.restore_from(str(out), map_location="cpu").state_dict()
+    params = {name for name, _ in model.named_parameters()}
+    assert params and all(torch.allclose(got[k], want[k] + 0.5, atol=1e-6) for k in params)
+    assert all(torch.equal(got[k], v) for k, v in want.items() if not v.is_floating_point())
+    assert not (tmp_path / "averaged" / "asr.nemo.partial").exists()
+    _, diarizer = build_random_pair("tiny", tmp_path / "tiny")
+    with pytest.raises(ValueError, match="not the architecture"):
+        average_models([first, diarizer], tmp_path / "mixed.nemo")
 
 
 def test_a_finished_stage_is_returned_not_trained_again(tmp_path):
