@@ -27,6 +27,7 @@ class ExportVariant:
     threads: int | None = None  # `mtasr export --threads` (each stage's ONNX Runtime threads); None: its default
     queue_delay_us: int | None = None  # `mtasr export --max-queue-delay-us`; None: its default
     max_streams: int | None = None  # `mtasr export --max-streams` (streams per batch); None: the run's concurrency
+    stage_instances: int | None = None  # `mtasr export --stage-instances`; None: its default
 
     def export_options(self) -> list[str]:
         options = ["--encoder-cache", self.encoder_cache] + (["--int8"] if self.int8 else [])
@@ -38,6 +39,8 @@ class ExportVariant:
             options += ["--max-queue-delay-us", str(self.queue_delay_us)]
         if self.max_streams is not None:
             options += ["--max-streams", str(self.max_streams)]
+        if self.stage_instances is not None:
+            options += ["--stage-instances", str(self.stage_instances)]
         return options
 
     def describe(self) -> str:
@@ -63,6 +66,9 @@ VARIANTS = {
     # turn and each waits for the others; smaller batches keep the diarizer and the encoder busy together.
     "batch-4": ExportVariant(" batch-4", "kv", False, max_streams=4),
     "batch-8": ExportVariant(" batch-8", "kv", False, max_streams=8),
+    # Two processes per stage (Triton spreads the streams over them), 4 streams per batch: the asr stage, busy
+    # all the time in one process, may then use a second core while the diarizer's is idle.
+    "instances-2": ExportVariant(" instances-2", "kv", False, max_streams=4, stage_instances=2),
 }
 # The variants that export the graphs differently (the quick preset runs each once).
 EXPORT_PATH_VARIANTS = (BASELINE_VARIANT, "input-cache", "int8")
