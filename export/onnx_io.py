@@ -92,12 +92,13 @@ def export_onnx(
         del proto
     session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
     session.run(None, {name: example_inputs[name].numpy() for name in spec.inputs})  # proves it runs
-    entry = describe_onnx(session, target, external_data=external_data)
-    # Which dynamic axes are the same size (a batch, a frame count): what the serving configs are built from.
-    entry["dim_names"] = {
-        tensor: {str(axis): name for axis, name in axes.items()} for tensor, axes in spec.dynamic_axes.items()
-    }
-    return entry
+    return dict(describe_onnx(session, target, external_data=external_data), dim_names=dim_names(spec.dynamic_axes))
+
+
+def dim_names(dynamic_axes: dict[str, dict[int, str]]) -> dict[str, dict[str, str]]:
+    """A graph's dynamic axes as its manifest entry names them ({tensor: {axis: name}}): which axes are the
+    same size (a batch, a frame count), what the serving configs and TensorRT profiles are built from."""
+    return {tensor: {str(axis): name for axis, name in axes.items()} for tensor, axes in dynamic_axes.items()}
 
 
 def save_onnx(proto, target: Path) -> str | None:

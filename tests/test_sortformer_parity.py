@@ -538,7 +538,8 @@ def test_per_stream_states_gather_into_a_batch_and_split_back(exported, asr_grid
 
 def test_tensorrt_profile_spans_the_batch_at_the_graph_chunk_width(exported, asr_grid) -> None:
     """The diarizer's engine profile: 1..N rows, every row at the ASR's later-chunk width, a drop per row."""
-    from mtasr.export.pipeline import _dim_names, _serving_dims
+    from mtasr.export.onnx_io import dim_names
+    from mtasr.export.pipeline import _serving_dims
     from mtasr.export.sortformer import DYNAMIC_AXES
     from mtasr.export.tensorrt import engine_profiles
 
@@ -548,7 +549,7 @@ def test_tensorrt_profile_spans_the_batch_at_the_graph_chunk_width(exported, asr
         "deployment": {"max_streams_per_batch": 8},
         "asr": {"streaming": asr_grid[1]},
         "diarizer": {"geometry": info},
-        "graphs": {"diarizer": {"inputs": info["inputs"], "dim_names": _dim_names(DYNAMIC_AXES)}},
+        "graphs": {"diarizer": {"inputs": info["inputs"], "dim_names": dim_names(DYNAMIC_AXES)}},
     }
     _serving_dims(manifest)
     profile = engine_profiles(manifest)["diarizer"]
