@@ -236,7 +236,8 @@ def _stage_loads(result: BenchResult) -> list[str]:
         "## The stages under load (gRPC)",
         "",
         "Per stage: mean requests per execution (batch), share of the wall time its process spent executing "
-        "(busy), mean wait of a request before its execution (queue).",
+        "(busy; summed over a stage's instances, so up to 100 % each), mean wait of a request before its "
+        "execution (queue).",
         "",
         "| model | latency | streams | " + " | ".join(f"{stage} batch / busy / queue" for stage in stages) + " |",
         "|---|---|---|" + "---|" * len(stages),
