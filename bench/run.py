@@ -151,9 +151,22 @@ def int8_cost(
 # ------------------------------------------------------------------------------------------ served
 
 
-def _metric(url: str, name: str) -> float:
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+def _metrics_text(server) -> str:
+    return urllib.request.urlopen(server.url("metrics"), timeout=10).read().decode()
+
+
+def _samples(metrics_text: str):
+    """(metric name, labels text, value) of each labelled sample in Prometheus text (comments skipped)."""
+    for line in metrics_text.splitlines():
+        metric, brace, rest = line.partition("{")
+        if brace and not line.startswith("#"):
+            labels, _, value = rest.rpartition("} ")
+            yield metric, labels, float(value)
+
+
+def _metric(server, name: str) -> float:
+    """`name` summed over its labels (every stage instance)."""
+    return sum(value for metric, _, value in _samples(_metrics_text(server)) if metric == name)
 
 
 # Triton's cumulative per-model counters that say how busy each pipeline stage was.
@@ -167,16 +180,14 @@ _MODEL_LABEL = re.compile(r'model="([^"]+)"')
 
 
 def stage_counters(metrics_text: str) -> dict[str, dict[str, float]]:
-    """Per pipeline stage (`mtasr.deployment.STAGES`), its counters in Triton's metrics text."""
+    """Per pipeline stage (`mtasr.protocol.STAGES`), its counters in Triton's metrics text."""
     from mtasr.protocol import STAGES
 
     counters = {stage: dict.fromkeys(_STAGE_COUNTERS.values(), 0.0) for stage in STAGES}
-    for line in metrics_text.splitlines():
-        metric, _, rest = line.partition("{")
-        labels, _, value = rest.rpartition("} ")
+    for metric, labels, value in _samples(metrics_text):
         model = _MODEL_LABEL.search(labels)
         if metric in _STAGE_COUNTERS and model and model.group(1) in counters:
-            counters[model.group(1)][_STAGE_COUNTERS[metric]] += float(value)
+            counters[model.group(1)][_STAGE_COUNTERS[metric]] += value
     return counters
 
 
@@ -197,15 +208,11 @@ def stage_load(before: dict, after: dict, seconds: float) -> dict[str, dict[str,
     return load
 
 
-def _stage_counters_of(server) -> dict[str, dict[str, float]]:
-    return stage_counters(urllib.request.urlopen(server.url("metrics"), timeout=10).read().decode())
-
-
 def _wait_streams_closed(server, timeout_s: float = 30.0) -> None:
     from mtasr.triton.stage_model import OPEN_STREAMS_METRIC
 
     deadline = time.monotonic() + timeout_s
-    while _metric(server.url("metrics"), OPEN_STREAMS_METRIC) > 0 and time.monotonic() < deadline:
+    while _metric(server, OPEN_STREAMS_METRIC) > 0 and time.monotonic() < deadline:
         time.sleep(0.2)
 
 
@@ -245,9 +252,9 @@ def sweep(
                     percentile=None,  # stabilise on the mean: p99 of a few dozen chunks is too noisy to
                 )
                 what = f"{name} @ {latency_s:.2f} s, {system}, {concurrency} stream(s)"
-                counters, started = _stage_counters_of(server), time.monotonic()
+                counters, started = stage_counters(_metrics_text(server)), time.monotonic()
                 result = _stable_run(run, plan, server, what)
-                stages = stage_load(counters, _stage_counters_of(server), time.monotonic() - started)
+                stages = stage_load(counters, stage_counters(_metrics_text(server)), time.monotonic() - started)
                 if result is None:
                     unstable.append(what)
                     continue
@@ -318,7 +325,7 @@ def measure_memory(server, repo: Path, plan: BenchPlan, model: str) -> Memory:
             for _ in itertools.islice(client.stream(chunks, ids[k]), 3):
                 pass
         time.sleep(0.5)
-        speakers = int(_metric(server.url("metrics"), SPEAKER_STATES_METRIC))
+        speakers = int(_metric(server, SPEAKER_STATES_METRIC))
         points.append(MemoryPoint(target, speakers, server.rss_mb()))
         _log(f"{model}: {target} open stream(s), {speakers} speaker instance(s), {points[-1].rss_mb:.0f} MB")
     for sequence_id in ids:
