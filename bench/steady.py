@@ -89,13 +89,15 @@ class _TimedGraph:
             self._calls[self._name] += 1
 
 
-def served_chunk_seconds(repo: Path, audios: list[np.ndarray], first_stream: int = 1) -> list[dict]:
-    """Per step of `audios` (one stream each, stepped together: a step is one batch with a chunk of every
-    stream) through the repository's stages in this process: its wall time ("total"), each graph's share of it
-    (seconds per graph name) and each graph's calls (`CALLS`)."""
+def served_chunk_seconds(
+    repo: Path, audios: list[np.ndarray], first_stream: int = 1, starts: list[int] | None = None
+) -> list[dict]:
+    """Per step of `audios` (one stream each, stream i from step `starts[i]`, default 0: a step is one batch
+    with a chunk of every live stream) through the repository's stages in this process: its wall time
+    ("total"), each graph's share of it (seconds per graph name) and each graph's calls (`CALLS`)."""
     from mtasr.deployment import chunk_samples, load_manifest, local_graphs
     from mtasr.graphs import single_threaded_blas
-    from mtasr.local_pipeline import LocalPipeline, streams_in_lockstep
+    from mtasr.local_pipeline import LocalPipeline, streams_in_lockstep, streams_stepped
 
     manifest = load_manifest(repo)
     graph_seconds: dict[str, float] = defaultdict(float)
@@ -116,7 +118,7 @@ def served_chunk_seconds(repo: Path, audios: list[np.ndarray], first_stream: int
         return results
 
     with single_threaded_blas():  # as in the served stage processes (mtasr.triton.stage_model)
-        streams_in_lockstep(timed_step, audios, chunk, first_stream)
+        streams_stepped(timed_step, audios, chunk, first_stream, starts or [0] * len(audios))
     return steps
 
 
@@ -207,13 +209,22 @@ def _main() -> int:
         help="streams stepped together, each step one batch with a chunk of every stream, as the served stages "
         "see streams that arrive together (default 1)",
     )
+    parser.add_argument(
+        "--staggered",
+        action="store_true",
+        help="with --streams N: streams of different ages, as a server sees streams that started at different "
+        "times: stream i starts i/N of a stream's length after the first, and each is followed by a new one "
+        "when it ends; timed over one stream's length once all N are live",
+    )
     args = parser.parse_args()
     if args.streams < 1:
         parser.error("--streams must be at least 1")
     manifest = load_manifest(args.repo)
+    chunk_s = chunk_samples(manifest) / SAMPLE_RATE
+    if args.staggered:
+        return _main_staggered(args.repo, args.streams, args.seconds, chunk_s)
     audios = [conversation_audio(4, 100 + i, args.seconds) for i in range(args.streams)]
     steps = served_chunk_seconds(args.repo, audios)
-    chunk_s = chunk_samples(manifest) / SAMPLE_RATE
     fill_s = diarizer_fill_s(manifest)
     windows = chunk_windows(len(steps), chunk_s, args.early_seconds, fill_s)
     labels = (f"first {args.early_seconds:g} s", f"after {fill_s:.1f} s (cache full)")
@@ -226,6 +237,24 @@ def _main() -> int:
         audio_per_s = args.streams * chunk_s / (sum(split.values()) / 1000)
         print(f"{label}: {len(indices)} {batch} of {1000 * chunk_s:.0f} ms, mean {format_split(split)}")
         print(f"  {audio_per_s:.1f} audio s/s in this process; graph calls per step: {format_calls(calls)}")
+    return 0
+
+
+def _main_staggered(repo: Path, streams: int, seconds: float, chunk_s: float) -> int:
+    from mtasr.bench.plan import conversation_audio
+
+    n_chunks = max(1, round(seconds / chunk_s))
+    audios, starts = [], []
+    for round_ in range(2):  # the first round fills the server with streams of every age; the second is timed
+        for i in range(streams):
+            audios.append(conversation_audio(4, 100 + i, seconds))
+            starts.append(i * n_chunks // streams + round_ * n_chunks)
+    steps = served_chunk_seconds(repo, audios, starts=starts)
+    timed = list(range(n_chunks, 2 * n_chunks))
+    split, calls = split_ms(steps, timed), calls_per_chunk(steps, timed)
+    audio_per_s = streams * chunk_s / (sum(split.values()) / 1000)
+    print(f"{streams} streams of {seconds:g} s at evenly spread ages: {len(timed)} steps, mean {format_split(split)}")
+    print(f"  {audio_per_s:.1f} audio s/s in this process; graph calls per step: {format_calls(calls)}")
     return 0
 
 

@@ -76,16 +76,32 @@ def streams_in_lockstep(
     each step's results, one per stream."""
     if len({len(audio) for audio in audios}) > 1:
         raise ValueError("streams stepped together must be equally long")
-    n_pieces = max(1, -(-len(audios[0]) // chunk_samples))
+    steps = streams_stepped(step, audios, chunk_samples, first_stream, [0] * len(audios))
+    return [[results[i] for i in range(len(audios))] for results in steps]
+
+
+def streams_stepped(
+    step, audios: list[np.ndarray], chunk_samples: int, first_stream: int, starts: list[int]
+) -> list[dict[int, dict[str, Any]]]:
+    """Stream `first_stream + i` (audio i) from step `starts[i]` on, a chunk a step; each call to `step` one
+    batch with the chunk of every stream live at that step (none: no call), as Triton batches streams that
+    started at different times. Returns each step's results by audio index."""
+    if len(starts) != len(audios):
+        raise ValueError("one start step per stream")
+    pieces = [max(1, -(-len(audio) // chunk_samples)) for audio in audios]
     results = []
-    for k in range(n_pieces):
-        piece = slice(k * chunk_samples, (k + 1) * chunk_samples)
-        requests = [(first_stream + i, audio[piece], k == 0, k == n_pieces - 1) for i, audio in enumerate(audios)]
-        step_results = step(requests)
+    for t in range(max((s + n for s, n in zip(starts, pieces, strict=True)), default=0)):
+        live = [i for i in range(len(audios)) if starts[i] <= t < starts[i] + pieces[i]]
+        requests = []
+        for i in live:
+            k = t - starts[i]
+            piece = audios[i][k * chunk_samples : (k + 1) * chunk_samples]
+            requests.append((first_stream + i, piece, k == 0, k == pieces[i] - 1))
+        step_results = step(requests) if requests else []
         for result in step_results:
             if isinstance(result, RequestError):
                 raise result
-        results.append(step_results)
+        results.append(dict(zip(live, step_results, strict=True)))
     return results
 
 

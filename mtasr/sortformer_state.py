@@ -140,6 +140,42 @@ def init_state(params: SortformerParams, batch_size: int) -> SortformerStreamSta
     )
 
 
+# What one more graph call costs, in frames of one row encoded: the default diarizer on one thread took 2.1 ms
+# for one row with an empty cache and FIFO and ~0.08 ms per further frame of a row, batched or not.
+CALL_COST_FRAMES = 16
+
+
+def width_batches(
+    spkcache_lengths: np.ndarray, fifo_lengths: np.ndarray, chunk_frames: int, call_cost_frames: int = CALL_COST_FRAMES
+) -> list[np.ndarray]:
+    """Rows of a batch grouped into graph calls of similar speaker-cache and FIFO fill.
+
+    Fed with `core_inputs(trim=True)`, a call encodes every row as wide as its widest one: a new stream batched
+    with a 15-second-old one pays the old one's width, and the graph's cost grows with the frames it encodes,
+    not with the calls. The rows, sorted by fill, are cut where that minimises the frames encoded plus
+    `call_cost_frames` per call (exact: dynamic programming over the sorted rows). Each row's outputs are
+    those of any other batching (padding is masked); returns the row indices of each call.
+    """
+    spk, fifo = np.asarray(spkcache_lengths), np.asarray(fifo_lengths)
+    order = np.argsort(spk + fifo, kind="stable")
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[j]: cost of the first j sorted rows
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        widest_spk = widest_fifo = 0
+        for i in range(j, 0, -1):  # the last call holds sorted rows i-1 .. j-1
+            widest_spk, widest_fifo = max(widest_spk, spk[order[i - 1]]), max(widest_fifo, fifo[order[i - 1]])
+            cost = best[i - 1] + (j - i + 1) * (widest_spk + widest_fifo + chunk_frames) + call_cost_frames
+            if cost < best[j]:
+                best[j], cut[j] = cost, i - 1
+    calls = []
+    j = n
+    while j > 0:
+        calls.append(order[cut[j] : j])
+        j = cut[j]
+    return calls[::-1]
+
+
 def core_inputs(
     state: SortformerStreamState,
     chunk_feats: np.ndarray,

@@ -159,3 +159,22 @@ def test_streams_stepped_together_decode_what_each_decodes_alone():
         assert words == [list(result["WORDS"]) for result in alone], i
         assert segments(together[-1][i]) == segments(alone[-1]), i
     assert any(len(step[0]["WORDS"]) for step in together), "nothing decoded: the comparison would be empty"
+
+
+def test_streams_of_different_ages_batched_together_decode_what_each_decodes_alone():
+    """Streams that started at different times share batches; the diarizer then calls its graph once per group
+    of similar cache fill (`sortformer_state.width_batches`), and each stream's words are still those it gets
+    alone."""
+    from mtasr.bench.plan import conversation_audio
+    from mtasr.deployment import chunk_samples, load_manifest
+    from mtasr.local_pipeline import LocalPipeline, streams_stepped
+
+    chunk = chunk_samples(load_manifest(DEFAULT_REPOSITORY))
+    audios = [conversation_audio(n_speakers, seed, 9.0) for n_speakers, seed in ((2, 4), (3, 5), (2, 6))]
+    steps = streams_stepped(LocalPipeline(DEFAULT_REPOSITORY).step, audios, chunk, first_stream=1, starts=[0, 3, 5])
+    for i, audio in enumerate(audios):
+        alone = LocalPipeline(DEFAULT_REPOSITORY).transcribe(audio, chunk, stream=1)
+        staggered = [step[i] for step in steps if i in step]
+        assert [list(r["WORDS"]) for r in staggered] == [list(r["WORDS"]) for r in alone], i
+        assert segments(staggered[-1]) == segments(alone[-1]), i
+    assert sum(len(r["WORDS"]) for step in steps for r in step.values()) > 10, "too little decoded to compare"

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mtasr.gating import GatingConfig, SpeakerGate, active_slots, background_by_id, background_by_position
+from mtasr.sortformer_state import width_batches
 from mtasr.streams import RequestError, StageRequest, StreamTable, waves
 from mtasr.transcript import Word, seglst
 
@@ -102,6 +103,20 @@ def test_masked_conditioning_masks_features_and_gives_the_kernels_no_targets():
     assert (masks.features[1] == 1.0).all()
     kernels = SpeakerGate(GatingConfig(frames_per_chunk=2), n_slots=2).step(probs, 2, 3, 20, 24)
     assert kernels.features.shape == (2, 0)  # none sent: the ASR stage leaves the features alone
+
+
+def test_diarizer_calls_group_streams_of_similar_cache_fill():
+    """A diarizer call encodes every row as wide as its widest: young and old streams go in separate calls,
+    streams of one fill in one call, and every row is in exactly one call."""
+    young_and_old = width_batches(np.array([0, 94, 0, 94]), np.array([14, 94, 28, 94]), chunk_frames=14)
+    assert [sorted(call.tolist()) for call in young_and_old] == [[0, 2], [1, 3]]
+    assert [c.tolist() for c in width_batches(np.array([94] * 3), np.array([94] * 3), chunk_frames=14)] == [[0, 1, 2]]
+    # close fills share a call: one more call costs more than the few frames of padding it saves
+    assert len(width_batches(np.array([0, 0]), np.array([40, 42]), chunk_frames=14)) == 1
+    rng = np.random.default_rng(0)
+    spk, fifo = rng.integers(0, 95, 20), rng.integers(0, 95, 20)
+    assert sorted(np.concatenate(width_batches(spk, fifo, chunk_frames=14)).tolist()) == list(range(20))
+    assert width_batches(np.array([], np.int64), np.array([], np.int64), chunk_frames=14) == []
 
 
 def test_seglst_splits_a_speakers_words_at_long_pauses():
