@@ -149,6 +149,7 @@ def render(result: BenchResult) -> str:
         lines += ["", "Mean speaker instances the ASR runs per chunk (NeMo, batch 1, stream 0):", ""]
         lines += [f"- {k}: {v:.2f}" for k, v in result.active_speakers.items()]
     lines += _stage_loads(result)
+    lines += _cpu_split(result)
     lines += _steady_costs(result)
     lines += _int8_costs(result)
     lines += ["", "## Server memory (resident: tritonserver and its python-backend processes)", ""]
@@ -250,6 +251,34 @@ def _stage_loads(result: BenchResult) -> list[str]:
                 f"{load['batch']:.1f} / {100 * load['busy']:.0f} % / {load['queue_ms']:.1f} ms" if load else "n/a"
             )
         lines.append(f"| {p.model} | {p.latency_s:.2f} s | {p.concurrency} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _cpu_split(result: BenchResult) -> list[str]:
+    """CPU ms per chunk of every process under gRPC load: where the machine's cores went."""
+    points = [p for p in result.points if p.system == SERVED and p.cpu_ms]
+    if not points:
+        return []
+    names = list(dict.fromkeys(name for p in points for name in p.cpu_ms))
+    lines = [
+        "",
+        "## Where the CPU goes (gRPC)",
+        "",
+        "CPU time (user + system) of each process per chunk served, over the whole perf_analyzer run: the stages' "
+        "python-backend processes (their ONNX Runtime graphs included), tritonserver itself, and perf_analyzer, the "
+        "load generator on the same machine. Their sum over the time per chunk is how many cores were in use.",
+        "",
+        "| model | latency | streams | " + " | ".join(names) + " | total | cores in use |",
+        "|---|---|---|" + "---|" * (len(names) + 2),
+    ]
+    for p in points:
+        total = sum(p.cpu_ms.values())
+        cells = [f"{p.cpu_ms[name]:.2f} ms" if name in p.cpu_ms else "n/a" for name in names]
+        lines.append(
+            f"| {p.model} | {p.latency_s:.2f} s | {p.concurrency} | "
+            + " | ".join(cells)
+            + f" | {total:.2f} ms | {total * p.chunks_per_s / 1000:.2f} |"
+        )
     return lines
 
 

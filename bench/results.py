@@ -27,6 +27,8 @@ class LoadPoint:
     p99_ms: float
     # Served only: per pipeline stage over the measurement (Triton's metrics), see `mtasr.bench.run.stage_load`.
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Served only: CPU ms per chunk of each process, the load generator's too (`mtasr.bench.run.cpu_per_chunk`).
+    cpu_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def rtf(self) -> float:

@@ -24,6 +24,7 @@ import functools
 import json
 import logging
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -49,6 +50,7 @@ from mtasr.bench.plan import (
     with_overrides,
 )
 from mtasr.bench.results import BenchResult, LoadPoint, Memory, MemoryPoint
+from mtasr.protocol import STAGES
 
 logger = logging.getLogger(__name__)
 
@@ -181,8 +183,6 @@ _MODEL_LABEL = re.compile(r'model="([^"]+)"')
 
 def stage_counters(metrics_text: str) -> dict[str, dict[str, float]]:
     """Per pipeline stage (`mtasr.protocol.STAGES`), its counters in Triton's metrics text."""
-    from mtasr.protocol import STAGES
-
     counters = {stage: dict.fromkeys(_STAGE_COUNTERS.values(), 0.0) for stage in STAGES}
     for metric, labels, value in _samples(metrics_text):
         model = _MODEL_LABEL.search(labels)
@@ -206,6 +206,27 @@ def stage_load(before: dict, after: dict, seconds: float) -> dict[str, dict[str,
                 "queue_ms": delta["queue_us"] / delta["requests"] / 1000,
             }
     return load
+
+
+def _children_cpu_seconds() -> float:
+    """CPU time of this process's finished child processes (perf_analyzer's, once it has exited)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+CLIENT_PROCESS = "perf_analyzer"
+
+
+def cpu_per_chunk(
+    before: dict[str, float], after: dict[str, float], client_s: float, chunks: float
+) -> dict[str, float]:
+    """CPU ms each process used per chunk served between two `TritonServer.cpu_seconds`: the server's processes
+    (by stage) and the load generator (`CLIENT_PROCESS`, `client_s` seconds), which shares the machine."""
+    if chunks <= 0:
+        return {}
+    used = {name: seconds - before.get(name, 0.0) for name, seconds in after.items()}
+    used[CLIENT_PROCESS] = client_s
+    return {name: 1000 * seconds / chunks for name, seconds in used.items()}
 
 
 def _wait_streams_closed(server, timeout_s: float = 30.0) -> None:
@@ -253,8 +274,16 @@ def sweep(
                 )
                 what = f"{name} @ {latency_s:.2f} s, {system}, {concurrency} stream(s)"
                 counters, started = stage_counters(_metrics_text(server)), time.monotonic()
+                server_cpu, client_cpu = server.cpu_seconds(), _children_cpu_seconds()
                 result = _stable_run(run, plan, server, what)
-                stages = stage_load(counters, stage_counters(_metrics_text(server)), time.monotonic() - started)
+                after = stage_counters(_metrics_text(server))
+                stages = stage_load(counters, after, time.monotonic() - started)
+                cpu = cpu_per_chunk(
+                    server_cpu,
+                    server.cpu_seconds(),
+                    _children_cpu_seconds() - client_cpu,
+                    after[STAGES[0]]["requests"] - counters[STAGES[0]]["requests"],
+                )
                 if result is None:
                     unstable.append(what)
                     continue
@@ -272,6 +301,7 @@ def sweep(
                         ms["p90"],
                         ms["p99"],
                         stages,
+                        cpu,
                     )
                 )
                 _wait_streams_closed(server)

@@ -168,6 +168,14 @@ def _group_members(pgid: int) -> list[int]:
     return members
 
 
+def _process_label(cmdline: list[str]) -> str:
+    """A server process's name in `TritonServer.cpu_seconds`: a python-backend stub is named after the model
+    whose `model.py` it runs (its first argument, `<repository>/<model>/<version>/model.py`)."""
+    if cmdline and cmdline[0].endswith("triton_python_backend_stub") and len(cmdline) > 1:
+        return Path(cmdline[1]).parts[-3] if len(Path(cmdline[1]).parts) >= 3 else cmdline[1]
+    return Path(cmdline[0]).name if cmdline else "?"
+
+
 class TritonServer:
     """A tritonserver child process: ``with TritonServer(cfg) as srv: ... srv.url("http")``.
 
@@ -216,6 +224,23 @@ class TritonServer:
             raise RuntimeError("the server is not running")
         root = psutil.Process(self.pid)
         return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) each of the server's processes has used so far: "tritonserver" and, for
+        each python-backend stub, the name of the model it runs (instances of one model summed)."""
+        import psutil
+
+        if self.pid is None:
+            raise RuntimeError("the server is not running")
+        root = psutil.Process(self.pid)
+        used: dict[str, float] = {}
+        for process in [root, *root.children(recursive=True)]:
+            try:
+                times, name = process.cpu_times(), _process_label(process.cmdline())
+            except psutil.NoSuchProcess:
+                continue
+            used[name] = used.get(name, 0.0) + times.user + times.system
+        return used
 
     @property
     def log_path(self) -> Path | None:

@@ -94,6 +94,18 @@ def test_each_stages_batch_busy_share_and_queueing_come_from_tritons_counters():
     assert load == {"asr": {"batch": 4.0, "busy": 0.75, "queue_ms": 5.0}}  # stages that did not execute: none
 
 
+def test_cpu_per_chunk_names_every_process_and_the_load_generator():
+    before = {"tritonserver": 1.0, "asr": 2.0}
+    after = {"tritonserver": 1.5, "asr": 6.0, "features": 0.5}  # a process first seen after: all its time counts
+    assert bench.cpu_per_chunk(before, after, client_s=0.25, chunks=500) == {
+        "tritonserver": 1.0,
+        "asr": 8.0,
+        "features": 1.0,
+        bench.CLIENT_PROCESS: 0.5,
+    }
+    assert bench.cpu_per_chunk(before, after, client_s=0.25, chunks=0) == {}  # nothing served: nothing to divide
+
+
 def test_real_time_needs_rtf_below_one_and_p99_within_a_chunk():
     # 2 streams processing 4 audio seconds per second: each stream at RTF 0.5.
     point = LoadPoint("full", 1.12, "gRPC stream", 2, 4.0, 4.0, 300, 500, 900)
@@ -263,8 +275,11 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path):
         if p["system"] == "gRPC stream":
             assert set(p["stages"]) == {"features", "diarization", "speaker_kernels", "asr"}
             assert all(s["batch"] >= 1 and 0 < s["busy"] and s["queue_ms"] >= 0 for s in p["stages"].values())
+            # and the processes' CPU where the time went, the stages', the server's and the load generator's
+            assert {"features", "diarization", "asr", "tritonserver", bench.CLIENT_PROCESS} <= set(p["cpu_ms"])
+            assert p["cpu_ms"]["asr"] > 0 and p["cpu_ms"][bench.CLIENT_PROCESS] > 0
     report = (out / bench_report.REPORT).read_text()
-    assert "## The stages under load (gRPC)" in report
+    assert "## The stages under load (gRPC)" in report and "## Where the CPU goes (gRPC)" in report
     headings = ("## Summary", "## Served against NeMo", "## Variants against the baseline", "## All measurements")
     for heading in (*headings, "## Server memory", "## Once the diarizer's cache is full", "## int8"):
         assert heading in report
@@ -297,3 +312,14 @@ def test_the_stages_split_is_printed_for_streams_stepped_together():
     assert all(f"{graph} " in early for graph in ("diarizer", "pre_encoder", "encoder", "decoder", "joint", "other"))
     assert "audio s/s in this process; graph calls per step: " in proc.stdout
     assert "(cache full): no steps of 2 chunks (stream too short)" in full
+
+
+def test_the_stages_split_is_printed_for_streams_of_spread_ages():
+    """`python -m mtasr.bench.steady REPO --streams N --staggered`: streams that started at different times."""
+    from mtasr.training.defaults import DEFAULT_REPOSITORY
+
+    cmd = [sys.executable, "-m", "mtasr.bench.steady", str(DEFAULT_REPOSITORY), "--seconds", "4", "--streams", "2"]
+    proc = subprocess.run([*cmd, "--staggered"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("2 streams of 4 s at evenly spread ages: 4 steps, mean ")
+    assert "diarizer " in proc.stdout and "audio s/s in this process" in proc.stdout
