@@ -28,9 +28,12 @@ class ExportVariant:
     queue_delay_us: int | None = None  # `mtasr export --max-queue-delay-us`; None: its default
     max_streams: int | None = None  # `mtasr export --max-streams` (streams per batch); None: the run's concurrency
     stage_instances: int | None = None  # `mtasr export --stage-instances`; None: its default
+    int8_graphs: str | None = None  # `mtasr export --int8-graphs` (with int8); None: every graph
 
     def export_options(self) -> list[str]:
         options = ["--encoder-cache", self.encoder_cache] + (["--int8"] if self.int8 else [])
+        if self.int8_graphs is not None:
+            options += ["--int8-graphs", self.int8_graphs]
         if self.pre_encode is not None:
             options += ["--pre-encode", self.pre_encode]
         if self.threads is not None:
@@ -53,6 +56,9 @@ VARIANTS = {
     BASELINE_VARIANT: ExportVariant("", "kv", False),
     "input-cache": ExportVariant(" input-cache", "input", False),  # NeMo's channel-cache layout
     "int8": ExportVariant(" int8", "kv", True),
+    # int8 of the ASR's encoder and prediction network only: on the default pair int8 moved tokens most through
+    # the diarizer (every speaker's masks) and the joint (every emission).
+    "int8-asr": ExportVariant(" int8-asr", "kv", True, int8_graphs="pre_encoder,encoder,decoder"),
     # The encoder's subsampling front end per speaker instance, inside the encoder graph, as NeMo runs it (the
     # default export runs it once per stream).
     "pre-encode-speaker": ExportVariant(" pre-encode-speaker", "kv", False, pre_encode="speaker"),

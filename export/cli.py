@@ -21,6 +21,8 @@ def run(args: argparse.Namespace) -> int:
     from mtasr.export.pipeline import run_export
 
     try:
+        if args.int8_graphs and not args.int8:
+            raise ExportError("--int8-graphs needs --int8")
         settings = ExportSettings(
             right_context=args.right_context,
             max_streams_per_batch=args.max_streams,
@@ -29,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
             max_queue_delay_us=args.max_queue_delay_us,
             tensorrt=args.tensorrt,
             int8=args.int8,
+            int8_graphs=tuple(args.int8_graphs.split(",")) if args.int8_graphs else _DEFAULTS.int8_graphs,
             encoder_cache=args.encoder_cache,
             pre_encode=args.pre_encode,
             diarizer_cache=args.diarizer_cache,
@@ -177,6 +180,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
         action="store_true",
         help="int8 dynamic quantisation of every graph's weights (ONNX Runtime quantize_dynamic); smaller "
         "and faster on CPU, at an accuracy cost. Writes no TensorRT variant, and does not combine with --tensorrt",
+    )
+    export.add_argument(
+        "--int8-graphs",
+        metavar="LIST",
+        help="with --int8: the graphs to quantise, comma-separated, of "
+        f"{','.join(_DEFAULTS.int8_graphs)} (default: all); e.g. pre_encoder,encoder,decoder keeps the diarizer "
+        "and the joint, where int8 moved the default pair's tokens most, in fp32",
     )
     export.add_argument(
         "--encoder-cache",

@@ -30,6 +30,7 @@ from mtasr.export.checkpoints import (
 )
 from mtasr.export.compatibility import NEMO_SCRIPT_DIARIZER_CACHE, check_asr_config, check_diarizer_config
 from mtasr.export.kv_cache import KV_CACHE
+from mtasr.export.quantize import QUANTIZED_GRAPHS
 from mtasr.graph_io import PRE_ENCODE_PER_STREAM
 
 MANIFEST_VERSION = 1
@@ -45,7 +46,8 @@ class ExportSettings:
     max_queue_delay_us: int = 1000
     opset: int = 17
     tensorrt: bool = False
-    int8: bool = False  # int8 dynamic quantisation of every graph (mtasr.export.quantize)
+    int8: bool = False  # int8 dynamic quantisation of the graphs `int8_graphs` (mtasr.export.quantize)
+    int8_graphs: tuple[str, ...] = QUANTIZED_GRAPHS
     # The encoder's channel cache: "kv" projected keys and values (mtasr.export.kv_cache), or "input" (NeMo's).
     encoder_cache: str = KV_CACHE
     # The encoder's subsampling front end: "stream" (its own graph, once per stream) or "speaker" (in the
@@ -123,6 +125,12 @@ def run_export(
             "--int8 and --tensorrt do not combine: int8 graphs are for ONNX Runtime on CPU, TensorRT builds FP16 "
             "engines from the fp32 graphs (export without --int8 for those)"
         )
+    unknown = set(settings.int8_graphs) - set(QUANTIZED_GRAPHS)
+    if unknown or not settings.int8_graphs:
+        raise ExportError(
+            f"--int8-graphs takes some of {', '.join(QUANTIZED_GRAPHS)}, "
+            f"got {', '.join(settings.int8_graphs) or 'none'}"
+        )
     if settings.tensorrt:
         require_tensorrt()
     if not 1 <= settings.max_streams_per_batch <= 256:
@@ -156,7 +164,7 @@ def run_export(
 
 def _export_into(staging: Path, asr_info, diar_info, settings: ExportSettings, progress) -> dict[str, Any]:
     from mtasr.export import asr, sortformer
-    from mtasr.export.quantize import QUANTIZED_GRAPHS, quantization_settings, quantize_int8
+    from mtasr.export.quantize import quantization_settings, quantize_int8
     from mtasr.export.repository import write_python_repository
     from mtasr.features import FeatureConfig
 
@@ -202,7 +210,7 @@ def _export_into(staging: Path, asr_info, diar_info, settings: ExportSettings, p
     exported = dict(asr_entry["graphs"], diarizer=diar_entry["graph"])
     for entry in exported.values():
         entry["quantization"] = None
-    quantized = [name for name in QUANTIZED_GRAPHS if name in exported] if settings.int8 else []
+    quantized = [name for name in settings.int8_graphs if name in exported] if settings.int8 else []
     for name in quantized:
         progress(f"quantising the {name} graph to int8")
         entry = exported[name]

@@ -372,6 +372,26 @@ def test_int8_export_quantises_every_graph_pointwise_convolutions_included_and_s
     assert not (exported_int8 / "tensorrt").exists()  # TensorRT builds its engines from fp32 graphs
 
 
+def test_int8_of_some_graphs_quantises_those_and_keeps_the_others_fp32(tiny_checkpoints, tmp_path):
+    from mtasr.export.quantize import QUANTIZATION
+
+    out = export_tiny(tiny_checkpoints, tmp_path / "tiny", "--int8", "--int8-graphs", "encoder,decoder")
+    manifest = json.loads((out / "model_repository" / "manifest.json").read_text())
+    assert manifest["quantization"]["graphs"] == ["encoder", "decoder"]
+    assert {name: graph["quantization"] for name, graph in manifest["graphs"].items()} == {
+        name: QUANTIZATION if name in ("encoder", "decoder") else None for name in GRAPHS
+    }
+    asr_path, diar_path = tiny_checkpoints
+    base = ["--asr", str(asr_path), "--diarizer", str(diar_path), "--output", str(tmp_path / "refused")]
+    for extra, why in (
+        (["--int8-graphs", "encoder"], "--int8-graphs needs --int8"),
+        (["--int8", "--int8-graphs", "encoder,tokenizer"], "--int8-graphs takes some of pre_encoder, encoder"),
+    ):
+        result = run_cli("export", *base, *extra)
+        assert result.returncode == 2 and why in result.stderr, result.stderr
+    assert not (tmp_path / "refused").exists()
+
+
 def _conv_kernel_sizes(path: Path) -> list[int]:
     """The kernel size (product of its spatial dims) of every Conv in the graph at `path`; 1 is pointwise."""
     import onnx
