@@ -225,6 +225,17 @@ def _variants(result: BenchResult) -> list[str]:
     ]
 
 
+def _served_point_table(
+    title: str, intro: str, columns: list[str], rows: list[tuple[LoadPoint, list[str]]]
+) -> list[str]:
+    """A report section of one row per served point: model, latency, streams, then `columns`."""
+    lines = ["", f"## {title}", "", intro, "", "| model | latency | streams | " + " | ".join(columns) + " |"]
+    lines.append("|---|---|---|" + "---|" * len(columns))
+    for p, cells in rows:
+        lines.append(f"| {p.model} | {p.latency_s:.2f} s | {p.concurrency} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _stage_loads(result: BenchResult) -> list[str]:
     """Each stage's batches, busy share and queueing under gRPC load (Triton's metrics over the whole
     perf_analyzer run, its warm-up included)."""
@@ -232,26 +243,18 @@ def _stage_loads(result: BenchResult) -> list[str]:
     if not points:
         return []
     stages = list(dict.fromkeys(stage for p in points for stage in p.stages))
-    lines = [
-        "",
-        "## The stages under load (gRPC)",
-        "",
+
+    def cell(load: dict[str, float] | None) -> str:
+        return f"{load['batch']:.1f} / {100 * load['busy']:.0f} % / {load['queue_ms']:.1f} ms" if load else "n/a"
+
+    return _served_point_table(
+        "The stages under load (gRPC)",
         "Per stage: mean requests per execution (batch), share of the wall time its process spent executing "
         "(busy; summed over a stage's instances, so up to 100 % each), mean wait of a request before its "
         "execution (queue).",
-        "",
-        "| model | latency | streams | " + " | ".join(f"{stage} batch / busy / queue" for stage in stages) + " |",
-        "|---|---|---|" + "---|" * len(stages),
-    ]
-    for p in points:
-        cells = []
-        for stage in stages:
-            load = p.stages.get(stage)
-            cells.append(
-                f"{load['batch']:.1f} / {100 * load['busy']:.0f} % / {load['queue_ms']:.1f} ms" if load else "n/a"
-            )
-        lines.append(f"| {p.model} | {p.latency_s:.2f} s | {p.concurrency} | " + " | ".join(cells) + " |")
-    return lines
+        [f"{stage} batch / busy / queue" for stage in stages],
+        [(p, [cell(p.stages.get(stage)) for stage in stages]) for p in points],
+    )
 
 
 def _cpu_split(result: BenchResult) -> list[str]:
@@ -260,26 +263,20 @@ def _cpu_split(result: BenchResult) -> list[str]:
     if not points:
         return []
     names = list(dict.fromkeys(name for p in points for name in p.cpu_ms))
-    lines = [
-        "",
-        "## Where the CPU goes (gRPC)",
-        "",
+
+    def cells(p: LoadPoint) -> list[str]:
+        total = sum(p.cpu_ms.values())
+        used = [f"{p.cpu_ms[name]:.2f} ms" if name in p.cpu_ms else "n/a" for name in names]
+        return [*used, f"{total:.2f} ms", f"{total * p.chunks_per_s / 1000:.2f}"]
+
+    return _served_point_table(
+        "Where the CPU goes (gRPC)",
         "CPU time (user + system) of each process per chunk served, over the whole perf_analyzer run: the stages' "
         "python-backend processes (their ONNX Runtime graphs included), tritonserver itself, and perf_analyzer, the "
         "load generator on the same machine. Their sum over the time per chunk is how many cores were in use.",
-        "",
-        "| model | latency | streams | " + " | ".join(names) + " | total | cores in use |",
-        "|---|---|---|" + "---|" * (len(names) + 2),
-    ]
-    for p in points:
-        total = sum(p.cpu_ms.values())
-        cells = [f"{p.cpu_ms[name]:.2f} ms" if name in p.cpu_ms else "n/a" for name in names]
-        lines.append(
-            f"| {p.model} | {p.latency_s:.2f} s | {p.concurrency} | "
-            + " | ".join(cells)
-            + f" | {total:.2f} ms | {total * p.chunks_per_s / 1000:.2f} |"
-        )
-    return lines
+        [*names, "total", "cores in use"],
+        [(p, cells(p)) for p in points],
+    )
 
 
 def _fitted_mb(value: float) -> str:
