@@ -654,11 +654,15 @@ def test_the_asr_stage_on_the_diarizers_masks_needs_the_diarizer(tmp_path):
     assert result.returncode == 2 and "--diarizer" in result.stderr
 
 
-@pytest.mark.parametrize("model", ["asr", "diarizer"])
+@pytest.mark.parametrize("model", ["asr", "asr averaging two stages", "diarizer"])
 def test_a_curriculum_fine_tunes_each_stage_from_the_one_before(model, tmp_path, monkeypatch):
     """Stage k trains in `<work dir>/<its name>` from stage k-1's model; the diarizer's last stage is its result,
-    the ASR's the average of its `ASR_AVERAGED` stages."""
+    the ASR's its `ASR_RESULT` stage, or the average of those stages when it names several."""
     from mtasr.training import asr, averaging, diarizer
+
+    if model == "asr averaging two stages":
+        monkeypatch.setattr(asr, "ASR_RESULT", tuple(asr.ASR_STAGES)[-2:])
+        model = "asr"
 
     module, train_name, stages, curriculum = {
         "asr": (asr, "train_asr", asr.ASR_STAGES, asr.train_asr_curriculum),
@@ -681,9 +685,11 @@ def test_a_curriculum_fine_tunes_each_stage_from_the_one_before(model, tmp_path,
     assert [init for _, _, init in calls] == [None] + [tmp_path / n / module.CHECKPOINT_NAME for n in names[:-1]]
     if model == "diarizer":
         assert last == tmp_path / names[-1] / module.CHECKPOINT_NAME and not averaged
-    else:  # the ASR's result: its named stages averaged
+    elif len(asr.ASR_RESULT) == 1:  # the ASR's result: its named stage's model
+        assert last == tmp_path / asr.ASR_RESULT[0] / module.CHECKPOINT_NAME and not averaged
+    else:  # or its named stages averaged
         out = tmp_path / asr.AVERAGED_DIR / asr.CHECKPOINT_NAME
-        assert averaged == [([tmp_path / n / asr.CHECKPOINT_NAME for n in asr.ASR_AVERAGED], out)] and last == out
+        assert averaged == [([tmp_path / n / asr.CHECKPOINT_NAME for n in asr.ASR_RESULT], out)] and last == out
 
 
 def test_without_the_diarizer_the_asr_curriculum_stops_before_the_stage_on_its_masks(tmp_path, monkeypatch):

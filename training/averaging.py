@@ -1,7 +1,7 @@
 """Weight averaging of fine-tuned models of one lineage (a "model soup").
 
 Two stages fine-tuned from the same start, on different draws, err in different places; the mean of their
-weights is one model of the same size and cost that errs less than either (see `training.asr.ASR_AVERAGED`).
+weights is one model of the same size and cost that errs less than either (see `training.asr.ASR_RESULT`).
 """
 
 from __future__ import annotations

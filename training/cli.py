@@ -214,7 +214,7 @@ def add_train_parser(sub) -> None:
         help="which stage of the default curriculum: single speakers (from scratch), mixtures at every latency "
         "(from scratch: at the serving latency only), mixtures again from a fresh warm-up, twice, then "
         "conversations mixed in, then half of each batch masked by the diarizer, twice, then three rows in "
-        "four (each needs --init-from; `train defaults` installs the average of the last two); "
+        "four, then half again (each needs --init-from; `train defaults` installs the last); "
         "default %(default)s",
     )
     asr.add_argument(
