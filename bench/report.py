@@ -322,7 +322,8 @@ def _int8_costs(result: BenchResult) -> list[str]:
         "",
         "## int8: what quantisation costs in accuracy",
         "",
-        "The int8 export against the fp32 export of the same checkpoints, on the same audio (the demo conversation, "
+        "Each int8 export (a row per variant) against the fp32 export of the same checkpoints, on the same audio "
+        "(the demo conversation, "
         "held-out sentences in the default models' voices with a reference transcript, and the first benchmark "
         "stream), both run in process exactly as served. Tokens changed = edit distance of each speaker slot's "
         "int8 tokens from its fp32 tokens over the fp32 token count; activity flips = frame-slot speaking "

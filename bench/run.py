@@ -146,7 +146,13 @@ def int8_cost(
         raise RuntimeError(f"{DEMO_CONVERSATION} is at {rate} Hz, expected {SAMPLE_RATE}")
     reference = DEMO_CONVERSATION.with_suffix(SEGLST_SUFFIX)
     return measure_int8_cost(
-        fp32_repo, int8_repo, name, latency_s, [demo, audios[0]], [reference, None], work / "int8-cost"
+        fp32_repo,
+        int8_repo,
+        name,
+        latency_s,
+        [demo, audios[0]],
+        [reference, None],
+        work / "int8-cost" / name.replace(" ", "-"),
     )
 
 
@@ -566,7 +572,9 @@ def run_bench(plan: BenchPlan, out_dir: Path) -> BenchResult:
             for variant_name in names:
                 if VARIANTS[variant_name].int8:
                     fp32, int8 = exports[(BASELINE_VARIANT, latency)], exports[(variant_name, latency)]
-                    result.int8_costs.append(int8_cost(fp32, int8, model, latency, audios, work))
+                    result.int8_costs.append(
+                        int8_cost(fp32, int8, model + VARIANTS[variant_name].suffix, latency, audios, work)
+                    )
                     save()
         # NeMo runs the checkpoints: one run serves every variant's comparison
         bench_nemo(model, asr, diarizer, exports.get((BASELINE_VARIANT, plan.measured_latency_s)), plan, audios, result)
