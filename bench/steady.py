@@ -234,27 +234,29 @@ def _main() -> int:
         if not split:
             print(f"{label}: no {batch} (stream too short)")
             continue
-        audio_per_s = args.streams * chunk_s / (sum(split.values()) / 1000)
         print(f"{label}: {len(indices)} {batch} of {1000 * chunk_s:.0f} ms, mean {format_split(split)}")
-        print(f"  {audio_per_s:.1f} audio s/s in this process; graph calls per step: {format_calls(calls)}")
+        print(_rate_line(split, calls, args.streams, chunk_s))
     return 0
+
+
+def _rate_line(split: dict[str, float], calls: dict[str, float], streams: int, chunk_s: float) -> str:
+    """The audio a step of `streams` chunks processes per second, and each graph's calls a step."""
+    audio_per_s = streams * chunk_s / (sum(split.values()) / 1000)
+    return f"  {audio_per_s:.1f} audio s/s in this process; graph calls per step: {format_calls(calls)}"
 
 
 def _main_staggered(repo: Path, streams: int, seconds: float, chunk_s: float) -> int:
     from mtasr.bench.plan import conversation_audio
 
     n_chunks = max(1, round(seconds / chunk_s))
-    audios, starts = [], []
-    for round_ in range(2):  # the first round fills the server with streams of every age; the second is timed
-        for i in range(streams):
-            audios.append(conversation_audio(4, 100 + i, seconds))
-            starts.append(i * n_chunks // streams + round_ * n_chunks)
-    steps = served_chunk_seconds(repo, audios, starts=starts)
+    conversations = [conversation_audio(4, 100 + i, seconds) for i in range(streams)]
+    # The first round fills the server with streams of every age; the second, the same audio as new streams, is timed.
+    starts = [i * n_chunks // streams + round_ * n_chunks for round_ in range(2) for i in range(streams)]
+    steps = served_chunk_seconds(repo, conversations * 2, starts=starts)
     timed = list(range(n_chunks, 2 * n_chunks))
     split, calls = split_ms(steps, timed), calls_per_chunk(steps, timed)
-    audio_per_s = streams * chunk_s / (sum(split.values()) / 1000)
     print(f"{streams} streams of {seconds:g} s at evenly spread ages: {len(timed)} steps, mean {format_split(split)}")
-    print(f"  {audio_per_s:.1f} audio s/s in this process; graph calls per step: {format_calls(calls)}")
+    print(_rate_line(split, calls, streams, chunk_s))
     return 0
 
 

@@ -201,19 +201,21 @@ class DiarizationStage:
         frames: dict[int, list[int]] = {i: [] for i in ready}
         for r in range(max((len(chunks[i]) for i in ready), default=0)):
             rows = [i for i in ready if len(chunks[i]) > r]
-            calls = [rows]
+            states = [self.streams.get(requests[i].stream) for i in rows]
+            calls = [np.arange(len(rows))]
             if self.trim_cache:  # fed as wide as each call needs: streams of similar fill called together
-                states = [self.streams.get(requests[i].stream) for i in rows]
-                calls = [
-                    [rows[k] for k in call]
-                    for call in sortformer_state.width_batches(
-                        np.concatenate([s.spkcache_lengths for s in states]),
-                        np.concatenate([s.fifo_lengths for s in states]),
-                        self.params.chunk_frames,
-                    )
-                ]
+                calls = sortformer_state.width_batches(
+                    np.concatenate([s.spkcache_lengths for s in states]),
+                    np.concatenate([s.fifo_lengths for s in states]),
+                    self.params.chunk_frames,
+                )
             for call in calls:
-                self._call(requests, call, r, chunks, probs, frames)
+                members = [rows[k] for k in call]
+                state = sortformer_state.SortformerStreamState.stack([states[k] for k in call])
+                chunk_preds, valid = self._call(requests, members, state, r, chunks)
+                for row, i in enumerate(members):
+                    probs[i].append(chunk_preds[row])
+                    frames[i].append(int(valid[row]))
         for i in ready:
             stacked = np.stack(probs[i]) if probs[i] else np.zeros((0, 0, self.params.n_spk), np.float32)
             results[i] = {SPEAKER_PROBS: stacked.astype(np.float32), DIARIZER_FRAMES: np.array(frames[i], np.int64)}
@@ -221,9 +223,11 @@ class DiarizationStage:
                 self.streams.end(requests[i].stream)
         return results
 
-    def _call(self, requests, rows: list[int], r: int, chunks: dict[int, FeatureChunks], probs, frames) -> None:
-        """One graph call on chunk `r` of the requests `rows`: their states advanced, probabilities appended."""
-        state = sortformer_state.SortformerStreamState.stack([self.streams.get(requests[i].stream) for i in rows])
+    def _call(
+        self, requests, rows: list[int], state: sortformer_state.SortformerStreamState, r: int, chunks
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One graph call on chunk `r` of the requests `rows` (their streams' `state`, stacked): each stream's
+        state advanced; returns the chunk's speaker probabilities and valid frames, a row per request."""
         feeds = sortformer_state.core_inputs(
             state,
             np.stack([chunks[i].features[r] for i in rows]),
@@ -240,11 +244,9 @@ class DiarizationStage:
             out[sortformer_state.SPKCACHE_FIFO_CHUNK_PREDS],
             sync=not self.params.async_streaming,
         )
-        valid = out[sortformer_state.CHUNK_PRE_ENCODE_LENGTHS]
         for row, i in enumerate(rows):
             self.streams.start(requests[i].stream, new_state.select([row]))
-            probs[i].append(chunk_preds[row])
-            frames[i].append(int(valid[row]))
+        return chunk_preds, out[sortformer_state.CHUNK_PRE_ENCODE_LENGTHS]
 
 
 # --------------------------------------------------------------------------------------- speaker kernels
