@@ -222,6 +222,28 @@ def test_conversation_simulator_targets_agree_with_the_conversation_rttm(corpus,
 
 
 @needs_voices
+def test_a_stage_draws_its_conversations_with_its_own_speaker_counts(corpus, tmp_path):
+    """`DiarizerRecipe.conversation_speakers` (the many-speaker stage: mostly three and four) decides who talks
+    in the conversations a stage mixes in, at the recipe's share of the draws."""
+    from mtasr.training.corpus import TRAIN_MANIFEST
+    from mtasr.training.diarizer import DIARIZER_STAGES
+    from mtasr.training.simulation import mix_in_conversations, simulator_input_cfg
+
+    recipe = DIARIZER_STAGES["many_speaker_conversations"]
+    assert sum(w for n, w in recipe.conversation_speakers.items() if n >= 3) >= 0.5
+    train = {"input_cfg": simulator_input_cfg(corpus / TRAIN_MANIFEST, {1: 0.5, 2: 0.5})}
+    mix_in_conversations(
+        train, corpus / TRAIN_MANIFEST, tmp_path, 8, recipe.conversation_weight, 1, speakers={3: 0.5, 4: 0.5}
+    )
+    rows = [json.loads(line) for line in (tmp_path / "sessions.json").read_text().splitlines()]
+    assert len(rows) == 8
+    assert {row["session_id"].split("-")[0] for row in rows} <= {"conv3", "conv4"}
+    weights = [entry["weight"] for entry in train["input_cfg"]]
+    assert weights[-1] == recipe.conversation_weight
+    assert sum(weights) == pytest.approx(1.0)
+
+
+@needs_voices
 def test_the_one_speaker_baseline_finds_all_speech_and_tells_no_speakers_apart(corpus, tmp_path):
     """The diarizer's yardstick in `mtasr evaluate`: no error on one speaker; on two, nothing false and no
     speech missed outside overlaps, the other speaker's time confused, at most half of it all."""

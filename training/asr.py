@@ -308,6 +308,11 @@ DIARIZER_MASK_SHARE_THIRD = 0.75
 # 20.0 -> 30.0 % (one session): 10 % fewer word errors than that average over the evaluation set, and fewer
 # than the means of stages 8-9 or 7-9 (runs/defaults/evaluation.md): the curriculum's model.
 ASR_DIARIZER_MASKS_FOURTH = replace(ASR_DIARIZER_MASKS, seed=5)
+# Tried after stage 9 and not kept (served with the diarizer's stage 7, `many_speaker_conversations`, unless said;
+# runs/defaults/evaluation.md): stage 9 once more on new draws (seed 6, 1,200 steps), with the stage-6 diarizer
+# 2 / 3 speakers 28.0 / 48.9 %; the mean of its weights and stage 9's 21.6 / 38.0 % (stage 9: 20.5 / 32.9 %); and
+# 600 steps more on the stage-7 diarizer's masks (seed 7) 29.5 / 37.1 %. Two draws of one stage differ by more
+# than the stage gains, so another stage needs a larger evaluation set to be chosen on.
 # The curriculum's model: one stage's, or the mean of the weights of several (`training.averaging`).
 ASR_RESULT = ("diarizer_masks_fourth",)
 AVERAGED_DIR = "averaged"

@@ -239,7 +239,8 @@ def add_train_parser(sub) -> None:
         default="mixtures",
         help="which stage of the default curriculum: lsmix mixtures (from scratch), then short conversations "
         "mixed in, then minute-long ones, then mostly short ones again from a fresh warm-up, then those with the "
-        "voice head, and those again; the later five fine-tune the one before (--init-from)",
+        "voice head, and those again, then longer conversations of mostly three and four speakers; the later six "
+        "fine-tune the one before (--init-from)",
     )
     _add_train_options(diar, DIARIZER_TRAIN, of="for the mixture stage")
     _add_per_stage_option(

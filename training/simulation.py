@@ -57,9 +57,11 @@ def mix_in_conversations(
     seed: int,
     conversation_s: float | None = None,
     stretch_s: float = 6.0,
+    speakers: dict[int, float] = CONVERSATION_SPEAKERS,
 ) -> None:
     """Give `weight` of `train`'s draws to stretches of `count` conversations of `corpus_manifest` (written into
-    `folder` once: `evalset.write_conversations`, speakers by `CONVERSATION_SPEAKERS`), the lsmix entries the rest.
+    `folder` once: `evalset.write_conversations`, `speakers` the share with n speakers), the lsmix entries the
+    rest.
 
     In lsmix mixtures each speaker says one utterance; in conversations speakers pause and come back, as in
     the evaluation set and in meetings."""
@@ -67,7 +69,7 @@ def mix_in_conversations(
 
     sessions = Path(folder) / "sessions.json"
     if not sessions.is_file():
-        write_conversations(corpus_manifest, Path(folder), count, CONVERSATION_SPEAKERS, seed, conversation_s)
+        write_conversations(corpus_manifest, Path(folder), count, speakers, seed, conversation_s)
     for entry in train["input_cfg"]:
         entry["weight"] *= 1.0 - weight
     train["input_cfg"].append(conversation_input_cfg(sessions, weight, stretch_s))
