@@ -101,6 +101,7 @@ DIARIZER_MANY_SPEAKERS = TrainSettings(
     max_steps=500, batch_size=8, val_every_steps=125, lr=3e-4, warmup_steps=50, hold_fraction=0.6, seed=7
 )
 MANY_SPEAKER_CONVERSATIONS = {2: 0.3, 3: 0.5, 4: 0.2}
+MANY_SPEAKER_CONVERSATION_COUNT = 320  # of 24 s and more: over two hours to cut stretches from
 # A conversation stage validates on these too: stretches of conversations of the held-out sentences.
 VALIDATION_CONVERSATIONS = 24
 VALIDATION_SEED = 4321
@@ -462,7 +463,7 @@ DIARIZER_STAGES = {
     ),
     "many_speaker_conversations": DiarizerRecipe(
         train=DIARIZER_MANY_SPEAKERS,
-        conversations=LONG_CONVERSATIONS * 2,
+        conversations=MANY_SPEAKER_CONVERSATION_COUNT,
         conversation_weight=0.8,
         conversation_s=24.0,
         stretch_s=10.0,
