@@ -7,13 +7,13 @@ import json
 from mtasr.training.defaults import DEFAULT_REPOSITORY, DEMO_CONVERSATION
 
 # The committed pair on the demo conversation (3 speakers, the first returning at the end, overlapping
-# turns): the diarizer alone 4.4 % DER (its previous stage 1.5 %), the served transcript 20.0 % cpWER (6 of 30
-# words; the pair was chosen on the evaluation set, where it is the best so far, not on this session); floors
+# turns): the diarizer alone 4.4 % DER (its previous stage 1.5 %), the served transcript 16.7 % cpWER (5 of 30
+# words; the pair was chosen on the selection set, `mtasr train evalset --selection`, not on this session); floors
 # with a margin. One session guards against regressions; the quality table comes from `mtasr evaluate` on the
 # whole evaluation set (docs/training.md). The ASR does not reach the project's targets yet (cpWER <= 15 % on the
 # demo), so nothing here claims more.
 MAX_DEMO_DIARIZER_DER = 0.10
-MAX_DEMO_CPWER = 0.35
+MAX_DEMO_CPWER = 0.30
 
 
 def test_default_repository_is_a_complete_modest_export():

@@ -387,6 +387,28 @@ def test_conversations_of_a_set_with_few_utterances_per_voice_reuse_them(corpus,
 
 
 @needs_voices
+def test_the_selection_set_speaks_only_validation_sentences_never_the_reported_sets(corpus, tmp_path):
+    """Candidates are chosen on the selection set and reported on the evaluation set: no sentence is in both."""
+    from mtasr.client.formats import SEGLST_SUFFIX, read_seglst
+    from mtasr.training.corpus import DEV_MANIFEST, HELD_OUT_VOICE_MANIFEST, TEST_MANIFEST, read_manifest
+    from mtasr.training.evalset import REFERENCE_DIR, SELECTION_SET, EvalSetSettings, build_evalset
+
+    def sentences(evalset: Path) -> set[str]:
+        return {s["words"] for ref in (evalset / REFERENCE_DIR).glob(f"*{SEGLST_SUFFIX}") for s in read_seglst(ref)}
+
+    small = {1: 1, 2: 2, 3: 2}
+    selection = sentences(build_evalset(corpus, tmp_path / "selection", replace(SELECTION_SET, sessions=small)))
+    reported = sentences(
+        build_evalset(corpus, tmp_path / "reported", EvalSetSettings(sessions=small, long_conversation=False))
+    )
+    assert selection <= {e["text"] for e in read_manifest(corpus / DEV_MANIFEST)}
+    test_sentences = {e["text"] for m in (TEST_MANIFEST, HELD_OUT_VOICE_MANIFEST) for e in read_manifest(corpus / m)}
+    assert reported <= test_sentences
+    assert selection and reported and not selection & reported
+    assert not list((tmp_path / "selection").glob("audio/voice-*")) and not SELECTION_SET.long_conversation
+
+
+@needs_voices
 def test_a_conversation_stage_validates_on_held_out_conversations_too(corpus, tmp_path):
     """Its monitored F1 must see speakers who pause and return: fixed stretches of conversations of the
     dev sentences join the lsmix validation mixtures."""
@@ -678,7 +700,8 @@ def test_the_asr_stage_on_the_diarizers_masks_needs_the_diarizer(tmp_path):
 
 @pytest.mark.parametrize("model", ["asr", "asr averaging two stages", "diarizer"])
 def test_a_curriculum_fine_tunes_each_stage_from_the_one_before(model, tmp_path, monkeypatch):
-    """Stage k trains in `<work dir>/<its name>` from stage k-1's model; the diarizer's last stage is its result,
+    """Stage k trains in `<work dir>/<its name>` from stage k-1's model (or the stage its recipe `starts_from`: an
+    ASR sibling of an earlier stage); the diarizer's last stage is its result,
     the ASR's its `ASR_RESULT` stage, or the average of those stages when it names several."""
     from mtasr.training import asr, averaging, diarizer
 
@@ -704,7 +727,8 @@ def test_a_curriculum_fine_tunes_each_stage_from_the_one_before(model, tmp_path,
     names = list(stages)
     assert len(names) >= 2
     assert [(name, recipe) for name, recipe, _ in calls] == list(stages.items())
-    assert [init for _, _, init in calls] == [None] + [tmp_path / n / module.CHECKPOINT_NAME for n in names[:-1]]
+    parents = [getattr(stages[n], "starts_from", None) or before for before, n in zip(names, names[1:], strict=False)]
+    assert [init for _, _, init in calls] == [None] + [tmp_path / n / module.CHECKPOINT_NAME for n in parents]
     if model == "diarizer":
         assert last == tmp_path / names[-1] / module.CHECKPOINT_NAME and not averaged
     elif len(asr.ASR_RESULT) == 1:  # the ASR's result: its named stage's model
@@ -733,8 +757,8 @@ def test_without_the_diarizer_the_asr_curriculum_stops_before_the_stage_on_its_m
 
 
 def test_averaging_two_models_gives_the_mean_of_their_weights(tmp_path):
-    """`training.averaging.average_models`: float weights averaged, everything else the first model's; a model
-    of another architecture is refused."""
+    """`training.averaging.average_models`: float weights averaged, everything else (and what all share, such as
+    the feature window, bit for bit) the first model's; a model of another architecture is refused."""
     import torch
     from nemo.core.classes.modelPT import ModelPT
 
@@ -747,12 +771,12 @@ def test_averaging_two_models_gives_the_mean_of_their_weights(tmp_path):
         for parameter in model.parameters():
             parameter.add_(1.0)
     model.save_to(str(tmp_path / "shifted.nemo"))
-    out = average_models([first, tmp_path / "shifted.nemo"], tmp_path / "averaged" / "asr.nemo")
+    out = average_models([first, tmp_path / "shifted.nemo", first], tmp_path / "averaged" / "asr.nemo")
     want = {k: v for k, v in ModelPT.restore_from(str(first), map_location="cpu").state_dict().items()}
     got = ModelPT.restore_from(str(out), map_location="cpu").state_dict()
     params = {name for name, _ in model.named_parameters()}
-    assert params and all(torch.allclose(got[k], want[k] + 0.5, atol=1e-6) for k in params)
-    assert all(torch.equal(got[k], v) for k, v in want.items() if not v.is_floating_point())
+    assert params and all(torch.allclose(got[k], want[k] + 1 / 3, atol=1e-6) for k in params)
+    assert all(torch.equal(got[k], v) for k, v in want.items() if k not in params)
     assert not (tmp_path / "averaged" / "asr.nemo.partial").exists()
     _, diarizer = build_random_pair("tiny", tmp_path / "tiny")
     with pytest.raises(ValueError, match="not the architecture"):

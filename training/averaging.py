@@ -16,8 +16,8 @@ __all__ = ["average_models"]
 
 def average_models(paths: list[Path], out: Path) -> Path:
     """`out`: a `.nemo` whose floating-point weights are the mean of those of `paths` (one architecture); its
-    config, tokenizer and integer buffers are the first model's. An `out` already written is kept (as a
-    finished training stage is), so a rerun of the curriculum does not redo it."""
+    config, tokenizer, integer buffers and the tensors equal in all models are the first model's. An `out` already
+    written is kept (as a finished training stage is), so a rerun of the curriculum does not redo it."""
     import torch
     from nemo.core.classes.modelPT import ModelPT
 
@@ -33,9 +33,15 @@ def average_models(paths: list[Path], out: Path) -> Path:
     for path, state in zip(paths[1:], states[1:], strict=True):
         if state.keys() != states[0].keys() or any(state[k].shape != v.shape for k, v in states[0].items()):
             raise ValueError(f"{path} is not the architecture of {paths[0]}: its weights cannot be averaged")
-    mean = {
-        k: torch.stack([s[k] for s in states]).mean(dim=0) if v.is_floating_point() else v for k, v in states[0].items()
-    }
+
+    def mean_of(key: str, value: torch.Tensor) -> torch.Tensor:
+        # A tensor all models share (a feature window, a fixed normalisation) is kept bit for bit: the mean of
+        # equal floats is not always that float.
+        if not value.is_floating_point() or all(torch.equal(s[key], value) for s in states[1:]):
+            return value
+        return torch.stack([s[key] for s in states]).mean(dim=0)
+
+    mean = {k: mean_of(k, v) for k, v in states[0].items()}
     models[0].load_state_dict(mean)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")

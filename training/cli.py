@@ -88,9 +88,10 @@ def _corpus(args: argparse.Namespace) -> int:
 
 
 def _evalset(args: argparse.Namespace) -> int:
-    from mtasr.training.evalset import build_evalset
+    from mtasr.training.evalset import SELECTION_SET, EvalSetSettings, build_evalset
 
-    print(build_evalset(args.corpus, args.out))
+    out = args.out or WORK_DIR / ("selection_set" if args.selection else "evalset")
+    print(build_evalset(args.corpus, out, SELECTION_SET if args.selection else EvalSetSettings()))
     return 0
 
 
@@ -203,7 +204,15 @@ def add_train_parser(sub) -> None:
 
     evalset = steps.add_parser("evalset", help="write the fixed 1/2/3-speaker evaluation set with references")
     evalset.add_argument("--corpus", type=Path, default=WORK_DIR / "corpus")
-    evalset.add_argument("--out", type=Path, default=WORK_DIR / "evalset")
+    evalset.add_argument(
+        "--out", type=Path, help=f"default {WORK_DIR / 'evalset'}, with --selection {WORK_DIR / 'selection_set'}"
+    )
+    evalset.add_argument(
+        "--selection",
+        action="store_true",
+        help="write the selection set instead: sessions of the validation sentences, for choosing between "
+        "candidate models apart from the reported set (mtasr evaluate --evalset it)",
+    )
     evalset.set_defaults(func=_evalset)
 
     asr = steps.add_parser("asr", help="train or fine-tune the multitalker RNNT on simulated mixtures")
@@ -214,7 +223,8 @@ def add_train_parser(sub) -> None:
         help="which stage of the default curriculum: single speakers (from scratch), mixtures at every latency "
         "(from scratch: at the serving latency only), mixtures again from a fresh warm-up, twice, then "
         "conversations mixed in, then half of each batch masked by the diarizer, twice, then three rows in "
-        "four, then half again (each needs --init-from; `train defaults` installs the last); "
+        "four, then half again, then two siblings of that stage from it (each needs --init-from; `train defaults` "
+        "installs the mean of the last three); "
         "default %(default)s",
     )
     asr.add_argument(
