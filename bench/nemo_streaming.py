@@ -184,6 +184,7 @@ def _config(
     cache_gating: bool = True,
     masked_asr: bool = False,
     binary_diar_preds: bool = False,
+    cache_gating_buffer_size: int = 2,
 ):
     from omegaconf import OmegaConf
 
@@ -193,7 +194,7 @@ def _config(
             "masked_asr": masked_asr,  # False: speaker kernels; True: features masked (the script's default)
             "use_amp": False,  # fp32 (CPU autocast would be bfloat16)
             "cache_gating": cache_gating,
-            "cache_gating_buffer_size": 2,
+            "cache_gating_buffer_size": cache_gating_buffer_size,
             "binary_diar_preds": binary_diar_preds,
             "single_speaker_mode": False,
             "max_num_of_spks": max_num_of_spks,
@@ -261,6 +262,7 @@ def run_nemo_multitalker(
     diar_cache: tuple[int, int] | None = NEMO_SCRIPT_DIARIZER_CACHE,
     masked_asr: bool = False,
     binary_diar_preds: bool = False,
+    cache_gating_buffer_size: int = 2,
     models: tuple[Any, Any] | None = None,
     quiet: bool = True,
 ) -> NemoResult:
@@ -300,6 +302,9 @@ def run_nemo_multitalker(
     ``binary_diar_preds`` is the script's option of that name (default False): the speaker kernels' target
     masks thresholded at 0.5 (export's ``--binary-speaker-masks``).
 
+    ``cache_gating_buffer_size`` is the script's option of that name (default 2): a speaker stays active while
+    the diarizer heard it in that many of the latest chunks (export's ``--gating-chunks``).
+
     ``models`` may pass an already restored ``(asr_model, diar_model)`` pair to skip restoring; the
     call leaves the ASR encoder at ``right_context`` and the diarizer at the streaming settings above.
     """
@@ -332,6 +337,7 @@ def run_nemo_multitalker(
                     cache_gating=not all_slots_active,
                     masked_asr=masked_asr,
                     binary_diar_preds=binary_diar_preds,
+                    cache_gating_buffer_size=cache_gating_buffer_size,
                 ),
                 fix_background_mask,
                 use_async,

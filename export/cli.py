@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
                 nemo_background_mask=args.nemo_background_mask,
                 speaker_conditioning=args.speaker_conditioning,
                 binary_speaker_masks=args.binary_speaker_masks,
+                gating_chunks=args.gating_chunks,
             ),
         )
         if args.random:
@@ -229,6 +230,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="give the speaker kernels the diarizer's probabilities thresholded at 0.5, as the ASR saw its reference "
         "masks in training (NeMo's binary_diar_preds=True); default: the probabilities themselves (the script's "
         "default)",
+    )
+    export.add_argument(
+        "--gating-chunks",
+        type=int,
+        default=_SERVING.gating_chunks,
+        help="a speaker slot gets an ASR instance while the diarizer heard it in the last N chunks (NeMo's "
+        "cache_gating_buffer_size; default %(default)s, as NeMo). More keeps a speaker who pauses decoding longer, so "
+        "the words the encoder's look-ahead still holds come out, at the cost of ASR work on its silence",
     )
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     export.set_defaults(func=run)

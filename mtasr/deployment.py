@@ -29,7 +29,9 @@ class ServingSettings:
 
     sequence_idle_s: float = 60.0  # a stream silent this long is dropped (Triton and the stages alike)
     max_chunk_s: float = 0.0  # longest audio per request; 0: two chunks, at least one second
-    gating_chunks: int = 2  # NeMo's cache_gating_buffer_size
+    # NeMo's cache_gating_buffer_size: a slot keeps its ASR instance while the diarizer heard it in this many of the
+    # latest chunks (the committed repository serves more: `training.defaults.default_export_settings`).
+    gating_chunks: int = 2
     segment_gap_s: float = 1.0  # a pause this long starts a new SegLST segment
     # "onnxruntime": the stages run the graphs in their own process (CPU: a BLS call costs about a
     # millisecond, and greedy decoding makes one per step); "triton": BLS calls to the graph models
@@ -57,6 +59,8 @@ class ServingSettings:
                 f"speaker_conditioning must be one of {', '.join(SPEAKER_CONDITIONINGS)}, "
                 f"got {self.speaker_conditioning!r}"
             )
+        if self.gating_chunks < 1:
+            raise ValueError(f"gating_chunks must be at least 1, got {self.gating_chunks}")
 
     @classmethod
     def from_strings(cls, values: Mapping[str, str]) -> ServingSettings:

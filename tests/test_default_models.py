@@ -89,6 +89,7 @@ def test_default_checkpoints_export_to_the_served_models(tmp_path):
     cmd += ["--encoder-cache", manifest["asr"]["streaming"].get("channel_cache", "input")]  # absent: NeMo's layout
     if manifest["deployment"]["serving"].get("binary_speaker_masks"):
         cmd += ["--binary-speaker-masks"]
+    cmd += ["--gating-chunks", str(manifest["deployment"]["serving"]["gating_chunks"])]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     exported = tmp_path / "export" / "model_repository"

@@ -220,6 +220,35 @@ def test_binary_speaker_masks_give_the_tokens_of_nemos_binary_diar_preds(
     assert differs_from_soft, "thresholding must change what is decoded, or this test shows nothing"
 
 
+def test_a_longer_gating_window_gives_nemo_tokens_with_that_buffer_size(
+    tiny_checkpoints, nemo_models, conversations, served
+):
+    """`--gating-chunks N` keeps a speaker active while the diarizer heard it in the last N chunks, as the
+    script's cache_gating_buffer_size=N does: the same tokens per slot, and other active speakers than N=2."""
+    _, repo = served
+    gating_chunks = 6
+    pipeline = LocalPipeline(repo, ServingSettings(graph_backend="onnxruntime", gating_chunks=gating_chunks))
+    activity_differs = False
+    for conv in conversations:
+        served_tokens = tokens_by_speaker(pipeline.transcribe(conv.audio, chunk_samples(repo)))
+        nemo = run_nemo_multitalker(
+            *tiny_checkpoints,
+            conv.audio,
+            13,
+            fix_background_mask=True,
+            cache_gating_buffer_size=gating_chunks,
+            models=nemo_models,
+        )
+        want = {slot: tokens for slot, tokens in nemo.tokens.items() if tokens}
+        assert want, "the reference decoded nothing: the comparison would be empty"
+        assert served_tokens == want, f"{len(conv.segments)}-segment input"
+        nemo_default = run_nemo_multitalker(
+            *tiny_checkpoints, conv.audio, 13, fix_background_mask=True, models=nemo_models
+        )
+        activity_differs |= nemo_default.active_per_chunk != nemo.active_per_chunk
+    assert activity_differs, "the window must change who is active, or this test shows nothing"
+
+
 def test_all_slots_active_gives_nemo_tokens_with_its_cache_gating_off(
     tiny_checkpoints, nemo_models, conversations, served
 ):

@@ -388,10 +388,11 @@ def test_conversations_of_a_set_with_few_utterances_per_voice_reuse_them(corpus,
 
 @needs_voices
 def test_the_selection_set_speaks_only_validation_sentences_never_the_reported_sets(corpus, tmp_path):
-    """Candidates are chosen on the selection set and reported on the evaluation set: no sentence is in both."""
+    """Candidates are chosen on the selection set and reported on the evaluation set: no sentence is in both, the
+    selection set's 5-minute conversation included."""
     from mtasr.client.formats import SEGLST_SUFFIX, read_seglst
     from mtasr.training.corpus import DEV_MANIFEST, HELD_OUT_VOICE_MANIFEST, TEST_MANIFEST, read_manifest
-    from mtasr.training.evalset import REFERENCE_DIR, SELECTION_SET, EvalSetSettings, build_evalset
+    from mtasr.training.evalset import LONG_SESSION, REFERENCE_DIR, SELECTION_SET, EvalSetSettings, build_evalset
 
     def sentences(evalset: Path) -> set[str]:
         return {s["words"] for ref in (evalset / REFERENCE_DIR).glob(f"*{SEGLST_SUFFIX}") for s in read_seglst(ref)}
@@ -405,7 +406,8 @@ def test_the_selection_set_speaks_only_validation_sentences_never_the_reported_s
     test_sentences = {e["text"] for m in (TEST_MANIFEST, HELD_OUT_VOICE_MANIFEST) for e in read_manifest(corpus / m)}
     assert reported <= test_sentences
     assert selection and reported and not selection & reported
-    assert not list((tmp_path / "selection").glob("audio/voice-*")) and not SELECTION_SET.long_conversation
+    assert not list((tmp_path / "selection").glob("audio/voice-*"))
+    assert (tmp_path / "selection" / REFERENCE_DIR / f"{LONG_SESSION}{SEGLST_SUFFIX}").is_file()
 
 
 @needs_voices

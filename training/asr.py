@@ -320,6 +320,10 @@ ASR_DIARIZER_MASKS_FOURTH = replace(ASR_DIARIZER_MASKS, seed=5)
 # 24.5 / 38.5, 19.8 / 29.1 and 19.1 / 30.8 %; the mean of the weights of stage 9 and the first two 14.8 / 26.9 %,
 # of all four 14.8 / 27.3 %, of 9 and the second 16.9 / 27.7 % (runs/defaults/evaluation.md): the curriculum's
 # model is the mean of stage 9 and its first two siblings.
+# Tried after it, not kept: a second round, two siblings of that mean (sibling b's recipe, seeds 9 and 10, 600
+# steps each in 3,380 / 3,319 s on one thread beside each other) averaged with it. On the selection set 2 / 3
+# speakers 16.8 / 29.2 % (697 word errors against the installed mean's 631); the uniform mean of all five (stage 9
+# and siblings a-d) 16.3 / 29.1 % (687). Siblings fine-tuned from a mean leave the point the averaging found.
 SIBLING_OF_STAGE_9 = "diarizer_masks_fourth"
 ASR_SIBLING_A = replace(ASR_DIARIZER_MASKS, seed=6)
 ASR_SIBLING_B = replace(ASR_DIARIZER_MASKS, max_steps=600, val_every_steps=300, seed=7)

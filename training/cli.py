@@ -177,9 +177,15 @@ def add_train_parser(sub) -> None:
     steps = train.add_subparsers(dest="step", required=True)
 
     corpus = steps.add_parser("corpus", help="synthesise the single-speaker corpus (NeMo manifests)")
-    corpus.add_argument("--out", type=Path, default=WORK_DIR / "corpus")
-    corpus.add_argument("--train-sentences", type=int, default=corpus_defaults.train_sentences)
-    corpus.add_argument("--test-sentences", type=int, default=corpus_defaults.test_sentences)
+    corpus.add_argument(
+        "--out", type=Path, default=WORK_DIR / "corpus", help="corpus folder to write (default %(default)s)"
+    )
+    corpus.add_argument(
+        "--train-sentences", type=int, default=corpus_defaults.train_sentences, help="training sentences"
+    )
+    corpus.add_argument(
+        "--test-sentences", type=int, default=corpus_defaults.test_sentences, help="held-out (evaluation) sentences"
+    )
     corpus.add_argument("--dev-sentences", type=int, default=corpus_defaults.dev_sentences, help="validation sentences")
     corpus.add_argument(
         "--train-per-voice",
@@ -199,11 +205,21 @@ def add_train_parser(sub) -> None:
         default=corpus_defaults.dev_utterances_per_voice,
         help="validation utterances per voice",
     )
-    corpus.add_argument("--seed", type=int, default=corpus_defaults.seed)
+    corpus.add_argument(
+        "--seed",
+        type=int,
+        default=corpus_defaults.seed,
+        help="seed of the sentence split and of each utterance's draws",
+    )
     corpus.set_defaults(func=_corpus)
 
     evalset = steps.add_parser("evalset", help="write the fixed 1/2/3-speaker evaluation set with references")
-    evalset.add_argument("--corpus", type=Path, default=WORK_DIR / "corpus")
+    evalset.add_argument(
+        "--corpus",
+        type=Path,
+        default=WORK_DIR / "corpus",
+        help="corpus folder (mtasr train corpus; default %(default)s)",
+    )
     evalset.add_argument(
         "--out", type=Path, help=f"default {WORK_DIR / 'evalset'}, with --selection {WORK_DIR / 'selection_set'}"
     )

@@ -104,6 +104,10 @@ DIARIZER_MANY_SPEAKERS = TrainSettings(
 # 0.922 / 0.944 at steps 150 / 300 / 450 / 600). The diarizer alone on the selection set (`evalset.SELECTION_SET`)
 # 4.0 -> 2.9 / 13.5 -> 10.9 % DER on 2 / 3 speakers, but served with the averaged ASR its cpWER there 14.8 -> 14.1 /
 # 26.9 -> 28.8 %: no fewer word errors (runs/defaults/evaluation.md).
+# Also not kept: stage 7 continued from its own model (seed 9, 300 steps at 1.5e-4, 2,771 s; validation F1 0.938): alone
+# on the selection set DER 2 / 3 speakers 4.0 -> 3.3 / 13.5 -> 11.2 %, the mean of its weights and stage 7's 2.7 /
+# 12.1 %, but served with the averaged ASR 638 and 634 word errors against 631. The ASR was fine-tuned on stage 7's
+# masks; a better diarizer alone has not given it fewer errors.
 MANY_SPEAKER_CONVERSATIONS = {2: 0.3, 3: 0.5, 4: 0.2}
 MANY_SPEAKER_CONVERSATION_COUNT = 320  # of 24 s and more: over two hours to cut stretches from
 # A conversation stage validates on these too: stretches of conversations of the held-out sentences.
