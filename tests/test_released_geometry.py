@@ -111,7 +111,13 @@ def export(pair: tuple[Path, Path], out: Path, right_context: int) -> Path:
 def test_the_released_geometry_is_served_with_nemos_tokens_at_every_latency(
     right_context, shrunk_pair, nemo_models, conversation, tmp_path
 ):
-    """Right context 13 (the default) through the real tritonserver; the others in process (the same stages)."""
+    """Right context 13 (the default) through the real tritonserver; the others in process (the same stages).
+
+    Random weights 1,024 wide leave near ties between tokens, and ONNX Runtime's and PyTorch's fp32 sums round
+    differently on some CPUs: on an AVX-512 Xeon two adjacent tokens of 1,430 came out swapped (911, 984 for
+    984, 911) in one slot, served and in process alike. So each slot may differ from NeMo's by at most
+    `NEAR_TIE_EDITS` token edits; a wrong cache, mask or geometry changes hundreds. The tiny pair's parity tests
+    (test_serving.py) stay token for token."""
     repo = export(shrunk_pair, tmp_path / "export", right_context)
     manifest = load_manifest(repo)
     assert manifest["asr"]["decoding"]["vocab_size"] == 1024
@@ -128,4 +134,21 @@ def test_the_released_geometry_is_served_with_nemos_tokens_at_every_latency(
     )
     want = {slot: tokens for slot, tokens in nemo.tokens.items() if tokens}
     assert want, "the reference decoded nothing: the comparison would be empty"
-    assert served == want
+    assert served.keys() == want.keys()
+    for slot, tokens in want.items():
+        assert token_edits(served[slot], tokens) <= NEAR_TIE_EDITS, f"slot {slot}"
+
+
+NEAR_TIE_EDITS = 2  # one swap of two adjacent tokens
+
+
+def token_edits(a: list[int], b: list[int]) -> int:
+    """Levenshtein distance between two token sequences (0 at once when equal)."""
+    if a == b:
+        return 0
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        diagonal, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (x != y))
+    return row[-1]
