@@ -30,7 +30,7 @@ class ServingSettings:
     sequence_idle_s: float = 60.0  # a stream silent this long is dropped (Triton and the stages alike)
     max_chunk_s: float = 0.0  # longest audio per request; 0: two chunks, at least one second
     # NeMo's cache_gating_buffer_size: a slot keeps its ASR instance while the diarizer heard it in this many of the
-    # latest chunks (the committed repository serves more: `training.defaults.default_export_settings`).
+    # latest chunks (the committed repository serves more: docs/training.md).
     gating_chunks: int = 2
     segment_gap_s: float = 1.0  # a pause this long starts a new SegLST segment
     # "onnxruntime": the stages run the graphs in their own process (CPU: a BLS call costs about a
