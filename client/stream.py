@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import queue
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -234,6 +235,7 @@ class StreamingClient:
         outputs = [grpcclient.InferRequestedOutput(name) for name in OUTPUTS]
         words: list[Word] = []
         index = 0
+        awaiting_answer = False
         try:
             client.start_stream(callback=lambda result, error: answers.put((result, error)))
             start = time.perf_counter()
@@ -250,12 +252,14 @@ class StreamingClient:
                     sequence_start=index == 0,
                     sequence_end=last,
                 )
+                awaiting_answer = True
                 try:
                     result, error = answers.get(timeout=self.timeout_s + 60.0 * (index == 0))
                 except queue.Empty:
                     raise StreamError(
                         f"no answer from {self.url} for chunk {index} within the timeout", words
                     ) from None
+                awaiting_answer = False
                 latency = time.perf_counter() - sent
                 if error is not None:
                     raise _failure(self.url, index, error, words)
@@ -267,11 +271,7 @@ class StreamingClient:
         except Exception as err:  # the channel broke
             raise _failure(self.url, index, f"the stream broke: {err}", words) from None
         finally:
-            try:
-                client.stop_stream(cancel_requests=True)
-            except Exception:  # noqa: BLE001 - already broken; closing is best effort
-                pass
-            client.close()
+            _close_grpc_stream(client, cancel=awaiting_answer, timeout_s=self.timeout_s)
 
     def _http_stream(self, pieces, sequence_id: int, period_s: float) -> Iterator[Update]:
         import tritonclient.http as httpclient
@@ -303,6 +303,26 @@ class StreamingClient:
                 yield update
         finally:
             client.close()
+
+
+def _close_grpc_stream(client, cancel: bool, timeout_s: float) -> None:
+    """End the gRPC stream: half-close it and let the server finish it when no answer is awaited, cancel
+    it only when one is (a hung or abandoned chunk); close the channel within `timeout_s` either way.
+
+    Why not always cancel: Triton's stream handler can leak a cancelled stream's last request (a race in
+    its gRPC cancellation), and the ensemble it names then never unloads: the server's stop waits out its
+    exit timeout and fails."""
+
+    def stop() -> None:
+        try:
+            client.stop_stream(cancel_requests=cancel)
+        except Exception:  # noqa: BLE001 - already broken; closing is best effort
+            pass
+
+    closer = threading.Thread(target=stop, daemon=True)
+    closer.start()
+    closer.join(timeout_s)  # a server that never ends the stream: closing the channel below cancels it
+    client.close()
 
 
 def _pace(start: float, index: int, period_s: float) -> None:
