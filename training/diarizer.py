@@ -108,6 +108,12 @@ DIARIZER_MANY_SPEAKERS = TrainSettings(
 # on the selection set DER 2 / 3 speakers 4.0 -> 3.3 / 13.5 -> 11.2 %, the mean of its weights and stage 7's 2.7 /
 # 12.1 %, but served with the averaged ASR 638 and 634 word errors against 631. The ASR was fine-tuned on stage 7's
 # masks; a better diarizer alone has not given it fewer errors.
+# Also not kept: stage 7 fine-tuned on long conversations (90 s, stretches of 45 s and more, so the cache compresses
+# many times in each; 160 conversations, batch 4, 300 steps at 1.5e-4 after 20 of warm-up, seed 10, about 4,700 s on one
+# thread; best validation F1 0.916 at step 200). The 5-minute conversations' DER 29.5 -> 25.8 % (selection set) and
+# 31.1 -> 30.3 % (reported), but the short sessions' 1.4 / 4.0 / 13.5 -> 4.3 / 4.7 / 15.6 % on 1 / 2 / 3 speakers;
+# the mean of its weights and stage 7's 25.9 / 33.3 % and 1.6 / 3.8 / 14.2 %. Confusion between two voices stays
+# (runs/defaults/evaluation.md).
 MANY_SPEAKER_CONVERSATIONS = {2: 0.3, 3: 0.5, 4: 0.2}
 MANY_SPEAKER_CONVERSATION_COUNT = 320  # of 24 s and more: over two hours to cut stretches from
 # A conversation stage validates on these too: stretches of conversations of the held-out sentences.
