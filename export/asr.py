@@ -236,8 +236,13 @@ class EncoderLayersStep(torch.nn.Module):
             )
         finally:
             self.model.clear_speaker_targets()
-        encoded, encoded_len, channel, time, channel_len = encoder.streaming_post_process(
-            (encoded, encoded_len, channel, time, channel_len), keep_all_outputs=False
+        # NeMo's post-processing keeps the channel cache's last `last_channel_cache_size` frames; the
+        # cache comes out of the layers that long already, and the graph would copy it whole for nothing.
+        keep = encoder.streaming_cfg.last_channel_cache_size
+        if keep > 0 and channel.shape[2] != keep:
+            channel = channel[:, :, -keep:]
+        encoded, encoded_len, _, time, channel_len = encoder.streaming_post_process(
+            (encoded, encoded_len, None, time, channel_len), keep_all_outputs=False
         )
         return encoded, encoded_len, channel.transpose(0, 1), time.transpose(0, 1), channel_len
 

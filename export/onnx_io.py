@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from mtasr.export.graph_rewrites import graph_rewrites
 
 # Protobuf cannot hold a model over 2 GiB; above this many weight bytes we write external data.
 EXTERNAL_DATA_THRESHOLD_BYTES = 1_500_000_000
@@ -21,27 +21,6 @@ _ORT_TYPES = {
     "tensor(float16)": "float16",
     "tensor(bool)": "bool",
 }
-
-
-@contextlib.contextmanager
-def exportable_conv_lengths() -> Iterator[None]:
-    """Trace NeMo's subsampling length rule with a true floor.
-
-    The TorchScript exporter turns float `//` into truncating division, so an empty chunk would
-    come out with length 1 instead of 0; PyTorch results are unchanged by the swap.
-    """
-    from nemo.collections.asr.parts.submodules import subsampling
-
-    original = subsampling.calculate_conv_output_size
-
-    def floor_lengths(input_size: torch.Tensor, kernel_size: int, stride: int, padding: tuple[int, int]):
-        return torch.floor((input_size + padding[0] + padding[1] - kernel_size) / stride) + 1
-
-    subsampling.calculate_conv_output_size = floor_lengths
-    try:
-        yield
-    finally:
-        subsampling.calculate_conv_output_size = original
 
 
 @dataclass(frozen=True)
@@ -75,7 +54,7 @@ def export_onnx(
     target = out_dir / spec.file
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as tmp:
         raw = Path(tmp) / spec.file
-        with torch.no_grad(), exportable_conv_lengths():
+        with torch.no_grad(), graph_rewrites():
             torch.onnx.export(
                 module,
                 args,
