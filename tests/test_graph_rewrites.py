@@ -1,12 +1,15 @@
-"""The trace-time rewrites (`export.graph_rewrites`) compute NeMo's values bit for bit, in PyTorch itself."""
+"""The trace-time rewrites (`export.graph_rewrites`) compute NeMo's values, in PyTorch itself: bit for bit, or within
+float rounding where another kernel sums in another order."""
 
 from __future__ import annotations
+
+from unittest import mock
 
 import pytest
 import torch
 
 from mtasr.export import asr
-from mtasr.export.graph_rewrites import lean_attention_masks, lean_subsampling_masks
+from mtasr.export.graph_rewrites import depthwise_convolutions_as_2d, lean_attention_masks, lean_subsampling_masks
 from mtasr.export.sortformer import build_sortformer
 
 
@@ -52,3 +55,38 @@ def test_attention_with_lean_masks_equals_nemos_with_padded_rows_and_keys(models
             got = attention(x, x, x, mask, pos_emb=pos_emb)
     assert torch.equal(got, want)
     assert type(attention).forward_attention is nemos  # NeMo's again after the block
+
+
+@pytest.mark.parametrize("name", ["asr", "diarizer"])
+def test_depthwise_convolutions_as_2d_equal_nemos_within_float_rounding(models, name):
+    """The conformer convolution module with its depthwise convolution over [B, C, 1, T]: NeMo's outputs within
+    1e-6; the model's other convolutions (pointwise, the front end's) are not touched."""
+    module = models[name].encoder.layers[0].conv
+    torch.manual_seed(1)
+    x = torch.randn(3, 23, module.pointwise_conv1.in_channels)
+    pad_mask = torch.arange(23)[None, :] >= torch.tensor([23, 15, 4])[:, None]
+    conv2d = torch.nn.functional.conv2d
+    with torch.no_grad(), mock.patch("torch.nn.functional.conv2d", wraps=conv2d) as conv2d_calls:
+        want = module(x, pad_mask=pad_mask)
+        assert conv2d_calls.call_count == 0
+        with depthwise_convolutions_as_2d():
+            got = module(x, pad_mask=pad_mask)
+            assert conv2d_calls.call_count == 1  # the depthwise convolution, and only it
+    assert (got - want).abs().max() <= 1e-6
+
+
+def test_layer_caches_stacked_batch_first_give_the_same_encoder_step(models):
+    """One cache-aware encoder step with the layers' next caches stacked along dim 1 and viewed layer-first:
+    every output, the caches included, bit for bit."""
+    from mtasr.export.graph_rewrites import layer_caches_stacked_batch_first
+
+    model = models["asr"]
+    inputs = asr.example_encoder_inputs(model, 3, first_chunk=False, seed=5)
+    step = asr.EncoderStep(model).eval()
+    args = [inputs[name] for name in asr.ENCODER_SPEC.inputs]
+    with torch.no_grad():
+        want = step(*args)
+        with layer_caches_stacked_batch_first():
+            got = step(*args)
+    for name, g, w in zip(asr.ENCODER_SPEC.outputs, got, want, strict=True):
+        assert torch.equal(g, w), name

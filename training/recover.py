@@ -6,6 +6,7 @@ then load each ONNX initializer into the parameter it came from. The TorchScript
 some of them while folding constants, and this undoes those folds:
 
 - `MatMul` weights are the transposed `Linear.weight` (found by the node's module scope);
+- depthwise `Conv`s are 2-D over [B, C, 1, T] (`export.graph_rewrites`), their weights [C, 1, 1, K];
 - the Sortformer's depthwise `Conv` absorbed the `BatchNorm` after it: the convolution takes the
   fused weights and the norm becomes the identity (mean 0, variance 1 - eps, scale 1, shift 0);
 - `LSTM` weights are split W/R/B with ONNX's gate order (i, o, f, c) instead of PyTorch's (i, f, g, o).
@@ -110,7 +111,11 @@ def load_graph_weights(model, onnx_path: Path, prefix: str) -> set[str]:
             put(f"{name}.weight", inits[weight].T)
         elif node.op_type == "Conv":
             name, _ = _module_for(model, scope, torch.nn.Conv1d)
-            put(f"{name}.weight", inits[node.input[1]])
+            weight = inits[node.input[1]]
+            # A depthwise Conv1d is exported as a 2-D convolution over [B, C, 1, T] (export.graph_rewrites).
+            put(f"{name}.weight", weight[:, :, 0, :] if weight.ndim == 4 else weight)
+            if node.input[2] not in {x for _, x in folded}:
+                continue  # its own bias, loaded by name: no norm was folded into it
             put(f"{name}.bias", inits[node.input[2]])
             norm = name.rsplit(".", 1)[0] + ".batch_norm"
             eps = dict(model.named_modules())[norm].eps
