@@ -29,6 +29,7 @@ class ExportVariant:
     max_streams: int | None = None  # `mtasr export --max-streams` (streams per batch); None: the run's concurrency
     stage_instances: int | None = None  # `mtasr export --stage-instances`; None: its default
     int8_graphs: str | None = None  # `mtasr export --int8-graphs` (with int8); None: every graph
+    nemo_graphs: bool = False  # `mtasr export --nemo-graphs`: NeMo's modules traced without export.graph_rewrites
 
     def export_options(self) -> list[str]:
         options = ["--encoder-cache", self.encoder_cache] + (["--int8"] if self.int8 else [])
@@ -44,6 +45,8 @@ class ExportVariant:
             options += ["--max-streams", str(self.max_streams)]
         if self.stage_instances is not None:
             options += ["--stage-instances", str(self.stage_instances)]
+        if self.nemo_graphs:
+            options += ["--nemo-graphs"]
         return options
 
     def describe(self) -> str:
@@ -62,6 +65,8 @@ VARIANTS = {
     # The encoder's subsampling front end per speaker instance, inside the encoder graph, as NeMo runs it (the
     # default export runs it once per stream).
     "pre-encode-speaker": ExportVariant(" pre-encode-speaker", "kv", False, pre_encode="speaker"),
+    # NeMo's modules traced as they are, without the rewrites that keep their values (export.graph_rewrites).
+    "nemo-graphs": ExportVariant(" nemo-graphs", "kv", False, nemo_graphs=True),
     # Thread budgets and batching (serving settings only, the same graphs). By default the cores are shared among
     # the processes that run the diarizer and the encoder (`mtasr.deployment.serving_threads`); threads-all gives
     # each of them every core (ONNX Runtime's own default, this project's before), threads-1 one thread each.

@@ -480,34 +480,41 @@ def export_asr(
     opset: int = 17,
     channel_cache: str = KV_CACHE,
     pre_encode: str = PRE_ENCODE_PER_STREAM,
+    graph_rewrites: bool = True,
 ) -> dict[str, Any]:
     """Export the encoder, prediction network and joint for `right_context`; return their manifest entries.
 
     `channel_cache`: "kv" (projected keys and values, `export.kv_cache`) or "input" (NeMo's).
     `pre_encode`: "stream" (a `pre_encoder` graph for the subsampling front end, run once per stream, and the
-    layers in `encoder`) or "speaker" (both in `encoder`, run per speaker instance, as NeMo runs them)."""
+    layers in `encoder`) or "speaker" (both in `encoder`, run per speaker instance, as NeMo runs them).
+    `graph_rewrites`: trace with `export.graph_rewrites` (False: NeMo's modules as they are, for comparisons)."""
     if pre_encode not in PRE_ENCODE_MODES:
         raise ValueError(f"pre_encode must be one of {', '.join(PRE_ENCODE_MODES)}, got {pre_encode!r}")
     set_right_context(model, right_context)
     model.eval()
     example = example_encoder_inputs(model, 2, False, channel_cache=channel_cache)
     graphs = {}
+    rewrites = {"rewrites": graph_rewrites}
     with projected_kv_cache(model) if channel_cache == KV_CACHE else nullcontext():
         if pre_encode == PRE_ENCODE_PER_STREAM:
-            graphs["pre_encoder"] = export_onnx(PreEncodeStep(model).eval(), example, PRE_ENCODER_SPEC, out_dir, opset)
+            graphs["pre_encoder"] = export_onnx(
+                PreEncodeStep(model).eval(), example, PRE_ENCODER_SPEC, out_dir, opset, **rewrites
+            )
             layers_example = pre_encoded_example(model, example)
             graphs["encoder"] = export_onnx(
-                EncoderLayersStep(model).eval(), layers_example, ENCODER_LAYERS_SPEC, out_dir, opset
+                EncoderLayersStep(model).eval(), layers_example, ENCODER_LAYERS_SPEC, out_dir, opset, **rewrites
             )
         else:
-            graphs["encoder"] = export_onnx(EncoderStep(model).eval(), example, ENCODER_SPEC, out_dir, opset)
+            graphs["encoder"] = export_onnx(
+                EncoderStep(model).eval(), example, ENCODER_SPEC, out_dir, opset, **rewrites
+            )
     streaming = streaming_geometry(model)
     streaming["channel_cache"] = channel_cache
     streaming["channel_cache_width"] = channel_cache_width(streaming["d_model"], channel_cache)
     graphs["decoder"] = export_onnx(
-        PredictionStep(model.decoder).eval(), example_decoder_inputs(model, 2), DECODER_SPEC, out_dir, opset
+        PredictionStep(model.decoder).eval(), example_decoder_inputs(model, 2), DECODER_SPEC, out_dir, opset, **rewrites
     )
     graphs["joint"] = export_onnx(
-        JointStep(model.joint).eval(), example_joint_inputs(model, 2), JOINT_SPEC, out_dir, opset
+        JointStep(model.joint).eval(), example_joint_inputs(model, 2), JOINT_SPEC, out_dir, opset, **rewrites
     )
     return {"graphs": graphs, "streaming": streaming, "decoding": decoder_geometry(model)}

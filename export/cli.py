@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
             int8_graphs=tuple(args.int8_graphs.split(",")) if args.int8_graphs else _DEFAULTS.int8_graphs,
             encoder_cache=args.encoder_cache,
             pre_encode=args.pre_encode,
+            graph_rewrites=not args.nemo_graphs,
             diarizer_cache=args.diarizer_cache,
             stage_instances=args.stage_instances,
             max_sequences=args.max_sequences,
@@ -203,6 +204,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="where the encoder's subsampling front end runs: 'stream' once per stream, in its own graph, since "
         "every speaker of a stream hears the same features (default), or 'speaker' in the encoder graph for "
         "every speaker, as NeMo does; the same tokens",
+    )
+    export.add_argument(
+        "--nemo-graphs",
+        action="store_true",
+        help="benchmarking: trace NeMo's modules as they are, without the rewrites that give the same values "
+        "with less work (export/graph_rewrites.py: front-end masks, attention masks, depthwise convolutions, "
+        "cache stacking)",
     )
     export.add_argument(
         "--all-slots-active",

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from mtasr.export.graph_rewrites import graph_rewrites
+from mtasr.export.graph_rewrites import exportable_conv_lengths, graph_rewrites
 
 # Protobuf cannot hold a model over 2 GiB; above this many weight bytes we write external data.
 EXTERNAL_DATA_THRESHOLD_BYTES = 1_500_000_000
@@ -39,9 +39,11 @@ def export_onnx(
     spec: GraphSpec,
     out_dir: Path,
     opset: int = 17,
+    rewrites: bool = True,
 ) -> dict[str, Any]:
     """Export `module` to `out_dir/spec.file` and return its manifest entry (names, dtypes, shapes, and
-    the names of its dynamic axes).
+    the names of its dynamic axes). `rewrites`: traced with `export.graph_rewrites` (False: NeMo's modules as
+    they are, but for the length rule the exporter needs; for comparisons).
 
     Weights go into the graph file, or into exactly one `<file>.data` beside it when the graph is
     too large for protobuf (the TorchScript exporter alone would write one file per tensor).
@@ -54,7 +56,7 @@ def export_onnx(
     target = out_dir / spec.file
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as tmp:
         raw = Path(tmp) / spec.file
-        with torch.no_grad(), graph_rewrites():
+        with torch.no_grad(), graph_rewrites() if rewrites else exportable_conv_lengths():
             torch.onnx.export(
                 module,
                 args,

@@ -53,6 +53,8 @@ class ExportSettings:
     # The encoder's subsampling front end: "stream" (its own graph, once per stream) or "speaker" (in the
     # encoder graph, per speaker instance, as NeMo runs it).
     pre_encode: str = PRE_ENCODE_PER_STREAM
+    # Trace the graphs with export.graph_rewrites (the same values, less work); False: NeMo's modules as they are.
+    graph_rewrites: bool = True
     # Diarizer (spkcache_len, fifo_len) to serve: NeMo's script's run-time values by default; None: the checkpoint's.
     diarizer_cache: tuple[int, int] | None = NEMO_SCRIPT_DIARIZER_CACHE
     stage_instances: int = 1  # Triton instances of each stateful stage
@@ -188,6 +190,7 @@ def _export_into(staging: Path, asr_info, diar_info, settings: ExportSettings, p
         settings.opset,
         channel_cache=settings.encoder_cache,
         pre_encode=settings.pre_encode,
+        graph_rewrites=settings.graph_rewrites,
     )
     asr_features = FeatureConfig.from_nemo(asr_model.cfg.preprocessor).to_dict()
     del asr_model
@@ -203,6 +206,7 @@ def _export_into(staging: Path, asr_info, diar_info, settings: ExportSettings, p
         chunk_feature_frames=streaming["chunk_feature_frames"][1] + streaming["pre_encode_cache_frames"][1],
         drop_extra_pre_encoded=streaming["drop_extra_pre_encoded"],
         opset=settings.opset,
+        graph_rewrites=settings.graph_rewrites,
     )
     diar_features = FeatureConfig.from_nemo(diar_model.cfg.preprocessor).to_dict()
     del diar_model

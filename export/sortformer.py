@@ -432,12 +432,14 @@ def export_sortformer(
     chunk_feature_frames: int,
     drop_extra_pre_encoded: int,
     opset: int = 17,
+    graph_rewrites: bool = True,
 ) -> dict[str, Any]:
     """Write ``out_dir/sortformer.onnx`` on the ASR chunk grid; return its manifest entry and geometry.
 
     chunk_feature_frames: the ASR's later-chunk length incl. the pre-encode cache (the fixed chunk width
     of the graph); drop_extra_pre_encoded: the ASR's streaming drop (what later chunks drop; the graph
-    takes the drop per row). Returns ``{"graph": <export_onnx entry>, "geometry": sortformer_geometry(...)}``.
+    takes the drop per row); graph_rewrites: trace with `export.graph_rewrites` (False: NeMo's modules as they
+    are, for comparisons). Returns ``{"graph": <export_onnx entry>, "geometry": sortformer_geometry(...)}``.
     """
     geo = sortformer_geometry(model, chunk_feature_frames, drop_extra_pre_encoded)
     core = SortformerCore(model, drop_extra_pre_encoded).eval()
@@ -455,4 +457,5 @@ def export_sortformer(
         torch.tensor([drop_extra_pre_encoded, 0], dtype=torch.int64),
     )
     inputs = dict(zip(INPUT_NAMES, example, strict=True))
-    return {"graph": export_onnx(core, inputs, SORTFORMER_SPEC, Path(out_dir), opset), "geometry": geo}
+    graph = export_onnx(core, inputs, SORTFORMER_SPEC, Path(out_dir), opset, rewrites=graph_rewrites)
+    return {"graph": graph, "geometry": geo}

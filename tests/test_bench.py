@@ -69,6 +69,7 @@ def test_every_variant_is_an_export_the_command_line_understands():
     assert parser.parse_args(base + VARIANTS["batch-4"].export_options()).max_streams == 4
     assert parser.parse_args(base + VARIANTS["instances-2"].export_options()).stage_instances == 2
     assert parser.parse_args(base + VARIANTS["int8-asr"].export_options()).int8_graphs == "pre_encoder,encoder,decoder"
+    assert parser.parse_args(base + VARIANTS["nemo-graphs"].export_options()).nemo_graphs
     assert set(EXPORT_PATH_VARIANTS) < set(VARIANTS)
 
 

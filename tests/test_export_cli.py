@@ -438,6 +438,46 @@ def test_the_encoder_front_end_runs_once_per_stream_and_gives_the_per_speaker_la
     assert rows["stream"]["encoder"] == rows["speaker"]["encoder"] == 4 * rows["stream"]["pre_encoder"] > 0
 
 
+def test_graph_rewrites_remove_work_and_keep_the_tokens(exported, tiny_checkpoints, tmp_path):
+    """The default export traces NeMo's modules with `export.graph_rewrites`; `--nemo-graphs` traces them as they
+    are. The rewritten graphs have no attention `Where`, fewer front-end multiplies and 2-D depthwise convolutions;
+    three streams, every slot active, decode the same tokens either way."""
+    import onnx
+
+    from mtasr.deployment import ServingSettings, chunk_samples, load_manifest
+    from mtasr.local_pipeline import LocalPipeline
+    from mtasr.protocol import TOKEN_IDS, TOKEN_SPEAKERS
+
+    as_nemo = export_tiny(tiny_checkpoints, tmp_path / "as_nemo", "--nemo-graphs")
+
+    def ops(repo: Path, graph: str, scope: str) -> list[str]:
+        nodes = onnx.load(str(repo / "model_repository" / graph / "1" / "model.onnx")).graph.node
+        return [n.op_type for n in nodes if scope in n.name]
+
+    for graph in ("encoder", "diarizer"):
+        assert "Where" in ops(as_nemo, graph, "self_attn") and "Where" not in ops(exported, graph, "self_attn")
+    assert ops(exported, "pre_encoder", "pre_encode").count("Mul") < ops(as_nemo, "pre_encoder", "pre_encode").count(
+        "Mul"
+    )
+
+    settings = ServingSettings(graph_backend="onnxruntime", all_slots_active=True)
+    audio = _gliding_tone()
+    chunk = chunk_samples(load_manifest(exported / "model_repository"))
+    pieces = [audio[i : i + chunk] for i in range(0, len(audio), chunk)]
+    tokens = {}
+    for name, repo in (("rewritten", exported), ("as_nemo", as_nemo)):
+        pipeline = LocalPipeline(repo / "model_repository", settings)
+        tokens[name] = [
+            [(r[TOKEN_IDS].tolist(), r[TOKEN_SPEAKERS].tolist()) for r in pipeline.step(requests)]
+            for requests in (
+                [(stream, piece * (1 + stream), k == 0, k == len(pieces) - 1) for stream in range(3)]
+                for k, piece in enumerate(pieces)
+            )
+        ]
+    assert tokens["rewritten"] == tokens["as_nemo"]
+    assert sum(len(ids) for chunk_out in tokens["rewritten"] for ids, _ in chunk_out) > 0
+
+
 class _RowCounter:
     """A graph that counts the rows it is called on."""
 
