@@ -41,20 +41,25 @@ __all__ = [
 
 
 @contextlib.contextmanager
-def exportable_conv_lengths() -> Iterator[None]:
-    """Trace NeMo's subsampling length rule with a true floor (PyTorch results are unchanged)."""
-    from nemo.collections.asr.parts.submodules import subsampling
-
-    original = subsampling.calculate_conv_output_size
-
-    def floor_lengths(input_size: torch.Tensor, kernel_size: int, stride: int, padding: tuple[int, int]):
-        return torch.floor((input_size + padding[0] + padding[1] - kernel_size) / stride) + 1
-
-    subsampling.calculate_conv_output_size = floor_lengths
+def _replaced(owner: object, name: str, value: object) -> Iterator[None]:
+    """`owner.name` is `value` within the block, and what it was again after it."""
+    original = getattr(owner, name)
+    setattr(owner, name, value)
     try:
         yield
     finally:
-        subsampling.calculate_conv_output_size = original
+        setattr(owner, name, original)
+
+
+def _floor_lengths(input_size: torch.Tensor, kernel_size: int, stride: int, padding: tuple[int, int]):
+    return torch.floor((input_size + padding[0] + padding[1] - kernel_size) / stride) + 1
+
+
+def exportable_conv_lengths() -> contextlib.AbstractContextManager[None]:
+    """Trace NeMo's subsampling length rule with a true floor (PyTorch results are unchanged)."""
+    from nemo.collections.asr.parts.submodules import subsampling
+
+    return _replaced(subsampling, "calculate_conv_output_size", _floor_lengths)
 
 
 _ELEMENTWISE = (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.SiLU, torch.nn.GELU, torch.nn.Identity)
@@ -95,17 +100,11 @@ def _lean_subsampling_forward(self, x: torch.Tensor, lengths: torch.Tensor):
     return x * _time_mask(x, current_lengths.long()), current_lengths.long()
 
 
-@contextlib.contextmanager
-def lean_subsampling_masks() -> Iterator[None]:
+def lean_subsampling_masks() -> contextlib.AbstractContextManager[None]:
     """Within the block, every `MaskedConvSequential` masks only where it changes a valid output."""
     from nemo.collections.asr.parts.submodules.subsampling import MaskedConvSequential
 
-    original = MaskedConvSequential.forward
-    MaskedConvSequential.forward = _lean_subsampling_forward
-    try:
-        yield
-    finally:
-        MaskedConvSequential.forward = original
+    return _replaced(MaskedConvSequential, "forward", _lean_subsampling_forward)
 
 
 def _lean_forward_attention(self, value: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor | None):
@@ -123,17 +122,11 @@ def _lean_forward_attention(self, value: torch.Tensor, scores: torch.Tensor, mas
     return self.linear_out(x)
 
 
-@contextlib.contextmanager
-def lean_attention_masks() -> Iterator[None]:
+def lean_attention_masks() -> contextlib.AbstractContextManager[None]:
     """Within the block, NeMo's conformer attention (and the subclasses that inherit it) masks by arithmetic."""
     from nemo.collections.asr.parts.submodules.multi_head_attention import MultiHeadAttention
 
-    original = MultiHeadAttention.forward_attention
-    MultiHeadAttention.forward_attention = _lean_forward_attention
-    try:
-        yield
-    finally:
-        MultiHeadAttention.forward_attention = original
+    return _replaced(MultiHeadAttention, "forward_attention", _lean_forward_attention)
 
 
 def _depthwise_conv1d_as_2d(original):
@@ -150,15 +143,9 @@ def _depthwise_conv1d_as_2d(original):
     return conv_forward
 
 
-@contextlib.contextmanager
-def depthwise_convolutions_as_2d() -> Iterator[None]:
+def depthwise_convolutions_as_2d() -> contextlib.AbstractContextManager[None]:
     """Within the block, a depthwise `Conv1d` runs as the same convolution over [B, C, 1, T]."""
-    original = torch.nn.Conv1d._conv_forward
-    torch.nn.Conv1d._conv_forward = _depthwise_conv1d_as_2d(original)
-    try:
-        yield
-    finally:
-        torch.nn.Conv1d._conv_forward = original
+    return _replaced(torch.nn.Conv1d, "_conv_forward", _depthwise_conv1d_as_2d(torch.nn.Conv1d._conv_forward))
 
 
 class _TorchStackingBatchFirst:
@@ -175,8 +162,7 @@ class _TorchStackingBatchFirst:
         return torch.stack(tensors, 1).transpose(0, 1)
 
 
-@contextlib.contextmanager
-def layer_caches_stacked_batch_first() -> Iterator[None]:
+def layer_caches_stacked_batch_first() -> contextlib.AbstractContextManager[None]:
     """Within the block, the conformer encoder stacks its layers' next caches along a second dimension.
 
     NeMo stacks them layer-first ([layers, N, ...]) and the graph hands them out batch-first, so the export
@@ -184,11 +170,7 @@ def layer_caches_stacked_batch_first() -> Iterator[None]:
     the export's own transpose back cancels out: one copy of the cache instead of two."""
     from nemo.collections.asr.modules import conformer_encoder
 
-    conformer_encoder.torch = _TorchStackingBatchFirst()
-    try:
-        yield
-    finally:
-        conformer_encoder.torch = torch
+    return _replaced(conformer_encoder, "torch", _TorchStackingBatchFirst())
 
 
 @contextlib.contextmanager
