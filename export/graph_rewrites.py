@@ -11,7 +11,7 @@ afterwards. Each rewrite was measured in ONNX Runtime on the default pair (one t
   step in time) and at the end: element-wise layers and 1x1 convolutions compute each step on its
   own, and what they write into padded steps is zeroed before anything reads it. Masking there
   alone, broadcast over channels and features, gives the same values bit for bit (`x * 1 == x`).
-  The ASR front end's graph: 0.67x the time.
+  The ASR front end's graph: 0.65x the time.
 - `lean_attention_masks`: NeMo's attention masks scores with two `masked_fill`s (-10000 before the
   softmax, 0 after), which ONNX Runtime runs as broadcasting `Where`s, its slowest element-wise path.
   Adding -10000 and multiplying by the kept positions gives the same probabilities: a masked
@@ -22,6 +22,10 @@ afterwards. Each rewrite was measured in ONNX Runtime on the default pair (one t
   same convolution over [B, C, 1, T]. ONNX Runtime has a fast depthwise kernel for 2-D convolutions
   only; a 1-D one runs channel by channel (9 taps over 160 channels and 22 frames: 0.78 ms as 1-D,
   0.085 ms as 2-D). Not bit for bit (another kernel sums the taps in another order): within 5e-7.
+- `layer_caches_stacked_batch_first`: NeMo stacks its layers' next caches layer-first and the graph hands
+  them out batch-first; stacked along dim 1 instead (and viewed layer-first, the same tensor), the export's
+  transpose back cancels and the whole cache is copied once, not twice. Bit for bit.
+Together, on the default pair's encoder graph (21 speaker rows): 0.87x the time.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ __all__ = [
     "depthwise_convolutions_as_2d",
     "exportable_conv_lengths",
     "graph_rewrites",
+    "layer_caches_stacked_batch_first",
     "lean_attention_masks",
     "lean_subsampling_masks",
 ]
