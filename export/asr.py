@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -494,27 +495,17 @@ def export_asr(
     model.eval()
     example = example_encoder_inputs(model, 2, False, channel_cache=channel_cache)
     graphs = {}
-    rewrites = {"rewrites": graph_rewrites}
+    export = partial(export_onnx, out_dir=out_dir, opset=opset, rewrites=graph_rewrites)
     with projected_kv_cache(model) if channel_cache == KV_CACHE else nullcontext():
         if pre_encode == PRE_ENCODE_PER_STREAM:
-            graphs["pre_encoder"] = export_onnx(
-                PreEncodeStep(model).eval(), example, PRE_ENCODER_SPEC, out_dir, opset, **rewrites
-            )
+            graphs["pre_encoder"] = export(PreEncodeStep(model).eval(), example, PRE_ENCODER_SPEC)
             layers_example = pre_encoded_example(model, example)
-            graphs["encoder"] = export_onnx(
-                EncoderLayersStep(model).eval(), layers_example, ENCODER_LAYERS_SPEC, out_dir, opset, **rewrites
-            )
+            graphs["encoder"] = export(EncoderLayersStep(model).eval(), layers_example, ENCODER_LAYERS_SPEC)
         else:
-            graphs["encoder"] = export_onnx(
-                EncoderStep(model).eval(), example, ENCODER_SPEC, out_dir, opset, **rewrites
-            )
+            graphs["encoder"] = export(EncoderStep(model).eval(), example, ENCODER_SPEC)
     streaming = streaming_geometry(model)
     streaming["channel_cache"] = channel_cache
     streaming["channel_cache_width"] = channel_cache_width(streaming["d_model"], channel_cache)
-    graphs["decoder"] = export_onnx(
-        PredictionStep(model.decoder).eval(), example_decoder_inputs(model, 2), DECODER_SPEC, out_dir, opset, **rewrites
-    )
-    graphs["joint"] = export_onnx(
-        JointStep(model.joint).eval(), example_joint_inputs(model, 2), JOINT_SPEC, out_dir, opset, **rewrites
-    )
+    graphs["decoder"] = export(PredictionStep(model.decoder).eval(), example_decoder_inputs(model, 2), DECODER_SPEC)
+    graphs["joint"] = export(JointStep(model.joint).eval(), example_joint_inputs(model, 2), JOINT_SPEC)
     return {"graphs": graphs, "streaming": streaming, "decoding": decoder_geometry(model)}

@@ -409,30 +409,21 @@ def test_the_encoder_front_end_runs_once_per_stream_and_gives_the_per_speaker_la
     """Every speaker of a stream hears the same features: the default export runs the subsampling front end
     once per stream (its own graph), `--pre-encode speaker` inside the encoder for every speaker, as NeMo does.
     Three streams in one batch, every slot active: the same tokens, a quarter of the front-end rows."""
-    from mtasr.deployment import ServingSettings, chunk_samples, load_manifest
-    from mtasr.local_pipeline import LocalPipeline
-    from mtasr.protocol import TOKEN_IDS, TOKEN_SPEAKERS
+    from mtasr.deployment import load_manifest
 
     per_speaker = export_tiny(tiny_checkpoints, tmp_path / "per_speaker", "--pre-encode", "speaker")
     assert "pre_encoder" not in load_manifest(per_speaker / "model_repository")["graphs"]
-    settings = ServingSettings(graph_backend="onnxruntime", all_slots_active=True)
-    audio = _gliding_tone()
-    chunk = chunk_samples(load_manifest(exported / "model_repository"))
     tokens, rows = {}, {}
     for name, repo in (("stream", exported), ("speaker", per_speaker)):
-        pipeline = LocalPipeline(repo / "model_repository", settings)
+        pipeline = _every_slot_pipeline(repo)
         asr = pipeline.stages["asr"]
         counted = {
             graph: _RowCounter(getattr(asr, graph)) for graph in ("pre_encoder", "encoder") if getattr(asr, graph)
         }
         for graph, counter in counted.items():
             setattr(asr, graph, counter)
-        pieces = [audio[i : i + chunk] for i in range(0, len(audio), chunk)]
-        out = []
-        for k, piece in enumerate(pieces):
-            requests = [(stream, piece * (1 + stream), k == 0, k == len(pieces) - 1) for stream in range(3)]
-            out.append([(r[TOKEN_IDS].tolist(), r[TOKEN_SPEAKERS].tolist()) for r in pipeline.step(requests)])
-        tokens[name], rows[name] = out, {graph: counter.rows for graph, counter in counted.items()}
+        tokens[name] = _three_streams_tokens(pipeline)
+        rows[name] = {graph: counter.rows for graph, counter in counted.items()}
     assert tokens["stream"] == tokens["speaker"]
     assert sum(len(ids) for chunk_out in tokens["stream"] for ids, _ in chunk_out) > 0
     assert rows["stream"]["encoder"] == rows["speaker"]["encoder"] == 4 * rows["stream"]["pre_encoder"] > 0
@@ -443,10 +434,6 @@ def test_graph_rewrites_remove_work_and_keep_the_tokens(exported, tiny_checkpoin
     are. The rewritten graphs have no attention `Where`, fewer front-end multiplies and 2-D depthwise convolutions;
     three streams, every slot active, decode the same tokens either way."""
     import onnx
-
-    from mtasr.deployment import ServingSettings, chunk_samples, load_manifest
-    from mtasr.local_pipeline import LocalPipeline
-    from mtasr.protocol import TOKEN_IDS, TOKEN_SPEAKERS
 
     as_nemo = export_tiny(tiny_checkpoints, tmp_path / "as_nemo", "--nemo-graphs")
 
@@ -460,22 +447,36 @@ def test_graph_rewrites_remove_work_and_keep_the_tokens(exported, tiny_checkpoin
         "Mul"
     )
 
-    settings = ServingSettings(graph_backend="onnxruntime", all_slots_active=True)
-    audio = _gliding_tone()
-    chunk = chunk_samples(load_manifest(exported / "model_repository"))
-    pieces = [audio[i : i + chunk] for i in range(0, len(audio), chunk)]
-    tokens = {}
-    for name, repo in (("rewritten", exported), ("as_nemo", as_nemo)):
-        pipeline = LocalPipeline(repo / "model_repository", settings)
-        tokens[name] = [
-            [(r[TOKEN_IDS].tolist(), r[TOKEN_SPEAKERS].tolist()) for r in pipeline.step(requests)]
-            for requests in (
-                [(stream, piece * (1 + stream), k == 0, k == len(pieces) - 1) for stream in range(3)]
-                for k, piece in enumerate(pieces)
-            )
-        ]
+    tokens = {
+        name: _three_streams_tokens(_every_slot_pipeline(repo))
+        for name, repo in (("rewritten", exported), ("as_nemo", as_nemo))
+    }
     assert tokens["rewritten"] == tokens["as_nemo"]
     assert sum(len(ids) for chunk_out in tokens["rewritten"] for ids, _ in chunk_out) > 0
+
+
+def _every_slot_pipeline(export_dir: Path):
+    """The export's stages in this process, every speaker slot active (the most encoder rows)."""
+    from mtasr.deployment import ServingSettings
+    from mtasr.local_pipeline import LocalPipeline
+
+    settings = ServingSettings(graph_backend="onnxruntime", all_slots_active=True)
+    return LocalPipeline(export_dir / "model_repository", settings)
+
+
+def _three_streams_tokens(pipeline) -> list[list[tuple[list[int], list[int]]]]:
+    """Per chunk, each of three streams' (token ids, speakers): the gliding tone at three levels, batched together."""
+    from mtasr.deployment import chunk_samples
+    from mtasr.protocol import TOKEN_IDS, TOKEN_SPEAKERS
+
+    audio = _gliding_tone()
+    chunk = chunk_samples(pipeline.manifest)
+    pieces = [audio[i : i + chunk] for i in range(0, len(audio), chunk)]
+    out = []
+    for k, piece in enumerate(pieces):
+        requests = [(stream, piece * (1 + stream), k == 0, k == len(pieces) - 1) for stream in range(3)]
+        out.append([(r[TOKEN_IDS].tolist(), r[TOKEN_SPEAKERS].tolist()) for r in pipeline.step(requests)])
+    return out
 
 
 class _RowCounter:

@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from mtasr.export import asr
-from mtasr.export.graph_rewrites import depthwise_convolutions_as_2d, lean_attention_masks, lean_subsampling_masks
+from mtasr.export.graph_rewrites import (
+    depthwise_convolutions_as_2d,
+    layer_caches_stacked_batch_first,
+    lean_attention_masks,
+    lean_subsampling_masks,
+)
 from mtasr.export.sortformer import build_sortformer
 
 
@@ -78,8 +83,6 @@ def test_depthwise_convolutions_as_2d_equal_nemos_within_float_rounding(models, 
 def test_layer_caches_stacked_batch_first_give_the_same_encoder_step(models):
     """One cache-aware encoder step with the layers' next caches stacked along dim 1 and viewed layer-first:
     every output, the caches included, bit for bit."""
-    from mtasr.export.graph_rewrites import layer_caches_stacked_batch_first
-
     model = models["asr"]
     inputs = asr.example_encoder_inputs(model, 3, first_chunk=False, seed=5)
     step = asr.EncoderStep(model).eval()
