@@ -67,9 +67,10 @@ VARIANTS = {
     "pre-encode-speaker": ExportVariant(" pre-encode-speaker", "kv", False, pre_encode="speaker"),
     # NeMo's modules traced as they are, without the rewrites that keep their values (export.graph_rewrites).
     "nemo-graphs": ExportVariant(" nemo-graphs", "kv", False, nemo_graphs=True),
-    # Thread budgets and batching (serving settings only, the same graphs). By default the cores are shared among
-    # the processes that run the diarizer and the encoder (`mtasr.deployment.serving_threads`); threads-all gives
-    # each of them every core (ONNX Runtime's own default, this project's before), threads-1 one thread each.
+    # Thread budgets and batching (serving settings only, the same graphs). By default the cores are shared between
+    # the diarization and ASR stages' processes by what each stage cost per chunk at export
+    # (`mtasr.deployment.serving_threads`); threads-all gives each of them every core (ONNX Runtime's own default),
+    # threads-1 one thread each (the even share on 2 cores, this project's default before).
     "threads-all": ExportVariant(" threads-all", "kv", False, threads=available_cores()),
     "threads-1": ExportVariant(" threads-1", "kv", False, threads=1),
     "queue-5ms": ExportVariant(" queue-5ms", "kv", False, queue_delay_us=5000),

@@ -136,9 +136,9 @@ def int8_cost(
     reference transcript) and the first benchmark stream."""
     import soundfile as sf
 
+    from mtasr import DEMO_CONVERSATION
     from mtasr.bench.accuracy import measure_int8_cost
     from mtasr.client.formats import SEGLST_SUFFIX
-    from mtasr.training.defaults import DEMO_CONVERSATION
 
     _log(f"{name} @ {latency_s:.2f} s: int8 against fp32 on the same audio")
     demo, rate = sf.read(DEMO_CONVERSATION, dtype="float32")

@@ -39,7 +39,8 @@ DESCRIPTION = "start Triton on the default models, stream a conversation, print 
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    from mtasr.training.defaults import DEFAULT_REPOSITORY, DEMO_CONVERSATION
+    from mtasr import DEMO_CONVERSATION
+    from mtasr.training.defaults import DEFAULT_REPOSITORY
 
     parser = sub.add_parser("demo", help=DESCRIPTION, description=__doc__.splitlines()[0])
     parser.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY)

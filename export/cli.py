@@ -135,7 +135,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
         type=int,
         default=_DEFAULTS.intra_op_threads,
         help="ONNX Runtime intra-op threads of each serving process that runs graphs; 0 (default): the "
-        "machine's cores shared among them (on 2 cores: one each for the diarization and ASR stages)",
+        "machine's cores shared between the diarization and ASR stages in proportion to what each cost per chunk "
+        "when the export timed them on the bundled conversation (on 2 cores: one each when they cost alike)",
     )
     export.add_argument(
         "--max-queue-delay-us",

@@ -93,9 +93,11 @@ def models_to_load(manifest: Mapping[str, Any]) -> list[str]:
     return []
 
 
-# The graphs that take a chunk's time. The processes running them (the diarization and ASR stages' instances,
-# or with graph_backend "triton" the diarizer and encoder graph models' instances) compute at the same time.
-HEAVY_GRAPHS = ("diarizer", "encoder")
+# The stages whose graphs take a chunk's time, and their graphs. The processes running them (the diarization and ASR
+# stages' instances, or with graph_backend "triton" those graphs' models' instances) compute at the same time.
+HEAVY_STAGES = {"diarization": ("diarizer",), "asr": ("pre_encoder", "encoder", "decoder", "joint")}
+# Where `mtasr export` records what each stage cost per chunk (`mtasr.export.calibration`): the manifest's deployment.
+STAGE_COSTS = "stage_costs_ms"
 
 
 def available_cores() -> int:
@@ -106,17 +108,32 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def serving_threads(manifest: Mapping[str, Any], configured: int, cores: int | None = None) -> int:
-    """ONNX Runtime intra-op threads of one served process that runs graphs: `configured` when above 0;
-    0 shares the cores among the processes that run the heavy graphs, so their thread pools add up to
-    the machine. Each taking every core (ONNX Runtime's own default) oversubscribed it under load: on
-    2 cores one thread each served 1.07-1.16x the streams at 8-32 concurrent (docs/bench/default-threads)."""
+def stage_of_graph(graph: str) -> str | None:
+    """The heavy stage that runs `graph` (None: no heavy stage does)."""
+    return next((stage for stage, graphs in HEAVY_STAGES.items() if graph in graphs), None)
+
+
+def serving_threads(
+    manifest: Mapping[str, Any], configured: int, stage: str | None = None, cores: int | None = None
+) -> int:
+    """ONNX Runtime intra-op threads of one served process that runs graphs of `stage`: `configured` when
+    above 0. 0 shares the cores among the heavy stages' processes so their thread pools add up to the
+    machine, in proportion to what each stage cost per chunk when the export timed it (`STAGE_COSTS`;
+    evenly when it did not), at least one each. Every process taking every core (ONNX Runtime's own
+    default) oversubscribed 2 cores under load where the stages cost alike (the default pair: one thread
+    each served 1.07-1.16x the streams, docs/bench/default-threads); where the ASR costs 6x the diarizer
+    (the full-size pair), one thread each left a core idle (docs/bench/full-threads)."""
     if configured > 0:
         return configured
     deploy = manifest.get("deployment", {})
     local = deploy.get("serving", {}).get("graph_backend", ServingSettings.graph_backend) == "onnxruntime"
     instances = int(deploy.get("stage_instances" if local else "instances", 1))
-    return max(1, (cores or available_cores()) // (len(HEAVY_GRAPHS) * instances))
+    per_instance = max(1, (cores or available_cores()) // instances)
+    costs = deploy.get(STAGE_COSTS) or {}
+    heavy = [float(costs.get(name, 0.0)) for name in HEAVY_STAGES]
+    if stage not in HEAVY_STAGES or min(heavy) <= 0:
+        return max(1, per_instance // len(HEAVY_STAGES))
+    return max(1, round(per_instance * float(costs[stage]) / sum(heavy)))
 
 
 def load_manifest(repo_dir: Path) -> dict[str, Any]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from mtasr.training.defaults import DEFAULT_REPOSITORY, DEMO_CONVERSATION
+from mtasr import DEMO_CONVERSATION
+from mtasr.training.defaults import DEFAULT_REPOSITORY
 
 # The committed pair on the demo conversation (3 speakers, the first returning at the end, overlapping
 # turns): the diarizer alone 4.4 % DER (its previous stage 1.5 %), the served transcript 16.7 % cpWER (5 of 30

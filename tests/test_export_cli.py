@@ -14,6 +14,7 @@ import onnxruntime as ort
 import pytest
 from nemo_files import with_config
 
+from mtasr.deployment import STAGE_COSTS, STAGES
 from mtasr.export.repository import ROOT_FILES
 
 GRAPHS = ["pre_encoder", "encoder", "decoder", "joint", "diarizer"]
@@ -59,6 +60,9 @@ def test_export_writes_graphs_tokenizer_manifest_and_both_repository_variants(ex
     assert manifest["checkpoints"]["asr"]["sha256"] == sha256_of(tiny_checkpoints[0])
     assert manifest["checkpoints"]["diarizer"]["sha256"] == sha256_of(tiny_checkpoints[1])
     assert manifest["asr"]["features"]["n_mels"] == 128
+    # What each stage cost per chunk on the bundled conversation: the server shares the cores by it.
+    assert set(manifest["deployment"][STAGE_COSTS]) == set(STAGES)
+    assert all(ms > 0 for ms in manifest["deployment"][STAGE_COSTS].values())
     # The manifest's tensor list is exactly what the graph declares.
     for name in GRAPHS:
         session = ort.InferenceSession(str(repo / name / "1" / "model.onnx"))
@@ -586,9 +590,9 @@ def test_int8_cost_compares_tokens_speaker_activity_and_words(exported_int8, exp
     """`mtasr bench`'s accuracy figures: nothing changes against itself; against int8, counts stay in range."""
     import soundfile as sf
 
+    from mtasr import DEMO_CONVERSATION
     from mtasr.bench.accuracy import measure_int8_cost
     from mtasr.client.formats import SEGLST_SUFFIX
-    from mtasr.training.defaults import DEMO_CONVERSATION
 
     fp32, int8 = exported / "model_repository", exported_int8 / "model_repository"
     demo, _ = sf.read(DEMO_CONVERSATION, dtype="float32")

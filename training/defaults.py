@@ -13,6 +13,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from mtasr import DEMO_CONVERSATION
 from mtasr.training.lightning import Stopwatch
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,6 @@ DEFAULT_CHECKPOINTS = {
     "asr": PROJECT_ROOT / "default_checkpoints" / "asr.nemo",
     "diarizer": PROJECT_ROOT / "default_checkpoints" / "diarizer.nemo",
 }
-DEMO_CONVERSATION = PROJECT_ROOT / "mtasr" / "data" / "demo_conversation.flac"
 DEMO_SPEAKERS, DEMO_SEED = 3, 7
 # Export settings of the committed repository: a handful of streams per batched call is plenty on CPU.
 DEFAULT_MAX_STREAMS = 4

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from mtasr.deployment import load_manifest, serving_threads
+from mtasr.deployment import load_manifest, serving_threads, stage_of_graph
 from mtasr.graphs import cpu_session
 
 _NUMPY_DTYPES = {
@@ -67,7 +67,8 @@ class TritonPythonModel:
         graph = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
         intra_op, inter_op = _thread_counts(config.get("parameters", {}))
         manifest = load_manifest(Path(args["model_repository"]).parent)
-        self.session = cpu_session(graph, serving_threads(manifest, intra_op), inter_op)
+        threads = serving_threads(manifest, intra_op, stage_of_graph(args["model_name"]))
+        self.session = cpu_session(graph, threads, inter_op)
 
     def execute(self, requests: list) -> list:
         import triton_python_backend_utils as pb_utils

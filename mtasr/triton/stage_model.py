@@ -50,7 +50,7 @@ class TritonPythonModel:
         if settings.graph_backend == "triton":
             graphs = lambda name: TritonGraph(name, manifest["graphs"][name])  # noqa: E731
         else:
-            threads = serving_threads(manifest, int(params.get("intra_op_threads", "0")))
+            threads = serving_threads(manifest, int(params.get("intra_op_threads", "0")), self.stage_name)
             graphs = local_graphs(repo_dir, manifest, threads)
         self.stage = build_stage(self.stage_name, manifest, repo_dir, settings, graphs)
         # The tensors this repository's config declares: one exported by an earlier version lacks the
