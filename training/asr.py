@@ -324,6 +324,8 @@ ASR_DIARIZER_MASKS_FOURTH = replace(ASR_DIARIZER_MASKS, seed=5)
 # steps each in 3,380 / 3,319 s on one thread beside each other) averaged with it. On the selection set 2 / 3
 # speakers 16.8 / 29.2 % (697 word errors against the installed mean's 631); the uniform mean of all five (stage 9
 # and siblings a-d) 16.3 / 29.1 % (687). Siblings fine-tuned from a mean leave the point the averaging found.
+# Nor siblings of stage 9 on eight more espeak-ng voices, added to the mean: 628-645 word errors against 602 (the
+# held-out voice 25.4 -> 20.8 %; runs/defaults/evaluation.md).
 SIBLING_OF_STAGE_9 = "diarizer_masks_fourth"
 ASR_SIBLING_A = replace(ASR_DIARIZER_MASKS, seed=6)
 ASR_SIBLING_B = replace(ASR_DIARIZER_MASKS, max_steps=600, val_every_steps=300, seed=7)
