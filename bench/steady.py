@@ -13,9 +13,10 @@ The median chunk time before the cache holds a short benchmark stream's worth an
 full are the two figures reported, with where a served chunk's time goes once full (each graph's
 ONNX Runtime calls, and the rest: features, cache and state updates, gating, glue).
 
-`python -m mtasr.bench.steady REPO [--seconds 40] [--streams N]` prints the served side's split alone, for
-one stream or for N streams stepped together (each step one batch, as Triton batches streams that arrive
-together): the stages' own cost at that batch size, without Triton's.
+`python -m mtasr.bench.steady REPO [--seconds 40] [--streams N] [--threads T]` prints the served side's split
+alone, for one stream or for N streams stepped together (each step one batch, as Triton batches streams that
+arrive together), and the process's CPU time a chunk: the stages' own cost at that batch size and thread count,
+without Triton's.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def _median_ms(seconds: list[float], indices: list[int]) -> float:
     return 1000 * float(np.median([seconds[k] for k in indices])) if indices else float("nan")
 
 
-CALLS = "calls"  # a chunk's record: {"total": s, graph: s, ..., CALLS: {graph: n}}
+CALLS = "calls"  # a chunk's record: {"total": s, graph: s, ..., CALLS: {graph: n}, CPU: s}
+CPU = "cpu"  # the process's CPU time over the step (every thread): wall time x the cores it kept busy
 
 
 class _TimedGraph:
@@ -90,11 +92,16 @@ class _TimedGraph:
 
 
 def served_chunk_seconds(
-    repo: Path, audios: list[np.ndarray], first_stream: int = 1, starts: list[int] | None = None
+    repo: Path,
+    audios: list[np.ndarray],
+    first_stream: int = 1,
+    starts: list[int] | None = None,
+    intra_op_threads: int = 0,
 ) -> list[dict]:
     """Per step of `audios` (one stream each, stream i from step `starts[i]`, default 0: a step is one batch
     with a chunk of every live stream) through the repository's stages in this process: its wall time
-    ("total"), each graph's share of it (seconds per graph name) and each graph's calls (`CALLS`)."""
+    ("total"), each graph's share of it (seconds per graph name) and each graph's calls (`CALLS`). Each graph runs
+    `intra_op_threads` ONNX Runtime threads (0: ONNX Runtime's default, every core)."""
     from mtasr.deployment import chunk_samples, load_manifest, local_graphs
     from mtasr.graphs import single_threaded_blas
     from mtasr.local_pipeline import LocalPipeline, streams_in_lockstep, streams_stepped
@@ -102,7 +109,7 @@ def served_chunk_seconds(
     manifest = load_manifest(repo)
     graph_seconds: dict[str, float] = defaultdict(float)
     graph_calls: dict[str, int] = defaultdict(int)
-    plain = local_graphs(repo, manifest)
+    plain = local_graphs(repo, manifest, intra_op_threads)
     pipeline = LocalPipeline(repo, graphs=lambda name: _TimedGraph(plain(name), name, graph_seconds, graph_calls))
     chunk = chunk_samples(manifest)
     warm_up = [audio[: 2 * chunk] for audio in audios]  # ONNX Runtime's first calls at this batch size
@@ -112,9 +119,16 @@ def served_chunk_seconds(
     def timed_step(requests):
         graph_seconds.clear()
         graph_calls.clear()
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         results = pipeline.step(requests)
-        steps.append({"total": time.perf_counter() - started, **graph_seconds, CALLS: dict(graph_calls)})
+        steps.append(
+            {
+                "total": time.perf_counter() - started,
+                **graph_seconds,
+                CALLS: dict(graph_calls),
+                CPU: time.process_time() - cpu_started,
+            }
+        )
         return results
 
     with single_threaded_blas():  # as in the served stage processes (mtasr.triton.stage_model)
@@ -126,7 +140,7 @@ def split_ms(chunks: list[dict[str, float]], indices: list[int]) -> dict[str, fl
     """Mean ms per chunk over `indices` of each graph, and of the rest ("other"); they add up to the mean total."""
     if not indices:
         return {}
-    names = sorted({name for k in indices for name in chunks[k]} - {"total", CALLS})
+    names = sorted({name for k in indices for name in chunks[k]} - {"total", CALLS, CPU})
     split = {name: 1000 * float(np.mean([chunks[k].get(name, 0.0) for k in indices])) for name in names}
     split["other"] = 1000 * float(np.mean([chunks[k]["total"] for k in indices])) - sum(split.values())
     return split
@@ -216,47 +230,61 @@ def _main() -> int:
         "times: stream i starts i/N of a stream's length after the first, and each is followed by a new one "
         "when it ends; timed over one stream's length once all N are live",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="ONNX Runtime threads per graph (default 0: its own default, every core; the server shares the cores "
+        "between its stage processes, mtasr.deployment.serving_threads)",
+    )
     args = parser.parse_args()
     if args.streams < 1:
         parser.error("--streams must be at least 1")
     manifest = load_manifest(args.repo)
     chunk_s = chunk_samples(manifest) / SAMPLE_RATE
     if args.staggered:
-        return _main_staggered(args.repo, args.streams, args.seconds, chunk_s)
+        return _main_staggered(args.repo, args.streams, args.seconds, chunk_s, args.threads)
     audios = [conversation_audio(4, 100 + i, args.seconds) for i in range(args.streams)]
-    steps = served_chunk_seconds(args.repo, audios)
+    steps = served_chunk_seconds(args.repo, audios, intra_op_threads=args.threads)
     fill_s = diarizer_fill_s(manifest)
     windows = chunk_windows(len(steps), chunk_s, args.early_seconds, fill_s)
     labels = (f"first {args.early_seconds:g} s", f"after {fill_s:.1f} s (cache full)")
     batch = f"steps of {args.streams} chunks" if args.streams > 1 else "chunks"
     for label, indices in zip(labels, windows, strict=True):
-        split, calls = split_ms(steps, indices), calls_per_chunk(steps, indices)
+        split = split_ms(steps, indices)
         if not split:
             print(f"{label}: no {batch} (stream too short)")
             continue
         print(f"{label}: {len(indices)} {batch} of {1000 * chunk_s:.0f} ms, mean {format_split(split)}")
-        print(_rate_line(split, calls, args.streams, chunk_s))
+        print(_rate_line(steps, indices, args.streams, chunk_s))
     return 0
 
 
-def _rate_line(split: dict[str, float], calls: dict[str, float], streams: int, chunk_s: float) -> str:
-    """The audio a step of `streams` chunks processes per second, and each graph's calls a step."""
-    audio_per_s = streams * chunk_s / (sum(split.values()) / 1000)
-    return f"  {audio_per_s:.1f} audio s/s in this process; graph calls per step: {format_calls(calls)}"
+def _rate_line(steps: list[dict], indices: list[int], streams: int, chunk_s: float) -> str:
+    """Over `indices` of `steps` (each a step of `streams` chunks): the audio processed per second, the process's
+    CPU time per chunk (all its threads: what a chunk costs a machine whose cores are all busy) and each graph's
+    calls a step."""
+    step_s = float(np.mean([steps[k]["total"] for k in indices]))
+    cpu_ms = 1000 * float(np.mean([steps[k][CPU] for k in indices])) / streams
+    calls = format_calls(calls_per_chunk(steps, indices))
+    return (
+        f"  {streams * chunk_s / step_s:.1f} audio s/s in this process, {cpu_ms:.0f} ms CPU a chunk; "
+        f"graph calls per step: {calls}"
+    )
 
 
-def _main_staggered(repo: Path, streams: int, seconds: float, chunk_s: float) -> int:
+def _main_staggered(repo: Path, streams: int, seconds: float, chunk_s: float, threads: int) -> int:
     from mtasr.bench.plan import conversation_audio
 
     n_chunks = max(1, round(seconds / chunk_s))
     conversations = [conversation_audio(4, 100 + i, seconds) for i in range(streams)]
     # The first round fills the server with streams of every age; the second, the same audio as new streams, is timed.
     starts = [i * n_chunks // streams + round_ * n_chunks for round_ in range(2) for i in range(streams)]
-    steps = served_chunk_seconds(repo, conversations * 2, starts=starts)
+    steps = served_chunk_seconds(repo, conversations * 2, starts=starts, intra_op_threads=threads)
     timed = list(range(n_chunks, 2 * n_chunks))
-    split, calls = split_ms(steps, timed), calls_per_chunk(steps, timed)
+    split = split_ms(steps, timed)
     print(f"{streams} streams of {seconds:g} s at evenly spread ages: {len(timed)} steps, mean {format_split(split)}")
-    print(_rate_line(split, calls, streams, chunk_s))
+    print(_rate_line(steps, timed, streams, chunk_s))
     return 0
 
 
