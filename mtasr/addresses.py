@@ -6,13 +6,14 @@ Standard library only (Linux: interface addresses come from an ioctl and ``/proc
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import ipaddress
 import socket
 import struct
 from pathlib import Path
 
-__all__ = ["find_free_port", "is_loopback", "listen_urls", "port_taken", "url_host"]
+__all__ = ["find_free_port", "find_free_ports", "is_loopback", "listen_urls", "port_taken", "url_host"]
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -24,6 +25,21 @@ def find_free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(_family(host), socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def find_free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports free on ``host`` right now.
+
+    Every socket stays bound until all are chosen, so the OS cannot hand out one port twice
+    (separate ``find_free_port`` calls can, once the first socket is closed).
+    """
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            s = stack.enter_context(socket.socket(_family(host), socket.SOCK_STREAM))
+            s.bind((host, 0))
+            ports.append(s.getsockname()[1])
+        return ports
 
 
 def port_taken(host: str, port: int) -> str | None:

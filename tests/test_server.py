@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtasr.addresses import find_free_port
+from mtasr.addresses import find_free_ports, port_taken
 from mtasr.server import ServerConfig, ServerStartError, TritonServer, _group_members
 from mtasr.triton_install import STUB_NAME, TritonNotFoundError, find_tritonserver
 
@@ -83,10 +83,7 @@ def write_model(repo: Path, name: str = "add_one", model_py: str | None = None, 
 
 
 def free_ports() -> dict[str, int]:
-    ports: set[int] = set()
-    while len(ports) < 3:
-        ports.add(find_free_port())
-    http, grpc, metrics = sorted(ports)
+    http, grpc, metrics = find_free_ports(3)
     return {"http_port": http, "grpc_port": grpc, "metrics_port": metrics}
 
 
@@ -160,6 +157,13 @@ def test_start_infer_stop(tmp_path: Path) -> None:
     assert server.returncode == 0
     assert_no_processes(server.pid)
     assert "successfully loaded 'add_one'" in server.log_path.read_text()
+
+
+def test_free_ports_asked_for_together_are_distinct_and_bindable() -> None:
+    for _ in range(50):  # one port handed out twice broke a CI run when ports were asked for singly
+        ports = find_free_ports(3)
+        assert len(set(ports)) == 3
+        assert all(port_taken("127.0.0.1", port) is None for port in ports)
 
 
 def test_port_in_use_fails_fast(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ import psutil
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from mtasr.addresses import find_free_port
+from mtasr.addresses import find_free_ports
 from mtasr.client.stream import StreamError, StreamingClient
 from mtasr.deployment import ENSEMBLE
 from mtasr.stages import AUDIO
@@ -49,7 +49,7 @@ class Serve:
     """`mtasr serve` in a child process on free loopback ports."""
 
     def __init__(self, repo: Path, *args: str) -> None:
-        self.ports = {p: find_free_port() for p in ("http", "grpc", "metrics")}
+        self.ports = dict(zip(("http", "grpc", "metrics"), find_free_ports(3), strict=True))
         cmd = [sys.executable, "-m", "mtasr.cli", "serve", str(repo), *args]
         cmd += [f"--{p}-port={port}" for p, port in self.ports.items()]
         self.stderr = open(repo.parent / f"serve-{self.ports['http']}.err", "w+")  # noqa: SIM115
