@@ -22,9 +22,8 @@ def _family(host: str) -> socket.AddressFamily:
 
 def find_free_port(host: str = "127.0.0.1") -> int:
     """A port that is free on ``host`` right now (the OS picks it; another process may take it later)."""
-    with socket.socket(_family(host), socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    (port,) = find_free_ports(1, host)
+    return port
 
 
 def find_free_ports(count: int, host: str = "127.0.0.1") -> list[int]:

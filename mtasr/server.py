@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from mtasr.addresses import find_free_port, port_taken, url_host
+from mtasr.addresses import find_free_port, find_free_ports, port_taken, url_host
 from mtasr.http_guard import GUARD_KEY_HEADER, HttpGuard
 from mtasr.protocol import AUDIO, ENSEMBLE, ENV_DRAIN_FILE, OPEN_STREAMS_METRIC
 from mtasr.triton_install import STUB_NAME, TritonInstall, TritonNotFoundError, find_tritonserver
@@ -297,18 +297,11 @@ class TritonServer:
 
     def _resolve_ports(self) -> dict[str, int]:
         cfg = self.config
-        ports: dict[str, int] = {}
-        for proto in ("http", "grpc", "metrics"):
-            if proto == "http" and self._guard is not None:  # a restart: the guard keeps the port
-                ports[proto] = self._guard.port
-                continue
-            port = int(getattr(cfg, f"{proto}_port"))
-            if port == 0:
-                for _ in range(20):
-                    port = find_free_port(cfg.host)
-                    if port not in ports.values():
-                        break
-            ports[proto] = port
+        ports = {proto: int(getattr(cfg, f"{proto}_port")) for proto in ("http", "grpc", "metrics")}
+        if self._guard is not None:  # a restart: the guard keeps the port
+            ports["http"] = self._guard.port
+        unset = [proto for proto, port in ports.items() if port == 0]
+        ports.update(zip(unset, find_free_ports(len(unset), cfg.host), strict=True))
         dup = {p for p in ports.values() if list(ports.values()).count(p) > 1}
         if dup:
             raise ServerStartError(f"http, grpc and metrics ports must differ, got {ports}")
